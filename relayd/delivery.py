@@ -1,0 +1,265 @@
+# -*- test-case-name: tests.test_delivery -*-
+"""
+Delivery: the avatar a client gets after AUTH, and the one message of each
+SMTP transaction.
+
+Twisted's SMTP server asks the avatar (an L{IMessageDelivery}) to validate
+the reverse-path and each forward-path, and gets one L{IMessage} factory per
+recipient.  relayd's avatar hands out factories that all return the same
+L{TransactionMessage}: one SMTP transaction, however many recipients, makes
+exactly one upstream request carrying every envelope recipient (RFC 5321
+section 3.3: one transaction is one message with one envelope).
+
+The reply to the final dot of DATA comes from L{Pipeline.relay}: C{250}
+only when the upstream accepted the message.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.mail.interfaces import IMessageDelivery, IMessageSMTP
+from zope.interface import implementer
+
+from relayd.config import HeadersConfig
+from relayd.message import Envelope, MessageRejected, parse_message
+from relayd.smtp import Reply
+from relayd.tokens import TokenPolicy
+from relayd.upstream import Accepted, UpstreamClient
+
+__all__ = [
+    "IStreamingMessage",
+    "Pipeline",
+    "RelayDelivery",
+    "TransactionMessage",
+]
+
+log = Logger()
+
+
+class IStreamingMessage(IMessageSMTP):
+    """
+    An L{IMessageSMTP} that also takes its content as whole buffers, which
+    relayd's protocol uses instead of one call per line.
+    """
+
+    def bodyReceived(data: bytes) -> None:
+        """
+        Take message content: complete lines with CRLF line ends, dot-
+        stuffing already undone (RFC 5321 section 4.5.2).
+        """
+
+
+@attrs.frozen
+class Pipeline:
+    """
+    What turns received bytes into an upstream request: the header policy
+    and the upstream client.
+
+    @ivar upstream: Sends the mapped message and says what became of it.
+    @ivar headers: The C{[headers]} policy for L{parse_message}.
+    @ivar clock: Time source (for the duration in the log).
+    """
+
+    upstream: UpstreamClient
+    headers: HeadersConfig
+    clock: IReactorTime
+
+    async def relay(
+        self, envelope: Envelope, data: bytes, token: str, policy: TokenPolicy
+    ) -> Reply:
+        """
+        Parse, check and send one message.
+
+        @param envelope: The transaction's envelope.
+        @param data: The message (RFC 5322), CRLF line ends.
+        @param token: The client's API token, for the upstream request.
+        @param policy: What the token allows.
+        @return: The reply to the final dot: C{250 2.0.0} with the
+            upstream's id, or the C{4xx}/C{5xx} that says why not.  Never
+            raises.
+        """
+        started = self.clock.seconds()
+        try:
+            message = parse_message(data, envelope, self.headers)
+            if not policy.allows_sender(message.sender_address):
+                raise MessageRejected(550, "5.7.1", "Sender not allowed")
+            if not policy.allows_stream(message.stream):
+                raise MessageRejected(
+                    550, "5.7.1", f"Stream not allowed for this token: {message.stream}"
+                )
+            result = await self.upstream.send(message, token)
+        except MessageRejected as e:
+            log.info(
+                "refused message for token {token_name}: {code} {status} {reason}",
+                token_name=policy.name,
+                code=e.code,
+                status=e.status,
+                reason=e.text,
+            )
+            return Reply(e.code, e.status, e.text)
+        except Exception:
+            log.failure("relaying a message failed")
+            return Reply(451, "4.3.0", "Local error in processing, try again later")
+        elapsed = self.clock.seconds() - started
+        if isinstance(result, Accepted):
+            log.info(
+                "relayed message {upstream_id} for token {token_name}: {size} bytes,"
+                " {recipients} recipients, {elapsed:.3f}s; mapped {mapped};"
+                " stripped {stripped}",
+                upstream_id=result.message_id,
+                token_name=policy.name,
+                size=len(data),
+                recipients=len(envelope.rcpt_to),
+                elapsed=elapsed,
+                mapped=",".join(message.mapped) or "-",
+                stripped=",".join(message.stripped) or "-",
+            )
+            text = "Ok: queued as " + result.message_id if result.message_id else "Ok: queued"
+            return Reply(250, "2.0.0", text)
+        log.info(
+            "upstream did not take message for token {token_name}: {code} {status}"
+            " {reason} ({elapsed:.3f}s)",
+            token_name=policy.name,
+            code=result.code,
+            status=result.status,
+            reason=result.text,
+            elapsed=elapsed,
+        )
+        return Reply(result.code, result.status, result.text)
+
+
+@implementer(IStreamingMessage)
+class TransactionMessage:
+    """
+    The message of one SMTP transaction, shared by all its recipients.
+
+    @ivar envelope: MAIL FROM and every RCPT TO, filled in as the avatar
+        validates them.
+    """
+
+    def __init__(self, avatar: RelayDelivery, mail_from: str, smtputf8: bool) -> None:
+        self._avatar = avatar
+        self.mail_from = mail_from
+        self.smtputf8 = smtputf8
+        self.rcpt_to: list[str] = []
+        self._parts: list[bytes] = []
+
+    def bodyReceived(self, data: bytes) -> None:
+        """
+        See L{IStreamingMessage.bodyReceived}.
+        """
+        self._parts.append(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        """
+        See L{IMessageSMTP.lineReceived}: one line without its line end.
+        """
+        self._parts.append(line + b"\r\n")
+
+    def eomReceived(self) -> defer.Deferred[Reply]:
+        """
+        The final dot: relay the message once.
+
+        @return: A Deferred that fires with the L{Reply} for the client; it
+            never fails.
+        """
+        data = b"".join(self._parts)
+        self._parts = []
+        envelope = Envelope(self.mail_from, tuple(self.rcpt_to), self.smtputf8)
+        avatar = self._avatar
+        return defer.Deferred.fromCoroutine(
+            avatar.pipeline.relay(envelope, data, avatar.token, avatar.policy)
+        )
+
+    def connectionLost(self) -> None:
+        """
+        The transaction was abandoned: forget the content.
+        """
+        self._parts = []
+
+
+@implementer(IMessageDelivery)
+class RelayDelivery:
+    """
+    The avatar of one authenticated API token: validates the envelope with
+    the token's policy and builds one L{TransactionMessage} per transaction.
+
+    relayd's protocol passes addresses as C{str} mailboxes
+    (C{local@domain}, C{""} for the null reverse-path), already checked for
+    RFC 5321 syntax.
+    """
+
+    def __init__(self, token: str, policy: TokenPolicy, pipeline: Pipeline) -> None:
+        self.token = token
+        self.policy = policy
+        self.pipeline = pipeline
+        self._current: TransactionMessage | None = None
+
+    @property
+    def name(self) -> str:
+        """
+        The token's name (for logs; never the token).
+        """
+        return self.policy.name
+
+    @property
+    def max_recipients(self) -> int | None:
+        """
+        The token's own recipient limit, or C{None}.
+        """
+        return self.policy.max_recipients
+
+    @property
+    def max_message_size(self) -> int | None:
+        """
+        The token's own message size limit in bytes, or C{None}.
+        """
+        return self.policy.max_message_size
+
+    def receivedHeader(self, helo: Any, origin: Any, recipients: Any) -> None:
+        """
+        relayd adds no C{Received} header: the upstream API builds the
+        message it sends (and strips C{Received}).
+        """
+        return None
+
+    def validateFrom(self, helo: Any, origin: str, smtputf8: bool = False) -> str:
+        """
+        Start a transaction from the reverse-path C{origin}.
+
+        @param helo: C{(EHLO argument, client IP)}.
+        @param origin: The reverse-path mailbox, C{""} for C{<>}.
+        @return: C{origin}.
+        @raise MessageRejected: C{550 5.7.1 Sender not allowed} when the
+            token may not send from that address.
+        """
+        if not self.policy.allows_sender(origin):
+            raise MessageRejected(550, "5.7.1", "Sender not allowed")
+        self._current = TransactionMessage(self, origin, smtputf8)
+        return origin
+
+    def validateTo(self, user: str) -> Callable[[], TransactionMessage]:
+        """
+        Add the forward-path C{user} to the current transaction.
+
+        @param user: The recipient mailbox.
+        @return: A factory of the transaction's one message.
+        """
+        current = self._current
+        if current is None:
+            raise MessageRejected(503, "5.5.1", "Error: need MAIL command")
+        current.rcpt_to.append(user)
+        return lambda: current
+
+
+def make_avatar_factory(pipeline: Pipeline) -> Callable[[str, TokenPolicy], RelayDelivery]:
+    """
+    The realm's avatar factory: token and policy to L{RelayDelivery}.
+    """
+    return lambda token, policy: RelayDelivery(token, policy, pipeline)
+

@@ -1,0 +1,137 @@
+# -*- test-case-name: tests.test_service -*-
+"""
+Service wiring: one L{MultiService} with a listening service per configured
+listener, sharing one portal, one upstream client and one set of limits,
+plus the bundled development upstream when the configuration asks for it.
+
+Listeners are made with L{twisted.application.strports.service}, so a port
+that cannot be bound stops the daemon instead of being logged and skipped.
+Implicit TLS (RFC 8314) is put on the factory, not in the endpoint string,
+so the same code works behind C{systemd:} sockets and C{haproxy:} (PROXY
+protocol) endpoints.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.service import MultiService, Service
+from twisted.logger import Logger
+
+from relayd.auth import make_portal
+from relayd.config import Config, ConfigError
+from relayd.delivery import Pipeline, make_avatar_factory
+from relayd.smtp import AuthThrottle, ConnectionLimiter, RelaySMTPFactory
+from relayd.tls import ensure_self_signed, implicit_tls_factory, server_context_factory
+from relayd.tokens import TokenStore
+from relayd.upstream import make_client
+
+__all__ = ["TokensReloader", "make_service"]
+
+log = Logger()
+
+
+class TokensReloader(Service):
+    """
+    Re-reads the tokens file on C{SIGHUP} (C{systemctl reload relayd}).
+
+    The file is read on the reactor thread: it is small, and read only when
+    the operator asks.  An invalid file keeps the tokens already loaded.
+    """
+
+    def __init__(self, store: TokenStore, reactor: Any) -> None:
+        self.store = store
+        self.reactor = reactor
+        self._previous: Any = None
+
+    def reload(self) -> None:
+        """
+        Re-read the tokens file now; log the outcome, never raise.
+        """
+        try:
+            self.store.reload()
+        except ConfigError as e:
+            log.error("tokens file not reloaded: {error}", error=str(e))
+        else:
+            log.info("tokens file reloaded")
+
+    def startService(self) -> None:
+        super().startService()
+        try:
+            self._previous = signal.signal(
+                signal.SIGHUP,
+                lambda *_: self.reactor.callFromThread(self.reload),
+            )
+        except ValueError:  # not the main thread (tests)
+            self._previous = None
+
+    def stopService(self) -> Any:
+        if self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)
+            self._previous = None
+        return super().stopService()
+
+
+def make_service(config: Config, reactor: Any) -> MultiService:
+    """
+    Build the daemon from its configuration.
+
+    Blocking reads (certificates, tokens file) happen here, before the
+    reactor runs.
+
+    @param config: The loaded configuration.
+    @param reactor: The reactor to listen, connect and keep time with.
+    @return: The service to start; starting it binds every listener.
+    @raise ConfigError: A certificate, key or the tokens file is unusable.
+    """
+    top = MultiService()
+    if config.tls.generate_self_signed:
+        if ensure_self_signed(
+            config.tls.certificate, config.tls.key, config.server.hostname
+        ):
+            log.warn(
+                "generated a self-signed development certificate at {path}",
+                path=config.tls.certificate,
+            )
+    context = server_context_factory(config.tls)
+    store = TokenStore.load(config.auth.tokens_file)
+    TokensReloader(store, reactor).setServiceParent(top)
+
+    pipeline = Pipeline(make_client(reactor, config.upstream), config.headers, reactor)
+    portal = make_portal(store, make_avatar_factory(pipeline))
+    limits = config.limits
+    limiter = ConnectionLimiter(limits.max_connections, limits.max_connections_per_ip)
+    throttle = AuthThrottle(
+        reactor,
+        limit=limits.auth_failures_per_ip,
+        window=limits.auth_failure_window,
+        lockout=limits.auth_lockout,
+    )
+    for listener in config.listeners:
+        implicit = listener.tls == "implicit"
+        factory: Any = RelaySMTPFactory(
+            portal,
+            config.server.hostname,
+            limits,
+            reactor,
+            context_factory=context,
+            implicit_tls=implicit,
+            limiter=limiter,
+            throttle=throttle,
+        )
+        if implicit:
+            factory = implicit_tls_factory(factory, context)
+        listening = strports.service(listener.endpoint, factory, reactor=reactor)
+        listening.setName(listener.name)
+        listening.setServiceParent(top)
+
+    if config.dev_upstream.enabled:
+        from relayd.devupstream import make_site
+
+        site = make_site(config.dev_upstream.outbox, reactor)
+        dev = strports.service(config.dev_upstream.endpoint, site, reactor=reactor)
+        dev.setName("dev_upstream")
+        dev.setServiceParent(top)
+    return top

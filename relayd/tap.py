@@ -1,0 +1,57 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+The C{twistd}/C{twist} plugin's options and service maker:
+C{twist relayd --config PATH}.
+
+This is the only module that touches the global reactor.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.python import usage
+
+from relayd.config import ConfigError, load_config
+
+__all__ = ["Options", "makeService"]
+
+
+class Options(usage.Options):
+    """
+    Command-line options of C{twistd relayd}.
+    """
+
+    synopsis = "--config PATH"
+    longdesc = (
+        "Run relayd: SMTP submission listeners that relay each message to an"
+        " email provider's HTTP API.  See docs/configuration.md."
+    )
+    optParameters = [
+        ["config", "c", "/etc/relayd/relayd.toml", "Path of the TOML configuration file."],
+    ]
+
+
+def makeService(options: Options) -> Any:
+    """
+    Build relayd's service from the command-line options.
+
+    A configuration that cannot be used stops start-up with one line on
+    standard error naming the file and the key, and exit status 78
+    (C{EX_CONFIG}), not a traceback.
+
+    @param options: The parsed options.
+    @return: The L{twisted.application.service.IService} to run.
+    """
+    from twisted.internet import reactor
+
+    from relayd.service import make_service
+
+    try:
+        config = load_config(options["config"])
+        return make_service(config, reactor)
+    except ConfigError as e:
+        sys.stderr.write(f"relayd: {e}\n")
+        sys.stderr.flush()
+        raise SystemExit(78) from None

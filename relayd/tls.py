@@ -1,0 +1,345 @@
+# -*- test-case-name: tests.test_tls -*-
+"""
+TLS for relayd's listeners: the server's L{CertificateOptions} loaded from
+PEM files, a wrapper that puts implicit TLS on a protocol factory, and a
+self-signed development certificate.
+
+The same L{CertificateOptions} serves both STARTTLS (RFC 3207, passed to
+C{transport.startTLS}) and implicit TLS (RFC 8314 section 3, through
+L{implicit_tls_factory}).  Implicit TLS is put on the factory, not in an
+C{ssl:} endpoint description, so that a listener behind C{haproxy:} or
+C{systemd:} endpoints works the same way.
+
+L{server_context_factory} and L{ensure_self_signed} do blocking file I/O:
+call them at start-up (or on reload), never from a connection's callbacks.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import tempfile
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from OpenSSL import SSL
+from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.ssl import CertificateOptions, TLSVersion
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from relayd.config import ConfigError, TLSConfig
+
+__all__ = [
+    "DEVELOPMENT_ORGANIZATION",
+    "ensure_self_signed",
+    "implicit_tls_factory",
+    "server_context_factory",
+]
+
+#: The organisation (O) of the subject of every certificate made by
+#: L{ensure_self_signed}, so that nobody mistakes one for a real certificate.
+DEVELOPMENT_ORGANIZATION = "relayd development certificate - not for production"
+
+#: How long a generated development certificate is valid.
+_DEVELOPMENT_VALIDITY = datetime.timedelta(days=365)
+
+#: The private key types OpenSSL can use for a server certificate.
+_SERVER_KEY_TYPES = (
+    rsa.RSAPrivateKey,
+    ec.EllipticCurvePrivateKey,
+    ed25519.Ed25519PrivateKey,
+    ed448.Ed448PrivateKey,
+    dsa.DSAPrivateKey,
+)
+
+#: C{[tls] minimum_version} to the Twisted constant.
+_MINIMUM_VERSIONS = {
+    "1.2": TLSVersion.TLSv1_2,
+    "1.3": TLSVersion.TLSv1_3,
+}
+
+
+def _read(setting: str, path: str) -> bytes:
+    """
+    Read a whole file for C{setting}.
+
+    @param setting: The dotted configuration key that names the file, for
+        messages (C{"tls.certificate"}).
+    @type setting: L{str}
+    @param path: File-system path.
+    @type path: L{str}
+    @return: The file's bytes.
+    @rtype: L{bytes}
+    @raise ConfigError: When the file is missing or cannot be read.
+    """
+    if not path:
+        raise ConfigError(f"{setting}: required setting is missing")
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ConfigError(f"{setting}: {path}: no such file") from None
+    except OSError as e:
+        raise ConfigError(f"{setting}: {path}: cannot be read: {e.strerror or e}") from None
+
+
+def _public_bytes(key: object) -> bytes:
+    """
+    Serialize a public key so that two keys can be compared.
+
+    @param key: A public key from L{cryptography}.
+    @return: Its DER SubjectPublicKeyInfo.
+    @rtype: L{bytes}
+    """
+    return key.public_bytes(  # type: ignore[attr-defined, no-any-return]
+        serialization.Encoding.DER,
+        serialization.PublicFormat.SubjectPublicKeyInfo,
+    )
+
+
+def server_context_factory(config: TLSConfig) -> CertificateOptions:
+    """
+    Build the server's TLS settings from the C{[tls]} table.
+
+    The certificate file holds the PEM chain, leaf first; the certificates
+    after the leaf are sent as the rest of the chain.  The key file holds
+    one unencrypted PEM private key (PKCS#8 or traditional), which must be
+    the leaf certificate's key.  TLS versions below
+    C{config.minimum_version} are refused (RFC 8996 deprecates TLS 1.0 and
+    1.1; RFC 8314 section 4.1 asks for at least TLS 1.2).
+
+    @param config: The C{[tls]} table.
+    @type config: L{TLSConfig}
+    @return: Settings usable as an C{IOpenSSLServerConnectionCreator} (for
+        L{implicit_tls_factory}) and by C{ITLSTransport.startTLS} (for
+        STARTTLS).
+    @rtype: L{CertificateOptions}
+    @raise ConfigError: When a file is missing, unreadable or not PEM, the
+        key is encrypted or does not belong to the certificate, or the
+        minimum version is unknown.  The one-line message names the
+        setting and the file, for example
+        C{"tls.certificate: /etc/relayd/cert.pem: no such file"}.
+    """
+    try:
+        minimum = _MINIMUM_VERSIONS[config.minimum_version]
+    except KeyError:
+        raise ConfigError(
+            "tls.minimum_version: expected one of " + ", ".join(repr(v) for v in _MINIMUM_VERSIONS)
+        ) from None
+
+    certificate_pem = _read("tls.certificate", config.certificate)
+    key_pem = _read("tls.key", config.key)
+
+    try:
+        chain = x509.load_pem_x509_certificates(certificate_pem)
+    except ValueError:
+        raise ConfigError(
+            f"tls.certificate: {config.certificate}: no PEM certificate found"
+        ) from None
+
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except TypeError:
+        raise ConfigError(
+            f"tls.key: {config.key}: the key is encrypted; relayd needs an unencrypted key"
+        ) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise ConfigError(f"tls.key: {config.key}: no usable PEM private key found") from None
+
+    leaf = chain[0]
+    if _public_bytes(leaf.public_key()) != _public_bytes(key.public_key()):
+        raise ConfigError(
+            f"tls.key: {config.key}: does not match the certificate in {config.certificate}"
+        )
+
+    if not isinstance(key, _SERVER_KEY_TYPES):
+        raise ConfigError(f"tls.key: {config.key}: unsupported key type")
+
+    # Certificates and keys from cryptography, not pyOpenSSL's deprecated
+    # X509 and PKey: Twisted only hands them to pyOpenSSL's Context, which
+    # takes either.
+    options = CertificateOptions(
+        privateKey=key,  # type: ignore[arg-type]
+        certificate=leaf,  # type: ignore[arg-type]
+        extraCertChain=list(chain[1:]),  # type: ignore[arg-type]
+        raiseMinimumTo=minimum,
+    )
+    # Build the OpenSSL context now, so that anything OpenSSL refuses (a
+    # key too weak for its security level, say) stops the daemon at
+    # start-up rather than failing the first handshake.
+    try:
+        options.getContext()
+    except SSL.Error as e:
+        raise ConfigError(
+            f"tls.certificate: {config.certificate}: OpenSSL refused the certificate or key: {e}"
+        ) from None
+    return options
+
+
+def implicit_tls_factory(
+    factory: IProtocolFactory, context_factory: CertificateOptions
+) -> IProtocolFactory:
+    """
+    Wrap C{factory} so that each connection is TLS from its first byte:
+    implicit TLS, as on the submissions port 465 (RFC 8314 section 3).
+
+    The wrapped protocols see the decrypted stream; their transport is the
+    TLS transport.  The SMTP protocol should be told explicitly that such a
+    connection is already secure (it must not offer STARTTLS, and may offer
+    AUTH at once); this wrapper does not tell it.
+
+    @param factory: The factory of the application protocol (SMTP).
+    @type factory: L{IProtocolFactory}
+    @param context_factory: The server's TLS settings, usually from
+        L{server_context_factory}.
+    @type context_factory: L{CertificateOptions} or another
+        C{IOpenSSLServerConnectionCreator}
+    @return: A factory for the listening endpoint.
+    @rtype: L{IProtocolFactory}
+    """
+    return TLSMemoryBIOFactory(context_factory, False, factory)
+
+
+def _atomic_write(path: Path, data: bytes, mode: int) -> None:
+    """
+    Write C{data} to C{path} through a temporary file in the same folder,
+    so that a reader sees either nothing or the whole file.
+
+    @param path: Destination.
+    @type path: L{Path}
+    @param data: The file's bytes.
+    @type data: L{bytes}
+    @param mode: Permission bits of the new file (for example C{0o600}).
+    @type mode: L{int}
+    @raise OSError: When the file cannot be written.
+    """
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
+            f.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:  # pragma: no cover
+            pass
+        raise
+
+
+def _subject_alternative_names(hostname: str) -> list[x509.GeneralName]:
+    """
+    The SubjectAltName entries of a development certificate: C{hostname},
+    C{localhost} and C{127.0.0.1}, without repeats.
+
+    @param hostname: The server's name; an IP address literal is added as
+        an IP address entry.
+    @type hostname: L{str}
+    @rtype: L{list} of L{x509.GeneralName}
+    """
+    names: list[x509.GeneralName] = []
+    for name in (hostname, "localhost", "127.0.0.1"):
+        if not name:
+            continue
+        entry: x509.GeneralName
+        try:
+            entry = x509.IPAddress(ipaddress.ip_address(name))
+        except ValueError:
+            entry = x509.DNSName(name.lower())
+        if entry not in names:
+            names.append(entry)
+    return names
+
+
+def ensure_self_signed(
+    certificate: str,
+    key: str,
+    hostname: str,
+    *,
+    now: datetime.datetime | None = None,
+) -> bool:
+    """
+    Create a self-signed development certificate and its key at
+    C{certificate} and C{key} if either file is missing.
+
+    The key is EC P-256, written with mode C{0600}; the certificate is valid
+    for 365 days from C{now}, names C{hostname}, C{localhost} and
+    C{127.0.0.1} in its SubjectAltName (RFC 5280 section 4.2.1.6; clients
+    check the server's name there, RFC 6125), and says
+    L{DEVELOPMENT_ORGANIZATION} as its subject's organisation.  Missing
+    parent folders are created.  Both files are replaced when either is
+    missing, so that the pair always matches.
+
+    Used by the development configuration (C{[tls] generate_self_signed});
+    never in production.
+
+    @param certificate: Path of the PEM certificate to create.
+    @type certificate: L{str}
+    @param key: Path of the PEM private key to create.
+    @type key: L{str}
+    @param hostname: The server's name (C{[server] hostname}).
+    @type hostname: L{str}
+    @param now: The start of the validity period (timezone-aware); the
+        current time when C{None}.
+    @type now: L{datetime.datetime} or L{None}
+    @return: C{True} if the files were created, C{False} if both already
+        existed and were left alone.
+    @rtype: L{bool}
+    @raise ConfigError: When a file or folder cannot be written.
+    """
+    certificate_path = Path(certificate)
+    key_path = Path(key)
+    if certificate_path.exists() and key_path.exists():
+        return False
+    if now is None:
+        now = datetime.datetime.now(datetime.UTC)
+
+    private_key = ec.generate_private_key(ec.SECP256R1())
+    common_name = hostname if 0 < len(hostname) <= 64 else "localhost"
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, DEVELOPMENT_ORGANIZATION),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+    public_key = private_key.public_key()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        # A little slack for clocks that are slightly behind.
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + _DEVELOPMENT_VALIDITY)
+        .add_extension(
+            x509.SubjectAlternativeName(_subject_alternative_names(hostname)),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .sign(private_key, hashes.SHA256())
+    )
+    key_pem = private_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    certificate_pem = cert.public_bytes(serialization.Encoding.PEM)
+
+    for setting, path, data, mode in (
+        ("tls.key", key_path, key_pem, 0o600),
+        ("tls.certificate", certificate_path, certificate_pem, 0o644),
+    ):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_write(path, data, mode)
+        except OSError as e:
+            raise ConfigError(f"{setting}: {path}: cannot be written: {e.strerror or e}") from None
+    return True

@@ -1,0 +1,204 @@
+"""
+Tests for L{relayd.devupstream}, the bundled development API, over a real
+loopback socket (its file I/O runs in the reactor's thread pool).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+from treq.client import HTTPClient
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from relayd.config import UpstreamConfig
+from relayd.devupstream import make_site
+from relayd.testing import sample_message
+from relayd.upstream import Accepted, Failed, make_client
+
+TOKEN = "dev-token-SECRET"
+
+
+def _deferred(f):  # type: ignore[no-untyped-def]
+    """
+    Run an C{async def} test method as a Deferred-returning one for trial.
+    """
+
+    @functools.wraps(f)
+    def run(self):  # type: ignore[no-untyped-def]
+        return Deferred.fromCoroutine(f(self))
+
+    return run
+
+
+def native(**changes: object) -> dict:
+    """
+    A valid native request document.
+    """
+    from relayd.dialects import get_dialect
+
+    return json.loads(get_dialect("native").body(sample_message(**changes)))
+
+
+class DevUpstreamTests(TestCase):
+    """
+    The development API on 127.0.0.1.
+    """
+
+    timeout = 20
+
+    def setUp(self) -> None:
+        self.outbox = os.path.join(self.mktemp(), "outbox")
+        port = reactor.listenTCP(0, make_site(self.outbox, reactor), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.base = f"http://127.0.0.1:{port.getHost().port}"
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.http = HTTPClient(Agent(reactor, pool=pool))
+
+    async def post(
+        self, body: bytes, token: str | None = TOKEN, **headers: str
+    ) -> tuple[int, object]:
+        all_headers = {k.replace("_", "-"): v for k, v in headers.items()}
+        all_headers["Content-Type"] = "application/json"
+        if token is not None:
+            all_headers["Authorization"] = f"Bearer {token}"
+        response = await self.http.post(self.base + "/send", data=body, headers=all_headers)
+        return response.code, json.loads(await response.content())
+
+    async def get(self, path: str) -> tuple[int, object]:
+        response = await self.http.get(self.base + path)
+        return response.code, json.loads(await response.content())
+
+    def stored(self) -> list[str]:
+        if not os.path.isdir(self.outbox):
+            return []
+        return sorted(os.listdir(self.outbox))
+
+    @_deferred
+    async def test_post_stores_and_answers_id(self) -> None:
+        """
+        A valid request is stored as C{<outbox>/<id>.json} and answered with
+        its id; the token is not stored.
+        """
+        status, answer = await self.post(json.dumps(native()).encode())
+        self.assertEqual(status, 200)
+        assert isinstance(answer, dict)
+        message_id = answer["id"]
+        self.assertEqual(self.stored(), [f"{message_id}.json"])
+        with open(os.path.join(self.outbox, f"{message_id}.json"), encoding="utf-8") as f:
+            text = f.read()
+        stored = json.loads(text)
+        self.assertEqual(stored["id"], message_id)
+        self.assertEqual(stored["message"], native())
+        self.assertTrue(stored["received_at"].endswith("+00:00"))
+        self.assertNotIn(TOKEN, text)
+
+    @_deferred
+    async def test_list_and_get(self) -> None:
+        """
+        C{GET /messages} lists the messages oldest first; C{GET
+        /messages/<id>} returns one.
+        """
+        _, first = await self.post(json.dumps(native(subject="one")).encode())
+        _, second = await self.post(json.dumps(native(subject="two")).encode())
+        assert isinstance(first, dict) and isinstance(second, dict)
+        status, listing = await self.get("/messages")
+        self.assertEqual(status, 200)
+        assert isinstance(listing, list)
+        self.assertEqual([m["id"] for m in listing], [first["id"], second["id"]])
+        self.assertEqual(
+            {k: v for k, v in listing[0].items() if k != "received_at"},
+            {
+                "id": first["id"],
+                "from": "Zoë Sender <zoe@example.com>",
+                "to": ["Ann <ann@example.net>"],
+                "subject": "one",
+            },
+        )
+        status, one = await self.get(f"/messages/{second['id']}")
+        self.assertEqual(status, 200)
+        assert isinstance(one, dict)
+        self.assertEqual(one["message"]["subject"], "two")
+
+    @_deferred
+    async def test_empty_listing(self) -> None:
+        """
+        Before any message, the listing is empty.
+        """
+        self.assertEqual(await self.get("/messages"), (200, []))
+
+    @_deferred
+    async def test_unknown_message(self) -> None:
+        """
+        An unknown or malformed id is 404.
+        """
+        self.assertEqual(
+            await self.get("/messages/0123456789abcdef"), (404, {"error": "No such message"})
+        )
+        self.assertEqual((await self.get("/messages/..%2f..%2fetc"))[0], 404)
+
+    @_deferred
+    async def test_bad_input(self) -> None:
+        """
+        Not JSON or not an object is 400; a wrong shape is 422; nothing is
+        stored.
+        """
+        self.assertEqual((await self.post(b"{not json"))[0], 400)
+        self.assertEqual((await self.post(b"[1, 2]"))[0], 400)
+        without_from = native()
+        del without_from["from"]
+        self.assertEqual((await self.post(json.dumps(without_from).encode()))[0], 422)
+        no_recipients = native()
+        no_recipients["envelope"]["rcpt_to"] = []
+        status, answer = await self.post(json.dumps(no_recipients).encode())
+        self.assertEqual(status, 422)
+        self.assertIn("rcpt_to", answer["error"])  # type: ignore[index]
+        self.assertEqual(self.stored(), [])
+
+    @_deferred
+    async def test_token_required(self) -> None:
+        """
+        Without a Bearer token the answer is 401.
+        """
+        status, answer = await self.post(json.dumps(native()).encode(), token=None)
+        self.assertEqual((status, answer), (401, {"error": "Missing API token"}))
+        self.assertEqual(self.stored(), [])
+
+    @_deferred
+    async def test_forced_status(self) -> None:
+        """
+        C{X-Relayd-Dev-Status} forces the answer's status; nothing is
+        stored.
+        """
+        status, answer = await self.post(json.dumps(native()).encode(), X_Relayd_Dev_Status="503")
+        self.assertEqual(status, 503)
+        self.assertEqual(self.stored(), [])
+
+    @_deferred
+    async def test_relayd_client_end_to_end(self) -> None:
+        """
+        relayd's own client and the native dialect talk to the development
+        API: accepted with the stored id; a token in the wrong header is
+        refused.
+        """
+        client = make_client(reactor, UpstreamConfig(url=self.base + "/send", timeout=10.0))
+        self.addCleanup(client.close)
+        result = await client.send(sample_message(), TOKEN)
+        assert isinstance(result, Accepted)
+        self.assertEqual(self.stored(), [f"{result.message_id}.json"])
+        with open(os.path.join(self.outbox, f"{result.message_id}.json"), encoding="utf-8") as f:
+            self.assertEqual(json.load(f)["message"], native())
+
+        wrong_header = make_client(
+            reactor,
+            UpstreamConfig(url=self.base + "/send", timeout=10.0, token_header="X-Api-Key"),
+        )
+        self.addCleanup(wrong_header.close)
+        self.assertEqual(
+            await wrong_header.send(sample_message(), TOKEN),
+            Failed(554, "5.7.1", "Missing API token"),
+        )
