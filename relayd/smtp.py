@@ -31,7 +31,8 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 from twisted.cred.credentials import UsernamePassword
@@ -483,7 +484,8 @@ class RelaySMTP(smtp.ESMTP):
         """
         while self._buffer and not self._pending and self._state != _CLOSED:
             if self._state == _DATA:
-                self._data_process()
+                if not self._data_process():
+                    return
                 continue
             newline = self._buffer.find(b"\n")
             limit = (
@@ -578,7 +580,7 @@ class RelaySMTP(smtp.ESMTP):
             self._data_error = reply
         self._data_parts = []
 
-    def _data_process(self) -> None:
+    def _data_process(self) -> bool:
         """
         Consume buffered DATA: complete lines at once, in whole buffers.
 
@@ -586,6 +588,9 @@ class RelaySMTP(smtp.ESMTP):
         (RFC 5321 section 4.1.1.4); dot-stuffing is undone on whole buffers
         (section 4.5.2); bare C{<LF>} and C{<CR>} are normalized to
         C{<CR><LF>} or make the message fail, as configured.
+
+        @return: Whether there may be more to do with the buffer (the end
+            of data was found); C{False} when more input is needed.
         """
         buf = self._buffer
         if self._data_skip_line:
@@ -595,21 +600,21 @@ class RelaySMTP(smtp.ESMTP):
             if newline < 0:
                 self._data_skip_cr = buf.endswith(b"\r")
                 self._buffer = bytearray()
-                return
+                return False
             if newline > 0:
                 self._data_skip_cr = buf[newline - 1] == 0x0D
             self._data_crlf = self._data_skip_cr
             del buf[: newline + 1]
             self._data_skip_line = False
             if not buf:
-                return
+                return False
         last = buf.rfind(b"\n")
         if last < 0:
             if len(buf) > self.limits.max_line_length + 2:
                 self._line_too_long()
                 self._data_skip_line = True
                 self._buffer = bytearray()
-            return
+            return False
         # Find the end of data among the complete lines.
         if self._data_crlf and buf.startswith(b".\r\n"):
             end = 0
@@ -627,12 +632,14 @@ class RelaySMTP(smtp.ESMTP):
         if end >= 0:
             self._buffer = bytearray(rest)
             self._data_end()
+            return True
         else:
             self._buffer = bytearray(rest)
             if len(rest) > self.limits.max_line_length + 2:
                 self._line_too_long()
                 self._data_skip_line = True
                 self._buffer = bytearray()
+        return False
 
     def _line_too_long(self) -> None:
         self._data_fail(

@@ -7,6 +7,9 @@ Sections:
   - Fake upstream API (L{FakeUpstream}): a twisted.web resource that
     records requests and answers from a queue.
   - Outbound messages (L{sample_message}).
+  - SMTP sessions: L{TLSStringTransport}, L{FakeDelivery} (an
+    L{IMessageDelivery} avatar that records transactions) and
+    L{make_fake_portal}, to drive L{relayd.smtp} without a network.
 """
 
 from __future__ import annotations
@@ -16,13 +19,31 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
+import attrs
 from attrs import field, frozen
+from twisted.cred.portal import Portal
+from twisted.internet import defer
+from twisted.internet.interfaces import ITLSTransport
+from twisted.internet.testing import StringTransport
+from twisted.mail.interfaces import IMessageDelivery
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
+from zope.interface import implementer
 
-from relayd.message import Attachment, Envelope, OutboundMessage
+from relayd.message import Attachment, Envelope, MessageRejected, OutboundMessage
+from relayd.smtp import Reply
 
-__all__ = ["Answer", "FakeUpstream", "RecordedRequest", "sample_message"]
+__all__ = [
+    "TOKEN",
+    "Answer",
+    "FakeDelivery",
+    "FakeUpstream",
+    "RecordedRequest",
+    "SentMessage",
+    "TLSStringTransport",
+    "make_fake_portal",
+    "sample_message",
+]
 
 
 # ---------------------------------------------------------------------------
@@ -214,3 +235,138 @@ def sample_message(**changes: Any) -> OutboundMessage:
     )
     fields.update(changes)
     return OutboundMessage(**fields)
+
+
+# ---------------------------------------------------------------------------
+# SMTP sessions
+# ---------------------------------------------------------------------------
+
+
+# A test token: public, for tests only.
+TOKEN = "test-token-not-a-secret"
+
+
+@implementer(ITLSTransport)
+class TLSStringTransport(StringTransport):
+    """
+    A L{StringTransport} that records L{startTLS} instead of doing TLS.
+    """
+
+    tls_started = False
+
+    def startTLS(self, contextFactory: Any, normal: bool = True) -> None:
+        self.tls_started = True
+
+
+@attrs.define(slots=False)
+class SentMessage:
+    """
+    What a L{FakeDelivery} was given for one transaction.
+    """
+
+    mail_from: str
+    rcpt_to: list[str]
+    data: bytes = b""
+
+
+@implementer(IMessageDelivery)
+class FakeDelivery:
+    """
+    An L{IMessageDelivery} avatar that records messages and answers with
+    C{result}; with C{hold}, validations wait for L{release}.
+    """
+
+    name = "test"
+    max_recipients = None
+    max_message_size = None
+
+    def __init__(self) -> None:
+        self.sent: list[SentMessage] = []
+        self.allowed_senders: tuple[str, ...] = ()
+        self.result: tuple[str, str, str] | None = None
+        self.hold = False
+        self.hold_eom = False
+        self._held: list[tuple[defer.Deferred[Any], Any]] = []
+        self._held_eom: list[tuple[defer.Deferred[Any], Any]] = []
+        self._current: SentMessage | None = None
+        self._count = 0
+
+    def _answer(self, value: Any) -> Any:
+        if not self.hold:
+            return value
+        d: defer.Deferred[Any] = defer.Deferred()
+        self._held.append((d, value))
+        return d
+
+    def release(self) -> None:
+        d, value = self._held.pop(0)
+        d.callback(value)
+
+    def release_eom(self) -> None:
+        d, value = self._held_eom.pop(0)
+        d.callback(value)
+
+    def receivedHeader(self, helo: Any, origin: Any, recipients: Any) -> None:
+        return None
+
+    def validateFrom(self, helo: Any, origin: str, smtputf8: bool = False) -> Any:
+        if self.allowed_senders and origin not in self.allowed_senders:
+            raise MessageRejected(550, "5.7.1", "Sender not allowed")
+        self._current = SentMessage(origin, [])
+        return self._answer(origin)
+
+    def validateTo(self, user: str) -> Any:
+        current = self._current
+        assert current is not None
+        current.rcpt_to.append(user)
+        if not hasattr(current, "message"):
+            current.message = _FakeMessage(self, current)  # type: ignore[attr-defined]
+        message = current.message  # type: ignore[attr-defined]
+        return self._answer(lambda: message)
+
+    def _deliver(self, message: SentMessage) -> defer.Deferred[Reply]:
+        self.sent.append(message)
+        self._count += 1
+        if self.result is None:
+            reply = Reply(250, "2.0.0", f"Ok: queued as fake-{self._count}")
+        else:
+            code, status, text = self.result
+            reply = Reply(int(code), status, text)
+        if self.hold_eom:
+            d: defer.Deferred[Reply] = defer.Deferred()
+            self._held_eom.append((d, reply))
+            return d
+        return defer.succeed(reply)
+
+
+class _FakeMessage:
+    def __init__(self, owner: FakeDelivery, record: SentMessage) -> None:
+        self.owner = owner
+        self.record = record
+        self.parts: list[bytes] = []
+
+    def bodyReceived(self, data: bytes) -> None:
+        self.parts.append(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        self.parts.append(line + b"\r\n")
+
+    def eomReceived(self) -> defer.Deferred[Reply]:
+        self.record.data = b"".join(self.parts)
+        return self.owner._deliver(self.record)
+
+    def connectionLost(self) -> None:
+        self.parts = []
+
+
+def make_fake_portal(avatar: Any, token: str = TOKEN) -> Portal:
+    """
+    A portal with relayd's real checker for the single token C{token},
+    whose realm returns C{avatar}.
+    """
+    from relayd.auth import make_portal
+    from relayd.tokens import TokenStore
+
+    def factory(t: str, policy: Any) -> Any:
+        return avatar
+    return make_portal(TokenStore.from_tokens({"test": token}), factory)

@@ -22,7 +22,7 @@ from relayd.smtp import (
     RelaySMTPFactory,
     parse_path,
 )
-from relayd._testing_smtp import (
+from relayd.testing import (
     TOKEN,
     FakeDelivery,
     TLSStringTransport,
