@@ -1,0 +1,528 @@
+"""
+End-to-end tests: the real daemon (C{twist relayd --config}) on free
+127.0.0.1 ports, real SMTP clients (smtplib, swaks, curl) over STARTTLS and
+implicit TLS, and a real HTTP upstream that records what it receives.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import os
+import shutil
+import smtplib
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+from email.message import EmailMessage
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from relayd.tls import ensure_self_signed
+from relayd.tokens import digest
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = Path(os.environ.get("RELAYD_CORPUS", ROOT.parent / "shared" / "corpus"))
+TOKEN = "e2e-token-not-a-secret"
+OTHER_TOKEN = "e2e-second-token-not-a-secret"
+SIMPLE = b"From: a@example.com\r\nTo: b@example.net\r\nSubject: x\r\n\r\nbody\r\n"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Upstream:
+    """
+    A real HTTP upstream on 127.0.0.1 (stdlib, in a thread): records each
+    request and answers from a queue (default: 200 with an id).
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.answers: list[tuple[int, dict[str, Any]]] = []
+        self.lock = threading.Lock()
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length)
+                with upstream.lock:
+                    upstream.requests.append(
+                        {
+                            "path": self.path,
+                            "headers": dict(self.headers.items()),
+                            "json": json.loads(body),
+                        }
+                    )
+                    n = len(upstream.requests)
+                    status, answer = (
+                        upstream.answers.pop(0) if upstream.answers else (200, {"id": f"up-{n}"})
+                    )
+                data = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Daemon:
+    """
+    The real relayd, run with C{twist} on a temporary configuration.
+    """
+
+    def __init__(self, upstream_url: str, extra: str = "") -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="relayd-e2e-"))
+        self.cert = str(self.dir / "cert.pem")
+        ensure_self_signed(self.cert, str(self.dir / "key.pem"), "localhost")
+        (self.dir / "tokens.toml").write_text(
+            f'[tokens.e2e]\nsha256 = "{digest(TOKEN).hex()}"\n'
+            f'[tokens.limited]\nsha256 = "{digest(OTHER_TOKEN).hex()}"\n'
+            'senders = ["allowed.example"]\n'
+        )
+        self.starttls_port = free_port()
+        self.implicit_port = free_port()
+        (self.dir / "relayd.toml").write_text(
+            f"""
+[server]
+hostname = "relay.test"
+
+[[listeners]]
+endpoint = "tcp:port={self.starttls_port}:interface=127.0.0.1"
+tls = "starttls"
+
+[[listeners]]
+endpoint = "tcp:port={self.implicit_port}:interface=127.0.0.1"
+tls = "implicit"
+
+[tls]
+certificate = "cert.pem"
+key = "key.pem"
+
+[auth]
+tokens_file = "tokens.toml"
+
+[upstream]
+url = "{upstream_url}"
+timeout = 5
+{extra}
+"""
+        )
+        self.log = open(self.dir / "relayd.log", "wb")
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "twisted", "--log-format=text", "relayd",
+             "--config", str(self.dir / "relayd.toml")],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=str(self.dir),
+            env=env,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.implicit_port), 0.2).close()
+                socket.create_connection(("127.0.0.1", self.starttls_port), 0.2).close()
+                break
+            except OSError:
+                if self.process.poll() is not None:
+                    raise RuntimeError("relayd exited: " + self.logtext())
+                time.sleep(0.05)
+        else:
+            raise RuntimeError("relayd did not start: " + self.logtext())
+
+    def logtext(self) -> str:
+        self.log.flush()
+        return (self.dir / "relayd.log").read_text("utf-8", "replace")
+
+    def tls_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=self.cert)
+
+    def starttls(self) -> smtplib.SMTP:
+        client = smtplib.SMTP("127.0.0.1", self.starttls_port, local_hostname="client.test", timeout=10)
+        client.starttls(context=self.tls_context())
+        return client
+
+    def implicit(self) -> smtplib.SMTP_SSL:
+        context = self.tls_context()
+        context.check_hostname = False  # connecting by IP; the CA pins it
+        return smtplib.SMTP_SSL(
+            "127.0.0.1", self.implicit_port, local_hostname="client.test",
+            context=context, timeout=10,
+        )
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def three_recipient_message() -> EmailMessage:
+    m = EmailMessage()
+    m["From"] = "Alice Sender <alice@example.com>"
+    m["To"] = "Bob <bob@example.net>"
+    m["Cc"] = "carol@example.org"
+    m["Subject"] = "Quarterly report"
+    m["X-Tags"] = "reports, q3"
+    m.set_content("Hello Bob,\nsee attached.\n")
+    m.add_alternative("<p>Hello Bob,</p>", subtype="html")
+    m.add_attachment(b"%PDF-1.4 fake", maintype="application", subtype="pdf", filename="report.pdf")
+    return m
+
+
+class EndToEndTests(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.upstream = Upstream()
+        cls.daemon = Daemon(f"http://127.0.0.1:{cls.upstream.port}/v1/send")
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        log = cls.daemon.logtext()
+        cls.daemon.stop()
+        cls.upstream.stop()
+        assert "Traceback" not in log, log
+        assert TOKEN not in log and OTHER_TOKEN not in log, "token in the log"
+
+    def setUp(self) -> None:
+        with self.upstream.lock:
+            self.upstream.requests.clear()
+            self.upstream.answers.clear()
+
+    def test_starttls_three_recipients_make_one_upstream_request(self) -> None:
+        """
+        A message to one To, one Cc and one Bcc recipient over STARTTLS
+        becomes exactly one upstream request carrying all three; the reply
+        carries the upstream's id.
+        """
+        with self.daemon.starttls() as client:
+            client.login("apikey", TOKEN)
+            client.ehlo()
+            code, reply = client.mail("alice@example.com")
+            self.assertEqual((code, reply), (250, b"2.1.0 Ok"))
+            for rcpt in ("bob@example.net", "carol@example.org", "dave@example.com"):
+                self.assertEqual(client.rcpt(rcpt)[0], 250)
+            code, reply = client.data(three_recipient_message().as_bytes())
+        self.assertEqual((code, reply), (250, b"2.0.0 Ok: queued as up-1"))
+        (request,) = self.upstream.requests
+        self.assertEqual(request["path"], "/v1/send")
+        self.assertEqual(request["headers"]["Authorization"], f"Bearer {TOKEN}")
+        body = request["json"]
+        self.assertEqual(body["from"], "Alice Sender <alice@example.com>")
+        self.assertEqual(body["to"], ["Bob <bob@example.net>"])
+        self.assertEqual(body["cc"], ["carol@example.org"])
+        self.assertEqual(body["bcc"], ["dave@example.com"])
+        self.assertEqual(body["subject"], "Quarterly report")
+        self.assertEqual(body["text"], "Hello Bob,\nsee attached.\n")
+        self.assertEqual(body["html"], "<p>Hello Bob,</p>\n")
+        self.assertEqual(body["tags"], ["reports", "q3"])
+        self.assertEqual(
+            body["envelope"],
+            {
+                "mail_from": "alice@example.com",
+                "rcpt_to": ["bob@example.net", "carol@example.org", "dave@example.com"],
+            },
+        )
+        (attachment,) = body["attachments"]
+        self.assertEqual(attachment["filename"], "report.pdf")
+        self.assertEqual(attachment["content_type"], "application/pdf")
+        header_names = [name.lower() for name, _ in body["headers"]]
+        for stripped in ("bcc", "x-tags", "message-id", "received"):
+            self.assertNotIn(stripped, header_names)
+
+    def test_implicit_tls_with_each_username_form(self) -> None:
+        """
+        On the implicit-TLS listener the token works as password with the
+        username C{apikey}, the token itself, or a blank username.
+        """
+        for user in ("apikey", TOKEN, ""):
+            with self.daemon.implicit() as client:
+                client.ehlo()
+                if user:
+                    client.login(user, TOKEN)
+                else:
+                    code, _ = client.docmd(
+                        "AUTH", "PLAIN " + __import__("base64").b64encode(f"\0\0{TOKEN}".encode()).decode()
+                    )
+                    self.assertEqual(code, 235)
+                refused = client.sendmail("a@example.com", ["b@example.net"], SIMPLE)
+                self.assertEqual(refused, {})
+        self.assertEqual(len(self.upstream.requests), 3)
+
+    def test_wrong_token_and_no_auth(self) -> None:
+        with self.daemon.implicit() as client:
+            client.ehlo()
+            with self.assertRaises(smtplib.SMTPAuthenticationError) as e:
+                client.login("apikey", "wrong-token")
+            self.assertEqual(e.exception.smtp_code, 535)
+            self.assertEqual(e.exception.smtp_error, b"5.7.8 Authentication credentials invalid")
+            code, reply = client.mail("a@example.com")
+            self.assertEqual((code, reply), (530, b"5.7.0 Authentication required"))
+
+    def test_auth_before_starttls_is_refused(self) -> None:
+        with smtplib.SMTP("127.0.0.1", self.daemon.starttls_port, timeout=10) as client:
+            client.ehlo()
+            self.assertFalse(client.has_extn("auth"))
+            self.assertTrue(client.has_extn("starttls"))
+            code, reply = client.docmd("AUTH", "PLAIN AGFwaWtleQB4")
+            self.assertEqual(code, 538)
+            self.assertEqual(reply, b"5.7.11 Encryption required for requested authentication mechanism")
+
+    def test_upstream_answers_become_smtp_replies(self) -> None:
+        """
+        Each upstream status gives the documented SMTP reply; never 250 for
+        a message the upstream did not take.
+        """
+        cases = [
+            (422, {"error": "Invalid recipient: nobody"}, 550, b"5.6.0 Invalid recipient: nobody"),
+            (400, {"error": "Bad request"}, 550, b"5.6.0 Bad request"),
+            (401, {"error": "bad token"}, 554, None),
+            (413, {}, 552, b"5.3.4 Message too big"),
+            (429, {}, 451, None),
+            (500, {}, 451, b"4.3.0 Temporary failure, try again later"),
+            (503, {}, 451, b"4.3.0 Temporary failure, try again later"),
+        ]
+        for status, answer, code, text in cases:
+            self.upstream.answers.append((status, answer))
+            with self.daemon.implicit() as client:
+                client.login("apikey", TOKEN)
+                with self.assertRaises(smtplib.SMTPDataError) as e:
+                    client.sendmail("a@example.com", ["b@example.net"], SIMPLE)
+                self.assertEqual(e.exception.smtp_code, code, status)
+                if text is not None:
+                    self.assertEqual(e.exception.smtp_error, text)
+                else:
+                    self.assertRegex(e.exception.smtp_error.decode(), r"^[45]\.\d\.\d ")
+        self.assertEqual(len(self.upstream.requests), len(cases))
+
+    def test_sender_policy_of_the_token(self) -> None:
+        with self.daemon.implicit() as client:
+            client.login("apikey", OTHER_TOKEN)
+            self.assertEqual(client.mail("a@example.com"), (550, b"5.7.1 Sender not allowed"))
+            self.assertEqual(client.mail("a@allowed.example")[0], 250)
+            client.rcpt("b@example.net")
+            code, reply = client.data(b"From: other@example.com\r\nSubject: x\r\n\r\nbody\r\n")
+            self.assertEqual((code, reply), (550, b"5.7.1 Sender not allowed"))
+        self.assertEqual(self.upstream.requests, [])
+
+    def test_eight_bit_body_without_body_parameter(self) -> None:
+        """
+        An 8-bit UTF-8 body sent without BODY=8BITMIME reaches the upstream
+        intact.
+        """
+        data = "From: a@example.com\r\nSubject: Grüße\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nGrüße aus Köln\r\n"
+        with self.daemon.implicit() as client:
+            client.login("apikey", TOKEN)
+            client.sendmail("a@example.com", ["b@example.net"], data.encode("utf-8"))
+        body = self.upstream.requests[0]["json"]
+        self.assertEqual(body["text"], "Grüße aus Köln\n")
+        self.assertEqual(body["subject"], "Grüße")
+
+    def test_smtputf8_addresses(self) -> None:
+        data = "From: Jörg <jörg@bücher.example>\r\nTo: 用户@例子.广告\r\nSubject: ok\r\n\r\nhi\r\n"
+        with self.daemon.implicit() as client:
+            client.login("apikey", TOKEN)
+            client.sendmail(
+                "jörg@bücher.example", ["用户@例子.广告"], data.encode("utf-8"),
+                mail_options=["SMTPUTF8"],
+            )
+        body = self.upstream.requests[0]["json"]
+        self.assertEqual(body["envelope"]["rcpt_to"], ["用户@例子.广告"])
+        self.assertEqual(body["from"], "Jörg <jörg@bücher.example>")
+
+    def test_message_over_size_and_101_recipients(self) -> None:
+        with self.daemon.implicit() as client:
+            client.login("apikey", TOKEN)
+            self.assertEqual(
+                client.mail("a@example.com", ["SIZE=999999999"]),
+                (552, b"5.3.4 Message size exceeds fixed maximum message size"),
+            )
+            client.mail("a@example.com")
+            codes = [client.rcpt(f"r{i}@example.net")[0] for i in range(101)]
+            self.assertEqual(codes, [250] * 100 + [452])
+            self.assertEqual(client.data(SIMPLE)[0], 250)
+        self.assertEqual(len(self.upstream.requests[0]["json"]["envelope"]["rcpt_to"]), 100)
+
+    def test_starttls_with_pipelined_trailing_commands(self) -> None:
+        """
+        Commands a client sends in the clear after STARTTLS, in the same
+        packet, are discarded: after the handshake the server has not
+        answered them (CVE-2011-0411).
+        """
+        raw = socket.create_connection(("127.0.0.1", self.daemon.starttls_port), 10)
+        f = raw.makefile("rb")
+        self.assertTrue(f.readline().startswith(b"220 "))
+        raw.sendall(b"EHLO c\r\n")
+        while not f.readline().startswith(b"250 "):
+            pass
+        raw.sendall(b"STARTTLS\r\nNOOP\r\nNOOP\r\n")
+        self.assertEqual(f.readline(), b"220 2.0.0 Ready to start TLS\r\n")
+        tls = self.daemon.tls_context().wrap_socket(raw, server_hostname="localhost")
+        tf = tls.makefile("rb")
+        tls.sendall(b"NOOP\r\n")
+        self.assertEqual(tf.readline(), b"250 2.0.0 Ok\r\n")
+        tls.sendall(b"MAIL FROM:<a@example.com>\r\n")
+        self.assertEqual(tf.readline(), b"503 5.5.1 Error: send HELO/EHLO first\r\n")
+        tls.close()
+
+    def test_endless_line_is_cut_off(self) -> None:
+        """
+        A client sending megabytes without a line break gets one 500 and is
+        disconnected, without the daemon buffering it.
+        """
+        raw = socket.create_connection(("127.0.0.1", self.daemon.starttls_port), 10)
+        f = raw.makefile("rb")
+        f.readline()
+        chunk = b"x" * 65536
+        try:
+            for _ in range(1024):  # up to 64 MiB
+                raw.sendall(chunk)
+        except OSError:
+            pass
+        lines = f.read().split(b"\r\n")
+        self.assertEqual(lines[0], b"500 5.5.2 Line too long")
+        self.assertIn(b"421 4.7.0 relay.test Line too long, closing connection", lines)
+        raw.close()
+
+    def test_corpus_messages_are_relayed(self) -> None:
+        """
+        Every corpus message gets a 250 and a JSON whose subject and body
+        and attachment counts match what the stdlib parser reads, or a
+        specific 5xx; never a 451 or a dropped connection.
+        """
+        files = sorted(CORPUS.glob("**/*.raw"))
+        if not files:
+            self.skipTest(f"no corpus at {CORPUS}")
+        for path in files:
+            data = path.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+            before = len(self.upstream.requests)
+            with self.daemon.implicit() as client:
+                client.login("apikey", TOKEN)
+                client.mail("sender@example.com")
+                client.rcpt("rcpt@example.net")
+                code, reply = client.data(data)
+            if code != 250:
+                self.assertEqual(code // 100, 5, (path.name, code, reply))
+                self.assertRegex(reply.decode(), r"^5\.\d\.\d \w", path.name)
+                continue
+            self.assertEqual(len(self.upstream.requests), before + 1, path.name)
+            body = self.upstream.requests[-1]["json"]
+            parsed = email.message_from_bytes(data, policy=email.policy.compat32)
+            subject = parsed.get("Subject")
+            if subject is not None and "=?" not in subject:
+                self.assertEqual(body["subject"], " ".join(str(subject).split()), path.name)
+            if parsed.get_content_maintype() != "multipart":
+                self.assertEqual(body["attachments"] if parsed.get_filename() is None else body["attachments"][:0], [], path.name)
+
+    def test_swaks(self) -> None:
+        if shutil.which("swaks") is None:
+            self.skipTest("swaks not installed")
+        for args in (
+            ["--server", f"127.0.0.1:{self.daemon.starttls_port}", "--tls"],
+            ["--server", f"127.0.0.1:{self.daemon.implicit_port}", "--tlsc"],
+        ):
+            for mech in ("PLAIN", "LOGIN"):
+                out = subprocess.run(
+                    ["swaks", *args, "--auth", mech, "--auth-user", "apikey",
+                     "--auth-password", TOKEN, "--from", "a@example.com",
+                     "--to", "b@example.net", "--header", "Subject: via swaks",
+                     "--body", "hello from swaks"],
+                    capture_output=True, text=True, timeout=30,
+                )
+                self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+                self.assertRegex(out.stdout, r"<~  250 2\.0\.0 Ok: queued as up-\d+")
+        self.assertEqual([r["json"]["subject"] for r in self.upstream.requests], ["via swaks"] * 4)
+
+    def test_curl(self) -> None:
+        if shutil.which("curl") is None:
+            self.skipTest("curl not installed")
+        message = b"From: a@example.com\r\nTo: b@example.net\r\nSubject: via curl\r\n\r\nhello from curl\r\n"
+        out = subprocess.run(
+            ["curl", "-sS", "--ssl-reqd", "--cacert", self.daemon.cert,
+             "--url", f"smtp://localhost:{self.daemon.starttls_port}",
+             "--user", f"apikey:{TOKEN}", "--mail-from", "a@example.com",
+             "--mail-rcpt", "b@example.net", "--upload-file", "-"],
+            input=message, capture_output=True, timeout=30,
+        )
+        self.assertEqual(out.returncode, 0, out.stderr)
+        (request,) = self.upstream.requests
+        self.assertEqual(request["json"]["subject"], "via curl")
+        self.assertEqual(request["json"]["text"], "hello from curl\n")
+
+
+class UpstreamDownTests(unittest.TestCase):
+    def test_refused_connection_gives_451(self) -> None:
+        daemon = Daemon(f"http://127.0.0.1:{free_port()}/send")
+        try:
+            with daemon.implicit() as client:
+                client.login("apikey", TOKEN)
+                with self.assertRaises(smtplib.SMTPDataError) as e:
+                    client.sendmail("a@example.com", ["b@example.net"], SIMPLE)
+            self.assertEqual(e.exception.smtp_code, 451)
+            self.assertEqual(e.exception.smtp_error, b"4.3.0 Temporary failure, try again later")
+        finally:
+            daemon.stop()
+
+
+class IdleTests(unittest.TestCase):
+    def test_idle_client_is_closed(self) -> None:
+        daemon = Daemon("http://127.0.0.1:9/send", extra="[limits]\nidle_timeout = 1")
+        try:
+            raw = socket.create_connection(("127.0.0.1", daemon.starttls_port), 10)
+            f = raw.makefile("rb")
+            self.assertTrue(f.readline().startswith(b"220 relay.test "))
+            self.assertEqual(
+                f.readline(), b"421 4.4.2 relay.test Timeout exceeded, closing connection\r\n"
+            )
+            self.assertEqual(f.read(), b"")
+            raw.close()
+        finally:
+            daemon.stop()
+
+
+class ConfigErrorTests(unittest.TestCase):
+    def test_bad_config_is_one_line_and_exit_78(self) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "bad.toml"
+            path.write_text('[upstream]\ntimeout = "soon"\n')
+            out = subprocess.run(
+                [sys.executable, "-m", "twisted", "relayd", "--config", str(path)],
+                capture_output=True, text=True, timeout=60,
+                env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            )
+        self.assertEqual(out.returncode, 78, out.stderr)
+        self.assertEqual(
+            out.stderr.strip().splitlines()[-1],
+            f"relayd: {path}: upstream.timeout: expected a number of seconds",
+        )
+        self.assertNotIn("Traceback", out.stderr)
