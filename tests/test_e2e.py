@@ -151,7 +151,7 @@ timeout = 5
                 break
             except OSError:
                 if self.process.poll() is not None:
-                    raise RuntimeError("relayd exited: " + self.logtext())
+                    raise RuntimeError("relayd exited: " + self.logtext()) from None
                 time.sleep(0.05)
         else:
             raise RuntimeError("relayd did not start: " + self.logtext())
