@@ -1,0 +1,112 @@
+"""
+Tests for L{relayd.delivery}: the avatar and the transaction message,
+over L{treq.testing.StubTreq} and a L{FakeUpstream}.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.mail.interfaces import IMessageDelivery
+from twisted.trial.unittest import SynchronousTestCase
+from treq.testing import StubTreq
+from zope.interface.verify import verifyObject
+
+from relayd.config import HeadersConfig, UpstreamConfig
+from relayd.delivery import IStreamingMessage, Pipeline, RelayDelivery
+from relayd.dialects import get_dialect
+from relayd.message import MessageRejected
+from relayd.smtp import Reply
+from relayd.testing import FakeUpstream
+from relayd.tokens import TokenPolicy
+from relayd.upstream import UpstreamClient
+
+MESSAGE = (
+    b"From: Ann <ann@example.com>\r\nTo: bob@example.net\r\nCc: cy@example.org\r\n"
+    b"Subject: hello\r\nX-Stream: broadcast\r\n\r\nbody\r\n"
+)
+
+
+class DeliveryTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.upstream = FakeUpstream()
+        client = UpstreamClient(
+            self.clock,
+            UpstreamConfig(url="http://upstream.test/send"),
+            get_dialect("native"),
+            http=StubTreq(self.upstream),
+        )
+        self.pipeline = Pipeline(client, HeadersConfig(streams=("outbound", "broadcast")), self.clock)
+
+    def avatar(self, **policy: object) -> RelayDelivery:
+        return RelayDelivery("tok-123", TokenPolicy("web", **policy), self.pipeline)  # type: ignore[arg-type]
+
+    def transact(self, avatar: RelayDelivery, rcpts: list[str], data: bytes = MESSAGE) -> Reply:
+        avatar.validateFrom(("c", "192.0.2.1"), "ann@example.com")
+        factories = [avatar.validateTo(r) for r in rcpts]
+        messages = {id(f()): f() for f in factories}
+        (message,) = messages.values()
+        message.bodyReceived(data)
+        return self.successResultOf(message.eomReceived())
+
+    def test_interfaces(self) -> None:
+        avatar = self.avatar()
+        verifyObject(IMessageDelivery, avatar)
+        avatar.validateFrom(None, "a@example.com")
+        verifyObject(IStreamingMessage, avatar.validateTo("b@example.com")())
+
+    def test_three_recipients_one_upstream_request(self) -> None:
+        """
+        Every recipient's factory gives the same message; one request
+        carries the whole envelope, and the reply has the upstream's id.
+        """
+        self.upstream.enqueue(200, {"id": "msg-7"})
+        reply = self.transact(self.avatar(), ["bob@example.net", "cy@example.org", "dee@example.com"])
+        self.assertEqual(reply, Reply(250, "2.0.0", "Ok: queued as msg-7"))
+        (request,) = self.upstream.requests
+        self.assertEqual(request.header("authorization"), "Bearer tok-123")
+        self.assertEqual(
+            request.json["envelope"],
+            {"mail_from": "ann@example.com", "rcpt_to": ["bob@example.net", "cy@example.org", "dee@example.com"]},
+        )
+        self.assertEqual(request.json["bcc"], ["dee@example.com"])
+        self.assertEqual(request.json["stream"], "broadcast")
+
+    def test_sender_not_allowed_at_mail_from(self) -> None:
+        avatar = self.avatar(senders=("example.org",))
+        e = self.assertRaises(MessageRejected, avatar.validateFrom, None, "ann@example.com")
+        self.assertEqual((e.code, e.status, e.text), (550, "5.7.1", "Sender not allowed"))
+
+    def test_from_header_not_allowed(self) -> None:
+        avatar = self.avatar(senders=("ann@example.com",))
+        data = MESSAGE.replace(b"From: Ann <ann@example.com>", b"From: eve@example.com")
+        self.assertEqual(self.transact(avatar, ["bob@example.net"], data), Reply(550, "5.7.1", "Sender not allowed"))
+        self.assertEqual(self.upstream.requests, [])
+
+    def test_stream_not_allowed_for_token(self) -> None:
+        avatar = self.avatar(streams=("outbound",))
+        reply = self.transact(avatar, ["bob@example.net"])
+        self.assertEqual(reply, Reply(550, "5.7.1", "Stream not allowed for this token: broadcast"))
+        self.assertEqual(self.upstream.requests, [])
+
+    def test_unknown_stream(self) -> None:
+        data = MESSAGE.replace(b"X-Stream: broadcast", b"X-Stream: spam")
+        self.assertEqual(self.transact(self.avatar(), ["bob@example.net"], data), Reply(550, "5.7.1", "unknown stream 'spam'"))
+
+    def test_message_without_from(self) -> None:
+        reply = self.transact(self.avatar(), ["bob@example.net"], b"Subject: x\r\n\r\nbody\r\n")
+        self.assertEqual((reply.code, reply.status), (550, "5.6.0"))
+
+    def test_upstream_failure_is_passed_on(self) -> None:
+        self.upstream.enqueue(503, {})
+        reply = self.transact(self.avatar(), ["bob@example.net"])
+        self.assertEqual(reply, Reply(451, "4.3.0", "Temporary failure, try again later"))
+
+    def test_unexpected_error_is_451(self) -> None:
+        def broken(*a: object) -> None:
+            raise RuntimeError("boom")
+
+        self.pipeline.upstream.send = broken  # type: ignore[method-assign]
+        reply = self.transact(self.avatar(), ["bob@example.net"])
+        self.assertEqual(reply, Reply(451, "4.3.0", "Local error in processing, try again later"))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
