@@ -22,12 +22,13 @@ from typing import Any
 import attrs
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.mail.interfaces import IMessageDelivery, IMessageSMTP
 from zope.interface import implementer
 
 from relayd.config import HeadersConfig
-from relayd.message import Envelope, MessageRejected, parse_message
+from relayd.message import Envelope, MessageRejected, OutboundMessage, parse_message
 from relayd.smtp import Reply
 from relayd.tokens import TokenPolicy
 from relayd.upstream import Accepted, UpstreamClient
@@ -40,6 +41,9 @@ __all__ = [
 ]
 
 log = Logger()
+
+# Messages larger than this many bytes are parsed off the reactor thread.
+PARSE_IN_THREAD = 512 * 1024
 
 
 class IStreamingMessage(IMessageSMTP):
@@ -64,11 +68,28 @@ class Pipeline:
     @ivar upstream: Sends the mapped message and says what became of it.
     @ivar headers: The C{[headers]} policy for L{parse_message}.
     @ivar clock: Time source (for the duration in the log).
+    @ivar threads: An L{IReactorThreads} provider: messages larger than
+        L{PARSE_IN_THREAD} bytes are parsed in its thread pool, so that a
+        25 MiB message does not stall every other session; C{None} parses
+        everything on the calling thread.
     """
 
     upstream: UpstreamClient
     headers: HeadersConfig
     clock: IReactorTime
+    threads: Any = None
+
+    async def _parse(self, data: bytes, envelope: Envelope) -> OutboundMessage:
+        if self.threads is None or len(data) <= PARSE_IN_THREAD:
+            return parse_message(data, envelope, self.headers)
+        return await deferToThreadPool(
+            self.threads,
+            self.threads.getThreadPool(),
+            parse_message,
+            data,
+            envelope,
+            self.headers,
+        )
 
     async def relay(
         self, envelope: Envelope, data: bytes, token: str, policy: TokenPolicy
@@ -86,7 +107,7 @@ class Pipeline:
         """
         started = self.clock.seconds()
         try:
-            message = parse_message(data, envelope, self.headers)
+            message = await self._parse(data, envelope)
             if not policy.allows_sender(message.sender_address):
                 raise MessageRejected(550, "5.7.1", "Sender not allowed")
             if not policy.allows_stream(message.stream):

@@ -13,6 +13,7 @@ protocol) endpoints.
 
 from __future__ import annotations
 
+import os
 import signal
 from typing import Any
 
@@ -27,6 +28,7 @@ from relayd.smtp import AuthThrottle, ConnectionLimiter, RelaySMTPFactory
 from relayd.tls import ensure_self_signed, implicit_tls_factory, server_context_factory
 from relayd.tokens import TokenStore
 from relayd.upstream import make_client
+from relayd.workers import AdoptedPortService, WorkerPool, worker_argv, worker_count
 
 __all__ = ["TokensReloader", "make_service"]
 
@@ -41,9 +43,10 @@ class TokensReloader(Service):
     the operator asks.  An invalid file keeps the tokens already loaded.
     """
 
-    def __init__(self, store: TokenStore, reactor: Any) -> None:
+    def __init__(self, store: TokenStore, reactor: Any, pool: WorkerPool | None = None) -> None:
         self.store = store
         self.reactor = reactor
+        self.pool = pool
         self._previous: Any = None
 
     def reload(self) -> None:
@@ -56,6 +59,8 @@ class TokensReloader(Service):
             log.error("tokens file not reloaded: {error}", error=str(e))
         else:
             log.info("tokens file reloaded")
+        if self.pool is not None:
+            self.pool.signal_all(signal.SIGHUP)
 
     def startService(self) -> None:
         super().startService()
@@ -74,7 +79,22 @@ class TokensReloader(Service):
         return super().stopService()
 
 
-def make_service(config: Config, reactor: Any) -> MultiService:
+class _UpstreamCloser(Service):
+    """
+    Closes the upstream client's idle persistent connections on stop.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.client.close()
+
+
+def make_service(
+    config: Config, reactor: Any, inherit_fds: tuple[int, ...] = ()
+) -> MultiService:
     """
     Build the daemon from its configuration.
 
@@ -83,6 +103,10 @@ def make_service(config: Config, reactor: Any) -> MultiService:
 
     @param config: The loaded configuration.
     @param reactor: The reactor to listen, connect and keep time with.
+    @param inherit_fds: In a worker process (L{relayd.workers}): the
+        inherited listening sockets, one per listener in configuration
+        order.  Empty in the supervisor, which binds the listeners and
+        starts C{[server] workers - 1} workers.
     @return: The service to start; starting it binds every listener.
     @raise ConfigError: A certificate, key or the tokens file is unusable.
     """
@@ -97,9 +121,14 @@ def make_service(config: Config, reactor: Any) -> MultiService:
             )
     context = server_context_factory(config.tls)
     store = TokenStore.load(config.auth.tokens_file)
-    TokensReloader(store, reactor).setServiceParent(top)
+    reloader = TokensReloader(store, reactor)
+    reloader.setServiceParent(top)
+    if inherit_fds and len(inherit_fds) != len(config.listeners):
+        raise ConfigError("server.workers: inherited sockets do not match the listeners")
 
-    pipeline = Pipeline(make_client(reactor, config.upstream), config.headers, reactor)
+    client = make_client(reactor, config.upstream)
+    _UpstreamCloser(client).setServiceParent(top)
+    pipeline = Pipeline(client, config.headers, reactor, threads=reactor)
     portal = make_portal(store, make_avatar_factory(pipeline))
     limits = config.limits
     limiter = ConnectionLimiter(limits.max_connections, limits.max_connections_per_ip)
@@ -109,7 +138,8 @@ def make_service(config: Config, reactor: Any) -> MultiService:
         window=limits.auth_failure_window,
         lockout=limits.auth_lockout,
     )
-    for listener in config.listeners:
+    listening = []
+    for index, listener in enumerate(config.listeners):
         implicit = listener.tls == "implicit"
         factory: Any = RelaySMTPFactory(
             portal,
@@ -123,9 +153,23 @@ def make_service(config: Config, reactor: Any) -> MultiService:
         )
         if implicit:
             factory = implicit_tls_factory(factory, context)
-        listening = strports.service(listener.endpoint, factory, reactor=reactor)
-        listening.setName(listener.name)
-        listening.setServiceParent(top)
+        if inherit_fds:
+            service: Any = AdoptedPortService(reactor, inherit_fds[index], factory)
+        else:
+            service = strports.service(listener.endpoint, factory, reactor=reactor)
+            listening.append(service)
+        service.setName(listener.name)
+        service.setServiceParent(top)
+
+    if inherit_fds:
+        return top
+    workers = worker_count(config.server.workers)
+    if workers > 1:
+        pool = WorkerPool(
+            reactor, listening, workers - 1, worker_argv(os.path.abspath(config.path))
+        )
+        pool.setServiceParent(top)
+        reloader.pool = pool
 
     if config.dev_upstream.enabled:
         from relayd.devupstream import make_site

@@ -30,7 +30,20 @@ class Options(usage.Options):
     )
     optParameters = [
         ["config", "c", "/etc/relayd/relayd.toml", "Path of the TOML configuration file."],
+        [
+            "inherit-fds",
+            None,
+            "",
+            "Internal: run as a worker process on these inherited listening sockets.",
+        ],
     ]
+
+    def postOptions(self) -> None:
+        fds = self["inherit-fds"]
+        try:
+            self["inherit-fds"] = tuple(int(x) for x in fds.split(",")) if fds else ()
+        except ValueError:
+            raise usage.UsageError("--inherit-fds: expected numbers separated by commas") from None
 
 
 def makeService(options: Options) -> Any:
@@ -50,7 +63,7 @@ def makeService(options: Options) -> Any:
 
     try:
         config = load_config(options["config"])
-        return make_service(config, reactor)
+        return make_service(config, reactor, options["inherit-fds"])
     except ConfigError as e:
         sys.stderr.write(f"relayd: {e}\n")
         sys.stderr.flush()

@@ -5,10 +5,10 @@ over L{treq.testing.StubTreq} and a L{FakeUpstream}.
 
 from __future__ import annotations
 
+from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.mail.interfaces import IMessageDelivery
 from twisted.trial.unittest import SynchronousTestCase
-from treq.testing import StubTreq
 from zope.interface.verify import verifyObject
 
 from relayd.config import HeadersConfig, UpstreamConfig
@@ -110,3 +110,45 @@ class DeliveryTests(SynchronousTestCase):
         reply = self.transact(self.avatar(), ["bob@example.net"])
         self.assertEqual(reply, Reply(451, "4.3.0", "Local error in processing, try again later"))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class _SyncPool:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def callInThreadWithCallback(self, on_result, f, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        on_result(True, f(*args, **kwargs))
+
+
+class _Threads:
+    def __init__(self) -> None:
+        self.pool = _SyncPool()
+
+    def getThreadPool(self) -> _SyncPool:
+        return self.pool
+
+    def callFromThread(self, f, *args, **kwargs):  # type: ignore[no-untyped-def]
+        f(*args, **kwargs)
+
+
+class ThreadedParseTests(SynchronousTestCase):
+    def test_large_messages_are_parsed_in_the_thread_pool(self) -> None:
+        """
+        A message over 512 KiB is parsed in the reactor's thread pool; a
+        small one on the reactor thread.
+        """
+        clock = Clock()
+        upstream = FakeUpstream()
+        client = UpstreamClient(clock, UpstreamConfig(), get_dialect("native"), http=StubTreq(upstream))
+        threads = _Threads()
+        pipeline = Pipeline(client, HeadersConfig(), clock, threads=threads)
+        avatar = RelayDelivery("t", TokenPolicy("web"), pipeline)
+        for size in (1000, 600 * 1024):
+            avatar.validateFrom(None, "ann@example.com")
+            message = avatar.validateTo("bob@example.net")()
+            message.bodyReceived(MESSAGE.replace(b"body\r\n", b"x" * 70 + b"\r\n") + b"y" * 70 * (size // 72) + b"\r\n")
+            reply = self.successResultOf(message.eomReceived())
+            self.assertEqual(reply.code, 250)
+        self.assertEqual(threads.pool.calls, 1)
+        self.assertEqual(len(upstream.requests), 2)

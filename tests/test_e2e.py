@@ -96,7 +96,7 @@ class Daemon:
     The real relayd, run with C{twist} on a temporary configuration.
     """
 
-    def __init__(self, upstream_url: str, extra: str = "") -> None:
+    def __init__(self, upstream_url: str, extra: str = "", workers: int = 1) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="relayd-e2e-"))
         self.cert = str(self.dir / "cert.pem")
         ensure_self_signed(self.cert, str(self.dir / "key.pem"), "localhost")
@@ -111,6 +111,7 @@ class Daemon:
             f"""
 [server]
 hostname = "relay.test"
+workers = {workers}
 
 [[listeners]]
 endpoint = "tcp:port={self.starttls_port}:interface=127.0.0.1"
@@ -492,6 +493,47 @@ class UpstreamDownTests(unittest.TestCase):
             self.assertEqual(e.exception.smtp_error, b"4.3.0 Temporary failure, try again later")
         finally:
             daemon.stop()
+
+
+def children(pid: int) -> list[int]:
+    """
+    The process ids whose parent is C{pid} (from /proc).
+    """
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+class WorkerTests(unittest.TestCase):
+    def test_workers_share_the_listeners(self) -> None:
+        """
+        With C{workers = 2} a second process accepts on the same sockets;
+        every message is relayed, and stopping the daemon stops both.
+        """
+        upstream = Upstream()
+        daemon = Daemon(f"http://127.0.0.1:{upstream.port}/send", workers=2)
+        try:
+            deadline = time.monotonic() + 20
+            while not children(daemon.process.pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            (worker,) = children(daemon.process.pid)
+            time.sleep(1)  # let the worker adopt the sockets
+            for _ in range(6):
+                with daemon.implicit() as client:
+                    client.login("apikey", TOKEN)
+                    self.assertEqual(client.sendmail("a@example.com", ["b@example.net"], SIMPLE), {})
+            self.assertEqual(len(upstream.requests), 6)
+        finally:
+            daemon.stop()
+            upstream.stop()
+        self.assertFalse(Path(f"/proc/{worker}").exists() and "Z" not in Path(f"/proc/{worker}/stat").read_text().split()[2])
 
 
 class IdleTests(unittest.TestCase):

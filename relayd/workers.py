@@ -1,0 +1,192 @@
+# -*- test-case-name: tests.test_workers -*-
+"""
+Worker processes: use every CPU core by sharing the listening sockets.
+
+One Python process runs on one core.  With C{[server] workers = N} (C{0}:
+one per core), the first process (the supervisor) binds every listener as
+usual, then starts C{N - 1} more processes of the same program, each given
+the listening sockets as inherited file descriptors (C{childFDs}) and
+adopting them with L{IReactorSocket.adoptStreamPort}.  The kernel hands each
+new connection to one of the processes accepting on the socket.  The
+supervisor serves connections too, restarts a worker that dies, forwards
+C{SIGHUP} (tokens reload) and stops the workers when it stops.
+
+Limits held in memory (connection caps, failed-AUTH counters) are per
+process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+__all__ = ["AdoptedPortService", "WorkerPool", "worker_count"]
+
+log = Logger()
+
+# Seconds to wait before restarting a worker that died, and for a worker to
+# stop before it is killed.
+RESTART_DELAY = 1.0
+STOP_TIMEOUT = 10.0
+
+
+def worker_count(configured: int) -> int:
+    """
+    @param configured: C{[server] workers}: C{0} for one per CPU core.
+    @return: How many processes should accept connections (at least 1).
+    """
+    if configured > 0:
+        return configured
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+class AdoptedPortService(Service):
+    """
+    Listens on an inherited listening socket (in a worker process).
+
+    @ivar fd: The inherited file descriptor of a listening stream socket.
+    """
+
+    def __init__(self, reactor: Any, fd: int, factory: Any) -> None:
+        self.reactor = reactor
+        self.fd = fd
+        self.factory = factory
+        self.port: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        sock = socket.socket(fileno=self.fd)
+        family = sock.family
+        sock.detach()
+        self.port = self.reactor.adoptStreamPort(self.fd, family, self.factory)
+        os.close(self.fd)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self.port is not None:
+            return self.port.stopListening()
+        return None
+
+
+class _WorkerProtocol(ProcessProtocol):
+    def __init__(self, pool: WorkerPool, index: int) -> None:
+        self.pool = pool
+        self.index = index
+        self.ended: defer.Deferred[None] = defer.Deferred()
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(None)
+        self.pool._ended(self, reason)
+
+
+class WorkerPool(Service):
+    """
+    Starts and supervises the worker processes (in the supervisor).
+
+    @ivar listening: The supervisor's listening services, in listener order
+        (L{twisted.application.internet.StreamServerEndpointService}).
+    @ivar count: How many workers to run besides the supervisor.
+    @ivar argv: The worker's command line, without the file descriptors
+        argument (appended here).
+    """
+
+    def __init__(self, reactor: Any, listening: list[Any], count: int, argv: list[str]) -> None:
+        self.reactor = reactor
+        self.listening = listening
+        self.count = count
+        self.argv = argv
+        self._fds: list[int] = []
+        self.workers: dict[int, Any] = {}
+        self._protocols: dict[int, _WorkerProtocol] = {}
+
+    def startService(self) -> None:
+        super().startService()
+        fds: list[int] = []
+        for service in self.listening:
+            service._waitingForPort.addCallback(
+                lambda port: fds.append(port.fileno()) or port
+            )
+        if len(fds) != len(self.listening):
+            log.error("worker processes not started: a listener is not bound yet")
+            return
+        self._fds = fds
+        for index in range(self.count):
+            self._spawn(index)
+
+    def _spawn(self, index: int) -> None:
+        if not self.running:
+            return
+        child_fds: dict[int, Any] = {0: 0, 1: 1, 2: 2}
+        inherited = []
+        for i, fd in enumerate(self._fds):
+            child_fds[3 + i] = fd
+            inherited.append(str(3 + i))
+        argv = self.argv + ["--inherit-fds", ",".join(inherited)]
+        proto = _WorkerProtocol(self, index)
+        self._protocols[index] = proto
+        self.workers[index] = self.reactor.spawnProcess(
+            proto, argv[0], argv, env=os.environ.copy(), childFDs=child_fds
+        )
+        log.info("started worker {index} (pid {pid})", index=index, pid=self.workers[index].pid)
+
+    def _ended(self, proto: _WorkerProtocol, reason: Failure) -> None:
+        self.workers.pop(proto.index, None)
+        self._protocols.pop(proto.index, None)
+        if self.running:
+            log.warn(
+                "worker {index} ended ({reason}); restarting",
+                index=proto.index,
+                reason=reason.getErrorMessage(),
+            )
+            self.reactor.callLater(RESTART_DELAY, self._spawn, proto.index)
+
+    def signal_all(self, signum: int) -> None:
+        """
+        Send C{signum} to every worker (C{SIGHUP}: reload the tokens file).
+        """
+        for process in list(self.workers.values()):
+            try:
+                process.signalProcess(signum)
+            except Exception:
+                pass
+
+    def stopService(self) -> Any:
+        super().stopService()
+        ended = [p.ended for p in self._protocols.values()]
+        self.signal_all(signal.SIGTERM)
+        if not ended:
+            return None
+
+        def kill() -> None:
+            self.signal_all(signal.SIGKILL)
+
+        timer = self.reactor.callLater(STOP_TIMEOUT, kill)
+        d = defer.DeferredList(ended)
+        d.addBoth(lambda _: timer.cancel() if timer.active() else None)
+        return d
+
+
+def worker_argv(config_path: str) -> list[str]:
+    """
+    The command line that starts one worker of this program.
+
+    @param config_path: The configuration file the supervisor loaded.
+    """
+    return [
+        sys.executable,
+        "-m",
+        "twisted",
+        "--log-format=text",
+        "relayd",
+        "--config",
+        config_path,
+    ]
