@@ -188,6 +188,16 @@ timeout = 5
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def rss(pid: int) -> int:
+    """
+    The resident set size of process C{pid}, in bytes.
+    """
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def three_recipient_message() -> EmailMessage:
     m = EmailMessage()
     m["From"] = "Alice Sender <alice@example.com>"
@@ -401,6 +411,7 @@ class EndToEndTests(unittest.TestCase):
         A client sending megabytes without a line break gets one 500 and is
         disconnected, without the daemon buffering it.
         """
+        rss_before = rss(self.daemon.process.pid)
         raw = socket.create_connection(("127.0.0.1", self.daemon.starttls_port), 10)
         f = raw.makefile("rb")
         f.readline()
@@ -414,6 +425,7 @@ class EndToEndTests(unittest.TestCase):
         self.assertEqual(lines[0], b"500 5.5.2 Line too long")
         self.assertIn(b"421 4.7.0 relay.test Line too long, closing connection", lines)
         raw.close()
+        self.assertLess(rss(self.daemon.process.pid) - rss_before, 8 * 1024 * 1024)
 
     def test_corpus_messages_are_relayed(self) -> None:
         """

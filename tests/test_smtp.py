@@ -637,3 +637,28 @@ class PropertyTests(SynchronousTestCase):
 
 
 _ = defer
+
+
+class TokenLimitTests(SynchronousTestCase):
+    def test_token_size_limit_is_advertised_and_enforced(self) -> None:
+        """
+        A token's own message size limit is advertised in SIZE after AUTH
+        and enforced at MAIL FROM SIZE=.
+        """
+        s = Session(implicit=True)
+        s.delivery.max_message_size = 1000  # type: ignore[assignment]
+        s.login()
+        names = [line[4:] for line in s.send("EHLO c\r\n")[1:]]
+        self.assertIn("SIZE 1000", names)
+        self.assertEqual(
+            s.send("MAIL FROM:<a@example.com> SIZE=2000\r\n"),
+            ["552 5.3.4 Message size exceeds fixed maximum message size"],
+        )
+
+    def test_token_recipient_limit(self) -> None:
+        s = Session(implicit=True)
+        s.delivery.max_recipients = 2  # type: ignore[assignment]
+        s.login()
+        s.send("MAIL FROM:<a@example.com>\r\n")
+        lines = s.send("RCPT TO:<a@b.example>\r\nRCPT TO:<c@b.example>\r\nRCPT TO:<d@b.example>\r\n")
+        self.assertEqual(lines, ["250 2.1.5 Ok", "250 2.1.5 Ok", "452 4.5.3 Error: too many recipients"])
