@@ -18,6 +18,7 @@ run: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check relayd tests bench twisted
+	$(BIN)/mypy relayd
 
 unit: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -p no:cacheprovider

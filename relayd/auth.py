@@ -95,7 +95,7 @@ class TokenChecker:
         """
         self._store = store
 
-    def requestAvatarId(self, credentials: Any) -> defer.Deferred[str]:
+    def requestAvatarId(self, credentials: Any) -> defer.Deferred[bytes | tuple[()]]:
         """
         Accept a known token.
 
@@ -107,10 +107,10 @@ class TokenChecker:
             L{bytes} (from the SMTP server) or L{str}.
         @type credentials: L{IUsernamePassword}
         @return: A Deferred that fires with the token as the avatar ID
-            (L{str}), or fails with L{UnauthorizedLogin} for a bad user
+            (UTF-8 L{bytes}, as C{twisted.cred} avatar IDs are), or fails with L{UnauthorizedLogin} for a bad user
             name, an unknown token, or fields that are not UTF-8.  The
             failure's message never contains what the client sent.
-        @rtype: L{defer.Deferred} of L{str}
+        @rtype: L{defer.Deferred} of L{bytes}
         """
         try:
             username = _text(credentials.username)
@@ -122,7 +122,7 @@ class TokenChecker:
         policy = self._store.lookup(token) if token else None
         if not _username_allowed(username, token) or policy is None:
             return defer.fail(UnauthorizedLogin("invalid credentials"))
-        return defer.succeed(token)
+        return defer.succeed(token.encode("utf-8"))
 
 
 def _noLogout() -> None:
@@ -149,7 +149,7 @@ class TokenRealm:
         self._avatar_factory = avatar_factory
 
     def requestAvatar(
-        self, avatarId: str | bytes, mind: object, *interfaces: Any
+        self, avatarId: bytes | tuple[()], mind: object, *interfaces: Any
     ) -> tuple[Any, object, Callable[[], None]]:
         """
         Build the avatar of C{avatarId}.
@@ -167,6 +167,8 @@ class TokenRealm:
         """
         if IMessageDelivery not in interfaces:
             raise NotImplementedError("TokenRealm only makes IMessageDelivery avatars")
+        if not isinstance(avatarId, (bytes, str)):
+            raise UnauthorizedLogin("anonymous access is not allowed")
         token = _text(avatarId)
         policy = self._store.lookup(token)
         if policy is None:

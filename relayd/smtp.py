@@ -287,6 +287,8 @@ class RelaySMTP(smtp.ESMTP):
     """
 
     factory: RelaySMTPFactory
+    transport: Any
+    portal: Any
 
     def __init__(self, factory: RelaySMTPFactory) -> None:
         super().__init__(chal={}, contextFactory=factory.context_factory)
@@ -298,7 +300,9 @@ class RelaySMTP(smtp.ESMTP):
         self.secure = factory.implicit_tls
         self.peer_ip = ""
         self._counted = False
-        self._buffer = bytearray()
+        self._inbuf = bytearray()
+        self._data_messages: list[Any] = []
+        self._data_parts: list[bytes] = []
         self._state = _COMMAND
         self._pending = False
         self._discarding = 0
@@ -387,14 +391,14 @@ class RelaySMTP(smtp.ESMTP):
         if self._logout is not None:
             self._logout()
             self._logout = None
-        self._buffer = bytearray()
+        self._inbuf = bytearray()
 
     def _close(self) -> None:
         """
         Close the connection after the replies already written.
         """
         self._state = _CLOSED
-        self._buffer = bytearray()
+        self._inbuf = bytearray()
         self.transport.loseConnection()
 
     def _arm_idle(self) -> None:
@@ -475,35 +479,35 @@ class RelaySMTP(smtp.ESMTP):
                 return
             self._discarding = 0
             data = data[newline + 1 :]
-        self._buffer += data
+        self._inbuf += data
         self._process()
 
     def _process(self) -> None:
         """
         Handle buffered input until it runs out or a command is pending.
         """
-        while self._buffer and not self._pending and self._state != _CLOSED:
+        while self._inbuf and not self._pending and self._state != _CLOSED:
             if self._state == _DATA:
                 if not self._data_process():
                     return
                 continue
-            newline = self._buffer.find(b"\n")
+            newline = self._inbuf.find(b"\n")
             limit = (
                 AUTH_LINE_LIMIT if self._state == _AUTH else self.limits.max_command_length
             )
             if newline < 0 or newline > limit:
-                if newline < 0 and len(self._buffer) <= limit:
+                if newline < 0 and len(self._inbuf) <= limit:
                     return
                 if newline < 0:
-                    self._discarding = len(self._buffer)
-                    self._buffer = bytearray()
+                    self._discarding = len(self._inbuf)
+                    self._inbuf = bytearray()
                 else:
-                    del self._buffer[: newline + 1]
+                    del self._inbuf[: newline + 1]
                 self._state = _COMMAND if self._state == _AUTH else self._state
                 self.error(500, "5.5.2", "Line too long")
                 continue
-            line = bytes(self._buffer[:newline])
-            del self._buffer[: newline + 1]
+            line = bytes(self._inbuf[:newline])
+            del self._inbuf[: newline + 1]
             if line.endswith(b"\r"):
                 line = line[:-1]
             elif self.limits.bare_newline == "reject":
@@ -567,7 +571,7 @@ class RelaySMTP(smtp.ESMTP):
 
     def _data_begin(self) -> None:
         self._state = _DATA
-        self._data_parts: list[bytes] = []
+        self._data_parts = []
         self._data_size = 0
         self._data_crlf = True  # the line before ended with CRLF
         self._data_error: Reply | None = None
@@ -592,14 +596,14 @@ class RelaySMTP(smtp.ESMTP):
         @return: Whether there may be more to do with the buffer (the end
             of data was found); C{False} when more input is needed.
         """
-        buf = self._buffer
+        buf = self._inbuf
         if self._data_skip_line:
             # Dropping the rest of an over-long line; its line end still
             # counts for finding the end of data.
             newline = buf.find(b"\n")
             if newline < 0:
                 self._data_skip_cr = buf.endswith(b"\r")
-                self._buffer = bytearray()
+                self._inbuf = bytearray()
                 return False
             if newline > 0:
                 self._data_skip_cr = buf[newline - 1] == 0x0D
@@ -613,7 +617,7 @@ class RelaySMTP(smtp.ESMTP):
             if len(buf) > self.limits.max_line_length + 2:
                 self._line_too_long()
                 self._data_skip_line = True
-                self._buffer = bytearray()
+                self._inbuf = bytearray()
             return False
         # Find the end of data among the complete lines.
         if self._data_crlf and buf.startswith(b".\r\n"):
@@ -630,15 +634,15 @@ class RelaySMTP(smtp.ESMTP):
             rest = buf[last + 1 :]
         self._data_block(block)
         if end >= 0:
-            self._buffer = bytearray(rest)
+            self._inbuf = bytearray(rest)
             self._data_end()
             return True
         else:
-            self._buffer = bytearray(rest)
+            self._inbuf = bytearray(rest)
             if len(rest) > self.limits.max_line_length + 2:
                 self._line_too_long()
                 self._data_skip_line = True
-                self._buffer = bytearray()
+                self._inbuf = bytearray()
         return False
 
     def _line_too_long(self) -> None:
@@ -781,7 +785,7 @@ class RelaySMTP(smtp.ESMTP):
             self.reply(220, "2.0.0", "Ready to start TLS")
             # RFC 3207 section 4.2 / CVE-2011-0411: what followed STARTTLS
             # in the clear is thrown away, and the session starts over.
-            self._buffer = bytearray()
+            self._inbuf = bytearray()
             self._discarding = 0
             self.transport.startTLS(self.factory.context_factory)
             self.secure = True
@@ -1131,7 +1135,7 @@ class RelaySMTPFactory(ServerFactory):
             lockout=limits.auth_lockout,
         )
 
-    def buildProtocol(self, addr: Any) -> RelaySMTP:
+    def buildProtocol(self, addr: Any) -> RelaySMTP:  # type: ignore[override]
         p = RelaySMTP(self)
         p.factory = self
         return p

@@ -179,7 +179,7 @@ class FakeUpstream(Resource):
             self.pending.append(request)
             return NOT_DONE_YET
         request.setResponseCode(answer.status)
-        for name, value in answer.headers.items():
+        for name, value in answer.headers.items():  # type: ignore[assignment]
             request.setHeader(name, value)
         if answer.body is not None:
             return answer.body
@@ -247,7 +247,7 @@ TOKEN = "test-token-not-a-secret"
 
 
 @implementer(ITLSTransport)
-class TLSStringTransport(StringTransport):
+class TLSStringTransport(StringTransport):  # type: ignore[misc]
     """
     A L{StringTransport} that records L{startTLS} instead of doing TLS.
     """

@@ -111,10 +111,13 @@ class WorkerPool(Service):
     def startService(self) -> None:
         super().startService()
         fds: list[int] = []
+
+        def record(port: Any) -> Any:
+            fds.append(port.fileno())
+            return port
+
         for service in self.listening:
-            service._waitingForPort.addCallback(
-                lambda port: fds.append(port.fileno()) or port
-            )
+            service._waitingForPort.addCallback(record)
         if len(fds) != len(self.listening):
             log.error("worker processes not started: a listener is not bound yet")
             return

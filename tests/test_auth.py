@@ -47,14 +47,14 @@ class TokenCheckerTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.checker = TokenChecker(_store())
 
-    def assertAccepted(self, username: str | bytes, password: str | bytes) -> str:
+    def assertAccepted(self, username: str | bytes, password: str | bytes) -> bytes:
         """
         The checker accepts the credentials; return the avatar ID.
         """
         result = self.successResultOf(
             self.checker.requestAvatarId(UsernamePassword(username, password))  # type: ignore[arg-type]
         )
-        self.assertIsInstance(result, str)
+        self.assertIsInstance(result, bytes)
         return result
 
     def assertRefused(self, username: str | bytes, password: str | bytes) -> None:
@@ -85,20 +85,20 @@ class TokenCheckerTests(SynchronousTestCase):
         The token as both user name and password is accepted; the avatar ID
         is the token.
         """
-        self.assertEqual(self.assertAccepted(TOKEN, TOKEN), TOKEN)
+        self.assertEqual(self.assertAccepted(TOKEN, TOKEN), TOKEN.encode())
 
     def test_apikey_username(self) -> None:
         """
         The user name C{apikey}, in any case, is accepted.
         """
         for username in ("apikey", "APIKEY", "ApiKey"):
-            self.assertEqual(self.assertAccepted(username, TOKEN), TOKEN)
+            self.assertEqual(self.assertAccepted(username, TOKEN), TOKEN.encode())
 
     def test_empty_username(self) -> None:
         """
         An empty user name is accepted.
         """
-        self.assertEqual(self.assertAccepted("", TOKEN), TOKEN)
+        self.assertEqual(self.assertAccepted("", TOKEN), TOKEN.encode())
 
     def test_wrong_token(self) -> None:
         """
@@ -127,9 +127,9 @@ class TokenCheckerTests(SynchronousTestCase):
         Credentials as UTF-8 bytes, as the SMTP server gives them, are
         decoded; the avatar ID is text.
         """
-        self.assertEqual(self.assertAccepted(b"apikey", TOKEN.encode()), TOKEN)
-        self.assertEqual(self.assertAccepted(TOKEN.encode(), TOKEN.encode()), TOKEN)
-        self.assertEqual(self.assertAccepted(b"", TOKEN.encode()), TOKEN)
+        self.assertEqual(self.assertAccepted(b"apikey", TOKEN.encode()), TOKEN.encode())
+        self.assertEqual(self.assertAccepted(TOKEN.encode(), TOKEN.encode()), TOKEN.encode())
+        self.assertEqual(self.assertAccepted(b"", TOKEN.encode()), TOKEN.encode())
 
     def test_non_ascii_token(self) -> None:
         """
@@ -137,7 +137,7 @@ class TokenCheckerTests(SynchronousTestCase):
         """
         checker = TokenChecker(TokenStore.from_tokens({"u": "jeton-é"}))
         result = checker.requestAvatarId(UsernamePassword(b"apikey", "jeton-é".encode()))
-        self.assertEqual(self.successResultOf(result), "jeton-é")
+        self.assertEqual(self.successResultOf(result), "jeton-é".encode())
 
     def test_invalid_utf8(self) -> None:
         """

@@ -515,7 +515,7 @@ class FramingTests(SynchronousTestCase):
             if self.s.transport.disconnecting:
                 break
         self.assertEqual(lines, ["500 5.5.2 Line too long", "421 4.7.0 mx.example.test Line too long, closing connection"])
-        self.assertLess(len(self.s.proto._buffer), 1024)
+        self.assertLess(len(self.s.proto._inbuf), 1024)
 
     def test_nul_in_command_gets_501(self) -> None:
         self.assertEqual(self.s.send(b"NO\0OP\r\n"), ["501 5.5.2 NUL character in command"])
