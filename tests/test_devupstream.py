@@ -8,6 +8,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
+import tempfile
 
 from treq.client import HTTPClient
 from twisted.internet import reactor
@@ -52,7 +54,8 @@ class DevUpstreamTests(TestCase):
     timeout = 20
 
     def setUp(self) -> None:
-        self.outbox = os.path.join(self.mktemp(), "outbox")
+        self.outbox = os.path.join(tempfile.mkdtemp(prefix="relayd-dev-"), "outbox")
+        self.addCleanup(shutil.rmtree, os.path.dirname(self.outbox), True)
         port = reactor.listenTCP(0, make_site(self.outbox, reactor), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         self.base = f"http://127.0.0.1:{port.getHost().port}"
