@@ -18,6 +18,7 @@ This module imports no reactor code.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 import types
 import typing
@@ -263,8 +264,9 @@ _PATH_FIELDS = {
     ("dev_upstream", "outbox"),
 }
 
-# Fields whose value must be positive.
-_POSITIVE = (int, float)
+_HOSTNAME = re.compile(
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
 
 
 def _describe(tp: Any) -> str:
@@ -402,14 +404,28 @@ def _check(config: Config) -> Config:
         raise ConfigError("limits.max_line_length: expected 78 to 65536 octets")
     if not 512 <= config.limits.max_command_length <= 65536:
         raise ConfigError("limits.max_command_length: expected 512 to 65536 octets")
-    if config.limits.max_recipients < 1:
-        raise ConfigError("limits.max_recipients: expected at least 1")
+    for limit in attrs.fields(LimitsConfig):
+        if limit.type in (int, "int") and getattr(config.limits, limit.name) < 1:
+            raise ConfigError(f"limits.{limit.name}: expected at least 1")
+    if config.upstream.max_connections < 1:
+        raise ConfigError("upstream.max_connections: expected at least 1")
+    if not _HOSTNAME.fullmatch(config.server.hostname):
+        raise ConfigError(
+            "server.hostname: expected a domain name in ASCII (use the xn-- form of an IDN)"
+        )
+    names: set[str] = set()
+    listeners = []
     for i, listener in enumerate(config.listeners):
-        if not listener.name:
-            listeners = list(config.listeners)
-            listeners[i] = attrs.evolve(listener, name=listener.endpoint)
-            config = attrs.evolve(config, listeners=tuple(listeners))
-    return config
+        name = listener.name or listener.endpoint
+        if name in names:
+            raise ConfigError(f"listeners[{i}].name: {name!r} is used twice; give each listener a name")
+        names.add(name)
+        if listener.endpoint.startswith("haproxy:") and config.server.workers != 1:
+            raise ConfigError(
+                f"listeners[{i}].endpoint: haproxy: listeners need server.workers = 1"
+            )
+        listeners.append(attrs.evolve(listener, name=name))
+    return attrs.evolve(config, listeners=tuple(listeners))
 
 
 def parse_config(text: str, path: str = "") -> Config:

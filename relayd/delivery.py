@@ -42,6 +42,13 @@ __all__ = [
 
 log = Logger()
 
+
+def _printable(text: str, limit: int = 64) -> str:
+    """
+    C{text} as printable ASCII, at most C{limit} characters, for a reply.
+    """
+    return "".join(c if " " <= c <= "~" else "?" for c in text[:limit])
+
 # Messages larger than this many bytes are parsed off the reactor thread.
 PARSE_IN_THREAD = 512 * 1024
 
@@ -112,7 +119,11 @@ class Pipeline:
                 raise MessageRejected(550, "5.7.1", "Sender not allowed")
             if not policy.allows_stream(message.stream):
                 raise MessageRejected(
-                    550, "5.7.1", f"Stream not allowed for this token: {message.stream}"
+                    550,
+                    "5.7.1",
+                    f"Stream '{_printable(message.stream)}' not allowed for this token"
+                    if message.stream
+                    else "A stream is required for this token",
                 )
             result = await self.upstream.send(message, token)
         except MessageRejected as e:

@@ -156,7 +156,12 @@ def make_service(
         if inherit_fds:
             service: Any = AdoptedPortService(reactor, inherit_fds[index], factory)
         else:
-            service = strports.service(listener.endpoint, factory, reactor=reactor)
+            try:
+                service = strports.service(listener.endpoint, factory, reactor=reactor)
+            except (ValueError, KeyError, TypeError) as e:
+                raise ConfigError(
+                    f"listeners[{index}].endpoint: {listener.endpoint!r}: {e}"
+                ) from None
             listening.append(service)
         service.setName(listener.name)
         service.setServiceParent(top)

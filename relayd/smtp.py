@@ -102,6 +102,7 @@ _SOURCE_ROUTE = re.compile(r"^@[^:,]+(?:,@[^:,]+)*:")
 # space-separated ESMTP parameters.
 _MAIL_ARGS = re.compile(r"^FROM:\s*(<[^>]*>|[^\s<>]+)(.*)$", re.I | re.S)
 _RCPT_ARGS = re.compile(r"^TO:\s*(<[^>]*>|[^\s<>]+)(.*)$", re.I | re.S)
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
 _ESMTP_KEYWORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-]*$")
 _XTEXT_VALUE = re.compile(r"^[\x21-\x3c\x3e-\x7e]+$")
 
@@ -238,6 +239,18 @@ class AuthThrottle:
             self._failures.pop(ip, None)
         return times
 
+    def _prune_locked(self) -> None:
+        """
+        Forget lockouts that have expired; bound the table under attack.
+        """
+        now = self.clock.seconds()
+        for ip, until in list(self._locked.items()):
+            if until <= now:
+                del self._locked[ip]
+        if len(self._locked) > 100000:
+            for ip in list(self._locked)[:50000]:
+                del self._locked[ip]
+
     def locked(self, ip: str) -> bool:
         """
         @return: Whether C{ip} is refused AUTH right now.
@@ -260,6 +273,8 @@ class AuthThrottle:
         times.append(self.clock.seconds())
         self._failures[ip] = times
         if len(times) >= self.limit:
+            if len(self._locked) >= 1000:
+                self._prune_locked()
             self._locked[ip] = self.clock.seconds() + self.lockout
             self._failures.pop(ip, None)
         return min(float(len(times) - 1), self.max_delay)
@@ -311,6 +326,7 @@ class RelaySMTP(smtp.ESMTP):
         self._messages = 0
         self._idle_call: IDelayedCall | None = None
         self._session_call: IDelayedCall | None = None
+        self._auth_delay: IDelayedCall | None = None
         self._reset_session()
 
     # -- session state --
@@ -380,10 +396,10 @@ class RelaySMTP(smtp.ESMTP):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._state = _CLOSED
-        for call in (self._idle_call, self._session_call):
+        for call in (self._idle_call, self._session_call, self._auth_delay):
             if call is not None and call.active():
                 call.cancel()
-        self._idle_call = self._session_call = None
+        self._idle_call = self._session_call = self._auth_delay = None
         if self._counted:
             self.factory.limiter.release(self.peer_ip)
             self._counted = False
@@ -437,6 +453,8 @@ class RelaySMTP(smtp.ESMTP):
         """
         if self._state == _CLOSED:
             return
+        # One line: nothing in the text may end the reply or forge another.
+        text = _UNPRINTABLE.sub(" ", text)
         line = f"{code} {status} {text}" if status else f"{code} {text}"
         self.transport.write(line.encode("utf-8", "replace") + b"\r\n")
 
@@ -495,8 +513,9 @@ class RelaySMTP(smtp.ESMTP):
             limit = (
                 AUTH_LINE_LIMIT if self._state == _AUTH else self.limits.max_command_length
             )
-            if newline < 0 or newline > limit:
-                if newline < 0 and len(self._inbuf) <= limit:
+            # RFC 5321 section 4.5.3.1.4: at most `limit` octets with CRLF.
+            if newline < 0 or newline >= limit:
+                if newline < 0 and len(self._inbuf) < limit:
                     return
                 if newline < 0:
                     self._discarding = len(self._inbuf)
@@ -511,6 +530,8 @@ class RelaySMTP(smtp.ESMTP):
             if line.endswith(b"\r"):
                 line = line[:-1]
             elif self.limits.bare_newline == "reject":
+                if self._state == _AUTH:
+                    self._state = _COMMAND
                 self.error(550, "5.6.0", "Bare <LF> received; lines must end with <CR><LF>")
                 continue
             self._line(line)
@@ -533,7 +554,13 @@ class RelaySMTP(smtp.ESMTP):
             self.error(500, "5.5.2", "Command is not valid UTF-8")
             return
         verb, _, rest = text.strip().partition(" ")
-        handler = getattr(self, "smtp_" + verb.upper(), None) if verb.isalpha() else None
+        # Only ASCII verbs: str.upper() maps some other letters onto ASCII
+        # ("\u017f" to "S"), which must not make a command.
+        handler = (
+            getattr(self, "smtp_" + verb.upper(), None)
+            if verb.isascii() and verb.isalpha()
+            else None
+        )
         if handler is None:
             self.error(500, "5.5.2", "Error: command not recognized")
             return
@@ -591,15 +618,15 @@ class RelaySMTP(smtp.ESMTP):
         Only a line C{.<CR><LF>} that follows a C{<CR><LF>} ends the data
         (RFC 5321 section 4.1.1.4); dot-stuffing is undone on whole buffers
         (section 4.5.2); bare C{<LF>} and C{<CR>} are normalized to
-        C{<CR><LF>} or make the message fail, as configured.
+        C{<CR><LF>} or make the message fail, as configured.  An over-long
+        line is dropped as it arrives (never buffered) and fails the
+        message; its line end still counts for finding the end of data.
 
         @return: Whether there may be more to do with the buffer (the end
             of data was found); C{False} when more input is needed.
         """
         buf = self._inbuf
         if self._data_skip_line:
-            # Dropping the rest of an over-long line; its line end still
-            # counts for finding the end of data.
             newline = buf.find(b"\n")
             if newline < 0:
                 self._data_skip_cr = buf.endswith(b"\r")
@@ -615,9 +642,7 @@ class RelaySMTP(smtp.ESMTP):
         last = buf.rfind(b"\n")
         if last < 0:
             if len(buf) > self.limits.max_line_length + 2:
-                self._line_too_long()
-                self._data_skip_line = True
-                self._inbuf = bytearray()
+                self._skip_long_line(buf)
             return False
         # Find the end of data among the complete lines.
         if self._data_crlf and buf.startswith(b".\r\n"):
@@ -627,23 +652,28 @@ class RelaySMTP(smtp.ESMTP):
             if end >= 0:
                 end += 2
         if end >= 0:
-            block = bytes(buf[:end])
-            rest = buf[end + 3 :]
-        else:
-            block = bytes(buf[: last + 1])
-            rest = buf[last + 1 :]
-        self._data_block(block)
-        if end >= 0:
-            self._inbuf = bytearray(rest)
+            self._data_block(bytes(buf[:end]))
+            self._inbuf = buf[end + 3 :]
             self._data_end()
             return True
-        else:
-            self._inbuf = bytearray(rest)
-            if len(rest) > self.limits.max_line_length + 2:
-                self._line_too_long()
-                self._data_skip_line = True
-                self._inbuf = bytearray()
+        self._data_block(bytes(buf[: last + 1]))
+        rest = buf[last + 1 :]
+        self._inbuf = rest
+        if len(rest) > self.limits.max_line_length + 2:
+            self._skip_long_line(rest)
         return False
+
+    def _skip_long_line(self, partial: bytearray) -> None:
+        """
+        The line being received is over the limit: fail the message and
+        drop the line up to its end.
+
+        @param partial: What has arrived of the line (no LF in it).
+        """
+        self._line_too_long()
+        self._data_skip_line = True
+        self._data_skip_cr = partial.endswith(b"\r")
+        self._inbuf = bytearray()
 
     def _line_too_long(self) -> None:
         self._data_fail(
@@ -663,12 +693,6 @@ class RelaySMTP(smtp.ESMTP):
         self._data_crlf = block.endswith(b"\r\n")
         if self._data_error is not None:
             return
-        # Line length (RFC 5321 section 4.5.3.1.6): the longest line with its
-        # CR, and one octet of slack for a stuffed dot.
-        limit = self.limits.max_line_length
-        if len(block) > limit + 2 and max(map(len, block.split(b"\n"))) > limit + 2:
-            self._line_too_long()
-            return
         # Undo dot-stuffing (RFC 5321 section 4.5.2).
         if block.startswith(b"."):
             block = block[1:]
@@ -685,6 +709,12 @@ class RelaySMTP(smtp.ESMTP):
             block = (
                 block.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
             )
+        # Line length (RFC 5321 section 4.5.3.1.6): at most the limit, plus
+        # CR (the split is on LF), once the dot-stuffing is undone.
+        limit = self.limits.max_line_length + 1
+        if len(block) > limit and max(map(len, block.split(b"\n"))) > limit:
+            self._line_too_long()
+            return
         self._data_size += len(block)
         if self._data_size > self.max_message_size:
             self._data_fail(
@@ -717,9 +747,13 @@ class RelaySMTP(smtp.ESMTP):
     ) -> None:
         for m in messages:
             m.bodyReceived(body)
-        results = [await m.eomReceived() for m in messages]
-        result: Reply = results[0] if results else Reply(451, "4.3.0", "No message")
-        self.send(result)
+        results: list[Reply] = [await m.eomReceived() for m in messages]
+        # One reply for the transaction: 250 only if every message was taken.
+        refused = [r for r in results if r.code != 250]
+        if refused or not results:
+            self.send(refused[0] if refused else Reply(451, "4.3.0", "No message"))
+        else:
+            self.send(results[0])
 
     def _abort_data(self) -> None:
         for m in getattr(self, "_data_messages", []):
@@ -894,8 +928,9 @@ class RelaySMTP(smtp.ESMTP):
         log.info("failed AUTH from {peer}", peer=self.peer_ip)
         if delay > 0:
             d: defer.Deferred[None] = defer.Deferred()
-            self.clock.callLater(delay, d.callback, None)
+            self._auth_delay = self.clock.callLater(delay, d.callback, None)
             await d
+            self._auth_delay = None
         self.error(535, "5.7.8", "Authentication credentials invalid")
         if self._auth_failures >= self.limits.max_auth_failures and self._state != _CLOSED:
             self.reply(421, "4.7.0", f"{self.hostname} Too many failed authentication attempts, closing connection")
@@ -1020,24 +1055,44 @@ class RelaySMTP(smtp.ESMTP):
         self._factories.append(factory)
         self.reply(250, "2.1.5", "Ok")
 
+    def _refuse_data(self, code: int, status: str, text: str) -> None:
+        """
+        Refuse DATA.  A client that sent message content behind DATA
+        without waiting for the 354 (against RFC 2920 section 3.1) would
+        have it read as commands: treat DATA as a synchronisation point and
+        close the session instead.
+        """
+        self.error(code, status, text)
+        if self._inbuf and self._state != _CLOSED:
+            self.reply(421, "4.5.0", f"{self.hostname} Improper pipelining after DATA, closing connection")
+            self._close()
+
     def smtp_DATA(self, rest: str) -> None:
         """
         DATA (RFC 5321 section 4.1.1.4).
         """
         if rest:
-            self.error(501, "5.5.4", "Syntax: DATA")
+            self._refuse_data(501, "5.5.4", "Syntax: DATA")
             return
         if self.mail_from is None:
-            self.error(503, "5.5.1", "Error: need MAIL command")
+            self._refuse_data(503, "5.5.1", "Error: need MAIL command")
             return
         if not self.rcpt_to:
-            self.error(554, "5.5.1", "Error: no valid recipients")
+            self._refuse_data(554, "5.5.1", "Error: no valid recipients")
             return
         messages: list[Any] = []
-        for factory in self._factories:
-            message = factory()
-            if not any(message is m for m in messages):
-                messages.append(message)
+        try:
+            for factory in self._factories:
+                message = factory()
+                if not any(message is m for m in messages):
+                    messages.append(message)
+        except Exception:
+            log.failure("could not open the message")
+            for m in messages:
+                m.connectionLost()
+            self._reset_transaction()
+            self.reply(451, "4.3.0", "Local error in processing, try again later")
+            return
         self._data_messages = messages
         self._data_begin()
         self.reply(354, "", "End data with <CR><LF>.<CR><LF>")

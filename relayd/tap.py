@@ -65,6 +65,9 @@ def makeService(options: Options) -> Any:
         config = load_config(options["config"])
         return make_service(config, reactor, options["inherit-fds"])
     except ConfigError as e:
-        sys.stderr.write(f"relayd: {e}\n")
+        message = str(e)
+        if not message.startswith(options["config"]):
+            message = f"{options['config']}: {message}"
+        sys.stderr.write(f"relayd: {message}\n")
         sys.stderr.flush()
         raise SystemExit(78) from None

@@ -86,7 +86,7 @@ class DeliveryTests(SynchronousTestCase):
     def test_stream_not_allowed_for_token(self) -> None:
         avatar = self.avatar(streams=("outbound",))
         reply = self.transact(avatar, ["bob@example.net"])
-        self.assertEqual(reply, Reply(550, "5.7.1", "Stream not allowed for this token: broadcast"))
+        self.assertEqual(reply, Reply(550, "5.7.1", "Stream 'broadcast' not allowed for this token"))
         self.assertEqual(self.upstream.requests, [])
 
     def test_unknown_stream(self) -> None:
