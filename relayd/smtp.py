@@ -241,15 +241,15 @@ class AuthThrottle:
 
     def _prune_locked(self) -> None:
         """
-        Forget lockouts that have expired; bound the table under attack.
+        Forget lockouts that have expired, oldest first: every lockout lasts
+        as long, so the table is in expiry order.  Amortized constant time.
         """
         now = self.clock.seconds()
-        for ip, until in list(self._locked.items()):
-            if until <= now:
-                del self._locked[ip]
-        if len(self._locked) > 100000:
-            for ip in list(self._locked)[:50000]:
-                del self._locked[ip]
+        while self._locked:
+            ip, until = next(iter(self._locked.items()))
+            if until > now and len(self._locked) <= 100000:
+                break
+            del self._locked[ip]
 
     def locked(self, ip: str) -> bool:
         """
@@ -273,8 +273,8 @@ class AuthThrottle:
         times.append(self.clock.seconds())
         self._failures[ip] = times
         if len(times) >= self.limit:
-            if len(self._locked) >= 1000:
-                self._prune_locked()
+            self._prune_locked()
+            self._locked.pop(ip, None)
             self._locked[ip] = self.clock.seconds() + self.lockout
             self._failures.pop(ip, None)
         return min(float(len(times) - 1), self.max_delay)
@@ -698,6 +698,13 @@ class RelaySMTP(smtp.ESMTP):
             block = block[1:]
         if b"\n." in block:
             block = block.replace(b"\n.", b"\n")
+        # Line length (RFC 5321 section 4.5.3.1.6): at most the limit, plus
+        # the CR (the split is on LF), measured as received (a bare CR is
+        # not a line end), once the dot-stuffing is undone.
+        limit = self.limits.max_line_length + 1
+        if len(block) > limit and max(map(len, block.split(b"\n"))) > limit:
+            self._line_too_long()
+            return
         # Line ends: every LF must be part of CRLF, and no bare CR.
         lf = block.count(b"\n")
         if block.count(b"\r") != lf or block.count(b"\r\n") != lf:
@@ -709,12 +716,6 @@ class RelaySMTP(smtp.ESMTP):
             block = (
                 block.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
             )
-        # Line length (RFC 5321 section 4.5.3.1.6): at most the limit, plus
-        # CR (the split is on LF), once the dot-stuffing is undone.
-        limit = self.limits.max_line_length + 1
-        if len(block) > limit and max(map(len, block.split(b"\n"))) > limit:
-            self._line_too_long()
-            return
         self._data_size += len(block)
         if self._data_size > self.max_message_size:
             self._data_fail(
