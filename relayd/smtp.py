@@ -513,6 +513,8 @@ class RelaySMTP(smtp.ESMTP):
             limit = (
                 AUTH_LINE_LIMIT if self._state == _AUTH else self.limits.max_command_length
             )
+            if self._inbuf[:5].upper() == b"MAIL ":
+                limit += 500  # RFC 4954 section 5: room for AUTH=<mailbox>
             # RFC 5321 section 4.5.3.1.4: at most `limit` octets with CRLF.
             if newline < 0 or newline >= limit:
                 if newline < 0 and len(self._inbuf) < limit:
@@ -593,6 +595,10 @@ class RelaySMTP(smtp.ESMTP):
         if self._pending:
             waiting = True
             self.transport.pauseProducing()
+            # relayd is the one waiting: the client's idle timer stops.
+            if self._idle_call is not None and self._idle_call.active():
+                self._idle_call.cancel()
+            self._idle_call = None
 
     # -- DATA --
 

@@ -662,3 +662,16 @@ class TokenLimitTests(SynchronousTestCase):
         s.send("MAIL FROM:<a@example.com>\r\n")
         lines = s.send("RCPT TO:<a@b.example>\r\nRCPT TO:<c@b.example>\r\nRCPT TO:<d@b.example>\r\n")
         self.assertEqual(lines, ["250 2.1.5 Ok", "250 2.1.5 Ok", "452 4.5.3 Error: too many recipients"])
+
+
+class AuthParameterTests(SynchronousTestCase):
+    def test_mail_line_may_be_500_octets_longer_for_auth(self) -> None:
+        """
+        RFC 4954 section 5: a MAIL FROM with AUTH= may exceed 512 octets by
+        500; other commands may not.
+        """
+        s = Session(implicit=True)
+        s.login()
+        auth = "<" + "a" * 600 + "@example.com>"
+        self.assertEqual(s.send(f"MAIL FROM:<a@example.com> AUTH={auth}\r\n"), ["250 2.1.0 Ok"])
+        self.assertEqual(s.send("NOOP " + "x" * 600 + "\r\n"), ["500 5.5.2 Line too long"])

@@ -881,16 +881,21 @@ class PipeliningHostileTests(SynchronousTestCase, WireChecks):
         self.assertEqual(s.replies(), [])
         self.assertEqual(s.clock.getDelayedCalls(), [])
 
-    def test_timeout_while_pending_then_release(self) -> None:
+    def test_no_idle_timeout_while_relayd_waits(self) -> None:
+        """
+        While relayd waits for the upstream, the client's idle timer does
+        not run; it starts again with the reply.
+        """
         s = logged_in()
         s.delivery.hold_eom = True
         s.start()
         s.send("x\r\n.\r\nNOOP\r\n")
         s.clock.advance(600)
-        self.assertEqual(s.replies(), [CLOSE_TIMEOUT])
-        s.delivery.release_eom()
         self.assertEqual(s.replies(), [])
-        self.assertEqual(bytes(s.transport.after_close), b"")
+        s.delivery.release_eom()
+        self.assertEqual(s.replies()[1:], [NOOP_OK])
+        s.clock.advance(300)
+        self.assertEqual(s.replies(), [CLOSE_TIMEOUT])
 
 
 # ---------------------------------------------------------------------------
