@@ -391,7 +391,8 @@ class UpstreamClient:
         assert exchange.status is not None
         result = self._result(exchange.status, bytes(exchange.body))
         if isinstance(result, Accepted):
-            log.info(
+            # The delivery log line already says so at info level.
+            log.debug(
                 "upstream {dialect}: {status} accepted {message_id} in {elapsed}s",
                 status=exchange.status,
                 message_id=result.message_id,
