@@ -105,7 +105,7 @@ from email.policy import compat32
 from email.utils import getaddresses
 from urllib.parse import unquote
 
-from attrs import frozen
+from attrs import field, frozen
 
 from relayd.config import HeadersConfig
 
@@ -165,6 +165,11 @@ class Attachment:
         referenced by a C{cid:} URL).
     @ivar charset: For C{text/*} parts, the charset label the part declared
         (lower case), which C{content} is encoded in; otherwise C{None}.
+    @ivar encoded: For large parts that arrived as clean base64 (RFC 2045
+        section 6.8), that base64 without line breaks, and C{content} is
+        empty: the upstream wants base64 anyway, so the part is neither
+        decoded nor encoded again.  Use L{payload} or L{base64} rather
+        than C{content} directly.
     """
 
     filename: str
@@ -173,6 +178,23 @@ class Attachment:
     content_id: str | None = None
     inline: bool = False
     charset: str | None = None
+    encoded: bytes | None = field(default=None, repr=False)
+
+    def payload(self) -> bytes:
+        """
+        @return: The decoded bytes of the part.
+        """
+        if self.encoded is not None:
+            return binascii.a2b_base64(self.encoded)
+        return self.content
+
+    def base64(self) -> bytes:
+        """
+        @return: The part as base64 without line breaks (RFC 4648 section 4).
+        """
+        if self.encoded is not None:
+            return self.encoded
+        return binascii.b2a_base64(self.content, newline=False)
 
 
 @frozen
@@ -410,6 +432,28 @@ def _decodes(data: bytes, charset: str | None) -> bool:
                 continue
             return True
     return False
+
+
+# Base64 parts at least this large (bytes) are passed on encoded.
+PASSTHROUGH_MIN = 64 * 1024
+_BASE64_PADDED = bytes(_BASE64_ALPHABET) + b"="
+
+
+def _canonical_base64(body: bytes) -> bytes | None:
+    """
+    The base64 body of a part without its line breaks, when it is clean:
+    only the alphabet, padding only at the end, a multiple of 4 long.
+
+    @param body: The part's body as in the message.
+    @return: The base64 text, or C{None} when it must be decoded leniently.
+    """
+    text = body.replace(b"\r\n", b"")
+    if len(text) % 4 or text.translate(None, _BASE64_PADDED):
+        return None
+    pad = text.find(b"=")
+    if pad != -1 and (pad < len(text) - 2 or text[pad:] not in (b"=", b"==")):
+        return None
+    return text
 
 
 def _decode_body(body: bytes, encoding: str) -> bytes:
@@ -851,7 +895,9 @@ class _Structure:
     def __init__(self) -> None:
         self.text: str | None = None
         self.html: str | None = None
-        self.parts: list[tuple[str, str, bytes, str | None, str | None, str | None]] = []
+        self.parts: list[
+            tuple[str, str, bytes, str | None, str | None, str | None, bytes | None]
+        ] = []
         self.raw_only = False
         self._header_bytes = 0
         self._entities = 0
@@ -984,9 +1030,13 @@ class _Structure:
                 return
         media = _MEDIA_TYPE.match(content_type)
         clean_type = media.group() if media else "application/octet-stream"
-        content = _decode_body(entity.body(), encoding)
+        body = entity.body()
+        encoded = None
+        if len(body) >= PASSTHROUGH_MIN and encoding.strip().lower() == "base64":
+            encoded = _canonical_base64(body)
+        content = b"" if encoded is not None else _decode_body(body, encoding)
         filename = _clean_filename(headers.get_filename() or "")
-        if not content and not filename:
+        if not content and encoded is None and not filename:
             return
         if clean_type == "text/calendar":
             method = _TOKEN.search(_param(headers, "method"))
@@ -997,7 +1047,9 @@ class _Structure:
             label = _TOKEN.fullmatch(headers.get_content_charset() or "")
             charset = label.group().lower() if label else None
         content_id = _unfold(str(headers.get("content-id", ""))).strip("<> \t")
-        self.parts.append((filename, clean_type, content, content_id or None, disposition, charset))
+        self.parts.append(
+            (filename, clean_type, content, content_id or None, disposition, charset, encoded)
+        )
 
     def _set_body(self, slot: str, entity: _Entity, encoding: str) -> None:
         """
@@ -1053,7 +1105,7 @@ def _attachments(structure: _Structure) -> tuple[Attachment, ...]:
             unquote(m).strip("<>").lower() for m in _CID_REFERENCE.findall(structure.html)
         }
     result: list[Attachment] = []
-    for filename, content_type, content, content_id, disposition, charset in structure.parts:
+    for filename, content_type, content, content_id, disposition, charset, encoded in structure.parts:
         if not filename:
             base = content_type.split(";", 1)[0]
             filename = f"attachment-{len(result) + 1}{_extension(base)}"
@@ -1068,6 +1120,7 @@ def _attachments(structure: _Structure) -> tuple[Attachment, ...]:
                 content_id=content_id,
                 inline=inline,
                 charset=charset,
+                encoded=encoded,
             )
         )
     return tuple(result)

@@ -2099,3 +2099,45 @@ for _name in CORPUS_TABLE:
         "test_" + re.sub(r"\W+", "_", _name.removesuffix(".raw")),
         _corpus_test(_name),
     )
+
+
+class Base64PassthroughTests(SynchronousTestCase):
+    """
+    Large attachments that arrive as clean base64 are passed on encoded,
+    without decoding and encoding them again.
+    """
+
+    def build(self, b64: bytes) -> bytes:
+        return (
+            b"From: a@example.com\r\nSubject: big\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: multipart/mixed; boundary=XX\r\n\r\n--XX\r\n"
+            b"Content-Type: text/plain\r\n\r\nhello\r\n--XX\r\n"
+            b"Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n"
+            b'Content-Disposition: attachment; filename="a.pdf"\r\n\r\n' + b64 + b"--XX--\r\n"
+        )
+
+    def test_clean_base64_is_passed_on(self) -> None:
+        import base64 as b64module
+        import json
+
+        from relayd.dialects import get_dialect
+
+        raw = bytes(range(256)) * 400 + b"x"
+        encoded = b64module.encodebytes(raw).replace(b"\n", b"\r\n")
+        result = parse(self.build(encoded))
+        (attachment,) = result.attachments
+        self.assertEqual(attachment.content, b"")
+        self.assertEqual(attachment.encoded, encoded.replace(b"\r\n", b""))
+        self.assertEqual(attachment.payload(), raw)
+        body = json.loads(get_dialect("native").body(result))
+        self.assertEqual(b64module.b64decode(body["attachments"][0]["content"]), raw)
+
+    def test_unclean_base64_is_decoded_leniently(self) -> None:
+        import base64 as b64module
+
+        raw = bytes(range(256)) * 400
+        encoded = b64module.encodebytes(raw).replace(b"\n", b"\r\n")
+        broken = encoded[:100] + b"!" + encoded[100:]
+        (attachment,) = parse(self.build(broken)).attachments
+        self.assertIsNone(attachment.encoded)
+        self.assertEqual(attachment.content, raw)

@@ -37,7 +37,7 @@ from typing import Any
 from zope.interface import Attribute, Interface, implementer
 
 from relayd.config import ConfigError
-from relayd.message import MessageRejected, OutboundMessage
+from relayd.message import Attachment, MessageRejected, OutboundMessage
 from relayd.upstream import Accepted, Failed, UpstreamResult
 
 __all__ = [
@@ -128,16 +128,34 @@ class Base64:
     milliseconds).
     """
 
-    __slots__ = ("data",)
+    __slots__ = ("data", "encoded")
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, encoded: bool = False) -> None:
         """
         @param data: The bytes to encode.
+        @param encoded: C{data} is already base64 (no line breaks).
         """
         self.data = data
+        self.encoded = encoded
+
+    @classmethod
+    def of(cls, attachment: Attachment) -> Base64:
+        """
+        The content of C{attachment}, without decoding a part that arrived
+        as clean base64 (L{Attachment.encoded}).
+        """
+        if attachment.encoded is not None:
+            return cls(attachment.encoded, encoded=True)
+        return cls(attachment.content)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Base64) and other.data == self.data
+        return isinstance(other, Base64) and other.text() == self.text()
+
+    def text(self) -> bytes:
+        """
+        @return: The base64 text.
+        """
+        return self.data if self.encoded else b64encode(self.data)
 
     def __hash__(self) -> int:
         return hash(self.data)
@@ -166,7 +184,7 @@ def encode_json(document: object) -> bytes:
     def placeholder(value: object) -> str:
         if not isinstance(value, Base64):
             raise TypeError(f"{type(value).__name__} is not JSON serializable")
-        blobs.append(value.data)
+        blobs.append(value.text())
         return f"{marker}{len(blobs) - 1:08d}"
 
     try:
@@ -181,7 +199,7 @@ def encode_json(document: object) -> bytes:
     pieces = data.split(b'"' + marker.encode("ascii"))
     out = [pieces[0]]
     for piece in pieces[1:]:
-        out += (b'"', b64encode(blobs[int(piece[:8])]), piece[8:])
+        out += (b'"', blobs[int(piece[:8])], piece[8:])
     return b"".join(out)
 
 

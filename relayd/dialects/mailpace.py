@@ -32,7 +32,7 @@ __all__ = ["MailPaceDialect"]
 def _attachment(attachment: Attachment) -> dict[str, Any]:
     document = {
         "name": attachment.filename,
-        "content": Base64(attachment.content),
+        "content": Base64.of(attachment),
         "content_type": attachment.content_type,
     }
     if attachment.content_id:

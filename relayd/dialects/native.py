@@ -40,7 +40,7 @@ def attachment_document(attachment: Attachment) -> dict[str, Any]:
     return {
         "filename": attachment.filename,
         "content_type": attachment.content_type,
-        "content": Base64(attachment.content),
+        "content": Base64.of(attachment),
         "content_id": attachment.content_id,
         "inline": attachment.inline,
     }

@@ -36,7 +36,7 @@ INACTIVE_RECIPIENT = 406
 def _attachment(attachment: Attachment) -> dict[str, Any]:
     document = {
         "Name": attachment.filename,
-        "Content": Base64(attachment.content),
+        "Content": Base64.of(attachment),
         "ContentType": attachment.content_type,
     }
     if attachment.content_id:
