@@ -288,6 +288,22 @@ class AuthThrottle:
 
 # -- the protocol -----------------------------------------------------------
 
+
+def _no_delay(transport: Any) -> None:
+    """
+    Turn off Nagle's algorithm on the TCP connection under C{transport}
+    (also under a TLS wrapper): SMTP is a dialogue of small writes, and a
+    reply held back for 40 ms waiting for an ACK stalls the client.
+    """
+    for _ in range(3):
+        if transport is None:
+            return
+        set_no_delay = getattr(transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
+            return
+        transport = getattr(transport, "transport", None)
+
 _COMMAND, _DATA, _AUTH, _CLOSED = "COMMAND", "DATA", "AUTH", "CLOSED"
 
 
@@ -388,6 +404,7 @@ class RelaySMTP(smtp.ESMTP):
             self._close()
             return
         self._counted = True
+        _no_delay(self.transport)
         self.reply(220, "", f"{self.hostname} ESMTP relayd ready")
         self._arm_idle()
         self._session_call = self.clock.callLater(
@@ -1001,19 +1018,48 @@ class RelaySMTP(smtp.ESMTP):
         if size is not None and size > self.max_message_size:
             self.error(552, "5.3.4", "Message size exceeds fixed maximum message size")
             return None
-        return defer.Deferred.fromCoroutine(self._mail(address, smtputf8, size))
+        avatar = self.token_avatar
+        return self._validate(
+            lambda: avatar.validateFrom((self.ehlo, self.peer_ip), address, smtputf8=smtputf8),
+            lambda _: self._mail_accepted(address, smtputf8, size),
+        )
 
-    async def _mail(self, address: str, smtputf8: bool, size: int | None) -> None:
+    def _validate(
+        self, call: Callable[[], Any], accepted: Callable[[Any], None]
+    ) -> defer.Deferred[None] | None:
+        """
+        Ask the avatar to validate, then call C{accepted} with its answer.
+
+        The avatar may answer at once (most do: no Deferred is made) or
+        with a Deferred, which the caller waits for (RFC 2920 ordering).
+        L{MessageRejected} becomes its reply; anything else a C{451}.
+
+        @return: A Deferred to wait for, or C{None} when done already.
+        """
         try:
-            await defer.maybeDeferred(
-                self.token_avatar.validateFrom,
-                (self.ehlo, self.peer_ip),
-                address,
-                smtputf8=smtputf8,
-            )
+            result = call()
         except MessageRejected as e:
             self.error(e.code, e.status, e.text)
-            return
+            return None
+        except Exception:
+            log.failure("validation failed")
+            self.reply(451, "4.3.0", "Local error in processing, try again later")
+            return None
+        if not isinstance(result, defer.Deferred):
+            accepted(result)
+            return None
+
+        async def later() -> None:
+            try:
+                value = await result
+            except MessageRejected as e:
+                self.error(e.code, e.status, e.text)
+                return
+            accepted(value)
+
+        return defer.Deferred.fromCoroutine(later())
+
+    def _mail_accepted(self, address: str, smtputf8: bool, size: int | None) -> None:
         self.mail_from = address
         self.smtputf8 = smtputf8
         self.declared_size = size
@@ -1048,14 +1094,13 @@ class RelaySMTP(smtp.ESMTP):
         if len(self.rcpt_to) >= self.max_recipients:
             self.reply(452, "4.5.3", "Error: too many recipients")
             return None
-        return defer.Deferred.fromCoroutine(self._rcpt(address))
+        avatar = self.token_avatar
+        return self._validate(
+            lambda: avatar.validateTo(address),
+            lambda factory: self._rcpt_accepted(address, factory),
+        )
 
-    async def _rcpt(self, address: str) -> None:
-        try:
-            factory = await defer.maybeDeferred(self.token_avatar.validateTo, address)
-        except MessageRejected as e:
-            self.error(e.code, e.status, e.text)
-            return
+    def _rcpt_accepted(self, address: str, factory: Callable[[], Any]) -> None:
         if self.mail_from is None:  # RSET raced us; cannot happen in order
             return
         self.rcpt_to.append(address)
@@ -1169,6 +1214,7 @@ class RelaySMTPFactory(ServerFactory):
     """
 
     protocol = RelaySMTP  # type: ignore[assignment]
+    noisy = False
 
     def __init__(
         self,

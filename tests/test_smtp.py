@@ -675,3 +675,29 @@ class AuthParameterTests(SynchronousTestCase):
         auth = "<" + "a" * 600 + "@example.com>"
         self.assertEqual(s.send(f"MAIL FROM:<a@example.com> AUTH={auth}\r\n"), ["250 2.1.0 Ok"])
         self.assertEqual(s.send("NOOP " + "x" * 600 + "\r\n"), ["500 5.5.2 Line too long"])
+
+
+class NoDelayTests(SynchronousTestCase):
+    def test_nagle_is_turned_off(self) -> None:
+        """
+        Replies are small writes: TCP_NODELAY is set on the connection, also
+        when it sits under a TLS wrapper.
+        """
+        from twisted.internet.testing import StringTransport
+
+        class TCP(StringTransport):
+            nodelay = False
+
+            def setTcpNoDelay(self, enabled: bool) -> None:
+                self.nodelay = enabled
+
+        class Wrapper(StringTransport):
+            def __init__(self, below: TCP) -> None:
+                super().__init__(peerAddress=IPv4Address("TCP", "192.0.2.9", 1))
+                self.transport = below
+
+        for make in (lambda tcp: tcp, Wrapper):
+            tcp = TCP(peerAddress=IPv4Address("TCP", "192.0.2.9", 1))
+            factory = Session().factory
+            factory.buildProtocol(None).makeConnection(make(tcp))
+            self.assertTrue(tcp.nodelay)
