@@ -447,7 +447,7 @@ def _canonical_base64(body: bytes) -> bytes | None:
     @param body: The part's body as in the message.
     @return: The base64 text, or C{None} when it must be decoded leniently.
     """
-    text = body.replace(b"\r\n", b"")
+    text = body.translate(None, b"\r\n")
     if len(text) % 4 or text.translate(None, _BASE64_PADDED):
         return None
     pad = text.find(b"=")
