@@ -14,7 +14,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 run: $(VENV)/.installed
-	$(BIN)/twist relayd --config etc/relayd.dev.toml
+	$(BIN)/twist --log-format=text relayd --config etc/relayd.dev.toml
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check relayd tests bench twisted
