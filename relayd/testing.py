@@ -14,15 +14,17 @@ Sections:
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
 from attrs import field, frozen
 from twisted.cred.portal import Portal
 from twisted.internet import defer
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.testing import StringTransport
 from twisted.mail.interfaces import IMessageDelivery
@@ -35,6 +37,7 @@ from relayd.smtp import Reply
 
 __all__ = [
     "TOKEN",
+    "async_test",
     "Answer",
     "FakeDelivery",
     "FakeUpstream",
@@ -235,6 +238,25 @@ def sample_message(**changes: Any) -> OutboundMessage:
     )
     fields.update(changes)
     return OutboundMessage(**fields)
+
+
+# ---------------------------------------------------------------------------
+# Trial helpers
+
+
+def async_test(f: Callable[[Any], Any]) -> Callable[[Any], Deferred[Any]]:
+    """
+    Run an C{async def} test method as a Deferred-returning one for trial.
+
+    @param f: The coroutine function (a test method).
+    @return: A test method returning L{Deferred.fromCoroutine} of it.
+    """
+
+    @functools.wraps(f)
+    def run(self: Any) -> Deferred[Any]:
+        return Deferred.fromCoroutine(f(self))
+
+    return run
 
 
 # ---------------------------------------------------------------------------

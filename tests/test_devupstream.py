@@ -5,7 +5,6 @@ loopback socket (its file I/O runs in the reactor's thread pool).
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
@@ -13,28 +12,18 @@ import tempfile
 
 from treq.client import HTTPClient
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from relayd.config import UpstreamConfig
 from relayd.devupstream import make_site
-from relayd.testing import sample_message
+from relayd.testing import async_test, sample_message
 from relayd.upstream import Accepted, Failed, make_client
 
 TOKEN = "dev-token-SECRET"
 
 
-def _deferred(f):  # type: ignore[no-untyped-def]
-    """
-    Run an C{async def} test method as a Deferred-returning one for trial.
-    """
-
-    @functools.wraps(f)
-    def run(self):  # type: ignore[no-untyped-def]
-        return Deferred.fromCoroutine(f(self))
-
-    return run
+_deferred = async_test
 
 
 def native(**changes: object) -> dict:

@@ -6,7 +6,6 @@ over real loopback sockets.
 
 from __future__ import annotations
 
-import functools
 import json
 import socket
 from base64 import b64decode
@@ -25,7 +24,7 @@ from relayd import __version__
 from relayd.config import UpstreamConfig
 from relayd.dialects import get_dialect
 from relayd.message import Attachment, MessageRejected
-from relayd.testing import FakeUpstream, sample_message
+from relayd.testing import FakeUpstream, async_test, sample_message
 from relayd.upstream import (
     MAX_ANSWER,
     TEMPORARY_FAILURE,
@@ -39,16 +38,7 @@ from relayd.upstream import (
 TOKEN = "tok-3f9a-SECRET"
 
 
-def _deferred(f):  # type: ignore[no-untyped-def]
-    """
-    Run an C{async def} test method as a Deferred-returning one for trial.
-    """
-
-    @functools.wraps(f)
-    def run(self):  # type: ignore[no-untyped-def]
-        return Deferred.fromCoroutine(f(self))
-
-    return run
+_deferred = async_test
 
 
 class _Consumer:
