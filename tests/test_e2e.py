@@ -586,3 +586,38 @@ class ConfigErrorTests(unittest.TestCase):
             f"relayd: {path}: upstream.timeout: expected a number of seconds",
         )
         self.assertNotIn("Traceback", out.stderr)
+
+
+class TwistdTests(unittest.TestCase):
+    def test_twistd_runs_the_plugin(self) -> None:
+        """
+        C{twistd -n relayd --config PATH} starts the same daemon as
+        C{twist}: the listener greets with the configured hostname.
+        """
+        daemon = Daemon("http://127.0.0.1:9/send")
+        daemon.process.terminate()
+        daemon.process.wait(10)
+        log = open(daemon.dir / "twistd.log", "wb")
+        process = subprocess.Popen(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+             "-n", "--pidfile=", "--logfile=-", "relayd", "--config", str(daemon.dir / "relayd.toml")],
+            stdout=log, stderr=subprocess.STDOUT, cwd=str(daemon.dir),
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    raw = socket.create_connection(("127.0.0.1", daemon.starttls_port), 0.5)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or process.poll() is not None:
+                        raise
+                    time.sleep(0.05)
+            self.assertTrue(raw.makefile("rb").readline().startswith(b"220 relay.test ESMTP"))
+            raw.close()
+        finally:
+            process.terminate()
+            process.wait(10)
+            log.close()
+            daemon.stop()
