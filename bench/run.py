@@ -2,7 +2,7 @@
 relayd's standard benchmark: one command, every scenario, figures as JSON.
 
     python bench/run.py [--quick] [--scenario NAME ...] [--out PATH]
-                        [--profile DIR [--profiler py-spy|cprofile]]
+                        [--workers N] [--profile DIR [--profiler py-spy|cprofile]]
 
 Everything runs on 127.0.0.1 in a temporary folder: a self-signed
 certificate (L{relayd.tls.ensure_self_signed}), a tokens file holding the
@@ -12,13 +12,24 @@ C{bench/sink.py}), and C{python -m twisted relayd --config ...}: the real
 daemon, as C{twist relayd} runs it.  The load comes from C{bench/smtpload.py}
 in its own process(es).
 
+relayd runs with C{[server] workers = 0} (one process per CPU core) unless
+C{--workers N} says otherwise: the performance targets are for a 2-core
+machine that relayd must use fully.  C{--workers 1} measures one process
+(the cost per message without any sharing of cores).  Profiling
+(C{--profile}) defaults to C{--workers 1}: the profilers follow one process.
+Before each scenario, C{run.py} waits until every worker process has
+started and gone idle, so start-up is never measured.
+
 For every run of every scenario, C{run.py} measures from outside:
 
-  - relayd's CPU time: C{utime + stime} of C{/proc/<pid>/stat}, summed over
-    relayd's process and its descendants, read before and after the run;
-  - relayd's resident memory: C{VmRSS} of C{/proc/<pid>/status} summed over
-    the same process tree, sampled every 50 ms by a thread (peak, before,
-    after);
+  - relayd's CPU time: the scheduler's run time of every thread
+    (C{/proc/<pid>/task/<tid>/schedstat}), summed over relayd's process and
+    its descendants (the worker processes), read before and after the run,
+    and how it was split between the processes;
+  - relayd's resident memory: C{VmRSS} summed over the same process tree,
+    sampled every 50 ms by a thread (peak, before, after), and the sum of
+    the processes' C{VmHWM} (reset before each run), which cannot miss a
+    short spike;
   - the sink's and the generator's CPU time, to show how the two cores
     were shared.
 
@@ -148,6 +159,13 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / 1e9
 
 
+def cpu_by_process(pids: list[int]) -> dict[int, float]:
+    """
+    L{cpu_seconds} of each of C{pids}.
+    """
+    return {pid: cpu_seconds([pid]) for pid in pids}
+
+
 def cpu_ticks(pids: list[int]) -> float:
     """
     User plus system CPU time of C{pids}, in seconds, from
@@ -216,6 +234,17 @@ def reset_hwm(pid: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def tree_hwm_bytes(pids: list[int]) -> int | None:
+    """
+    The sum of the processes' L{hwm_bytes}: each process's own peak.  With
+    one process this is its peak; with several it is an upper bound of the
+    tree's peak (their peaks need not coincide).
+    """
+    values = [hwm_bytes(pid) for pid in pids]
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
 
 
 class Watcher:
@@ -298,6 +327,41 @@ def wait_port(port: int, timeout: float, proc: subprocess.Popen[Any] | None = No
 def _raise_nofile() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def relayd_processes(workers: int) -> int:
+    """
+    How many processes relayd runs with C{[server] workers = workers}: the
+    same rule as L{relayd.workers.worker_count} (C{0}: one per CPU core this
+    process, and so relayd, may run on).
+    """
+    if workers > 0:
+        return workers
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def wait_settled(pid: int, processes: int, timeout: float = 60) -> float:
+    """
+    Wait until relayd's process tree holds C{processes} processes and has
+    gone idle (under 20 ms of CPU in 0.5 s): the workers have imported
+    everything and adopted the listening sockets.
+
+    @return: Seconds waited.
+    """
+    started = time.monotonic()
+    deadline = started + timeout
+    while time.monotonic() < deadline:
+        pids = process_tree(pid)
+        if len(pids) >= processes:
+            before = cpu_ticks(pids)
+            time.sleep(0.5)
+            if cpu_ticks(process_tree(pid)) - before < 0.02:
+                return time.monotonic() - started
+        else:
+            time.sleep(0.1)
+    raise RuntimeError(
+        f"relayd: {len(process_tree(pid))} of {processes} processes, not idle after {timeout}s"
+    )
 
 
 def source_digest() -> dict[str, Any]:
@@ -527,7 +591,13 @@ class Daemon:
     relayd, as C{twist relayd --config PATH} runs it (or under a profiler).
     """
 
-    def __init__(self, ws: Workspace, label: str, profile: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        ws: Workspace,
+        label: str,
+        profile: dict[str, Any] | None = None,
+        processes: int = 1,
+    ) -> None:
         self.ws = ws
         self.log_path = ws.dir / f"relayd-{label}.log"
         self.log = open(self.log_path, "wb")
@@ -557,6 +627,8 @@ class Daemon:
         )
         wait_port(ws.starttls_port, 30, self.proc)
         wait_port(ws.implicit_port, 30, self.proc)
+        self.processes = processes
+        self.startup_s = round(wait_settled(self.proc.pid, processes), 2)
         self.watcher = Watcher(self.proc.pid)
 
     def start_spy(self, path: Path) -> None:
@@ -718,9 +790,13 @@ def load_run(
         )
     time.sleep(0.2)
     rss_before = daemon.watcher.reset()
-    reset_hwm(daemon.proc.pid)
+    pids = process_tree(daemon.proc.pid)
+    for pid in pids:
+        reset_hwm(pid)
+    split_before = cpu_by_process(pids)
     cpu_before = daemon.watcher.cpu()
     sink_before = sink.cpu()
+    harness_before = _rusage_cpu(resource.RUSAGE_SELF), _rusage_cpu(resource.RUSAGE_CHILDREN)
     system_before = system_cpu()
     started = time.monotonic()
     gens = [
@@ -740,14 +816,25 @@ def load_run(
     elapsed = time.monotonic() - started
     time.sleep(0.3)  # let relayd finish closing sessions
     cpu, cpu_source, cpu_by_ticks = _cpu_delta(cpu_before, daemon.watcher.cpu())
+    pids_after = process_tree(daemon.proc.pid)
+    split_after = cpu_by_process(pids_after)
+    split = sorted(
+        (split_after[pid] - split_before.get(pid, 0.0) for pid in pids_after), reverse=True
+    )
+    split_total = sum(split)
     sink_cpu = sink.cpu() - sink_before
     system_after = system_cpu()
+    # run.py itself (its RSS sampling thread included), and the generators'
+    # whole processes, start-up included (they have been waited for, so
+    # their time is in RUSAGE_CHILDREN).
+    harness_cpu = _rusage_cpu(resource.RUSAGE_SELF) - harness_before[0]
+    generators_total_cpu = _rusage_cpu(resource.RUSAGE_CHILDREN) - harness_before[1]
     result = _merge(outputs)
     ok = result["ok"]
     wall = result["wall_s"]
-    hwm = hwm_bytes(daemon.proc.pid)
+    hwm = tree_hwm_bytes(pids_after)
     # The sampled peak can miss a short spike; VmHWM (reset before the run)
-    # cannot, but covers the main process only.
+    # cannot (summed over the processes, it is an upper bound).
     peak = max(daemon.watcher.peak, hwm or 0)
     clean = (
         result["final_codes"].get("250", 0) == result["attempted"] == messages
@@ -758,7 +845,7 @@ def load_run(
     # sink (other jobs, the kernel's own threads), and time stolen by the
     # hypervisor: either means relayd did not have its cores to itself.
     busy = system_after[0] - system_before[0]
-    other = busy - cpu - result["cpu_s"] - sink_cpu
+    other = busy - cpu - max(generators_total_cpu, result["cpu_s"]) - sink_cpu - harness_cpu
     steal = system_after[1] - system_before[1]
     span = elapsed + 0.3
     return {
@@ -774,6 +861,11 @@ def load_run(
         "relayd_cpu_s_ticks": round(cpu_by_ticks, 3),
         "cpu_source": cpu_source,
         "relayd_cpu_util": round(cpu / wall, 3) if wall else None,
+        "relayd_processes": len(pids_after),
+        # Each process's share of relayd's CPU time, largest first: how
+        # evenly the kernel spread the sessions over the workers.
+        "relayd_cpu_split": [round(x / split_total, 3) for x in split] if split_total else None,
+        "relayd_busiest_share": round(split[0] / split_total, 3) if split_total else None,
         "p50_ms": result["p50_ms"],
         "p99_ms": result["p99_ms"],
         "rss_before_mib": round(rss_before / MiB, 1),
@@ -783,6 +875,8 @@ def load_run(
         "rss_after_mib": round(daemon.watcher.last / MiB, 1),
         "generator_cpu_s": result["cpu_s"],
         "generator_cpu_util": round(result["cpu_s"] / elapsed, 3),
+        "generator_cpu_total_s": round(generators_total_cpu, 3),
+        "harness_cpu_s": round(harness_cpu, 3),
         "sink_cpu_s": round(sink_cpu, 3),
         "wall_s": round(wall, 3),
         "final_codes": result["final_codes"],
@@ -793,6 +887,11 @@ def load_run(
         "message_sizes": result.get("message_sizes"),
         "timed_out": result["timed_out"],
     }
+
+
+def _rusage_cpu(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _cpu_delta(before: tuple[float, float], after: tuple[float, float]) -> tuple[float, str, float]:
@@ -838,6 +937,7 @@ LOAD_KEYS = [
     "p99_ms",
     "peak_rss_mib",
     "relayd_cpu_util",
+    "relayd_busiest_share",
     "generator_cpu_util",
     "sink_cpu_s",
     "other_cpu_util",
@@ -852,10 +952,13 @@ def plan(quick: bool) -> dict[str, dict[str, Any]]:
     The parameters of each scenario.
     """
     runs = 1 if quick else 3
+    # --quick still opens several waves of sessions: the first wave, opened
+    # all at once, can land mostly on one worker process (see
+    # docs/performance.md), and later sessions even the load out.
     return {
         "small": dict(
             runs=runs,
-            messages=1000 if quick else 5000,
+            messages=3000 if quick else 5000,
             concurrency=50,
             per_session=20,
             size=1024,
@@ -864,7 +967,7 @@ def plan(quick: bool) -> dict[str, dict[str, Any]]:
         ),
         "attach100k": dict(
             runs=runs,
-            messages=200 if quick else 1000,
+            messages=600 if quick else 1000,
             concurrency=10,
             per_session=20,
             size=100 * KiB,
@@ -1280,13 +1383,14 @@ class Context:
         self.sink = sink
         self.profile = None
         self.last_source: dict[str, Any] = {}
+        self.processes = relayd_processes(args.workers)
         if args.profile:
             directory = Path(args.profile).resolve()
             directory.mkdir(parents=True, exist_ok=True)
             self.profile = {"dir": directory, "profiler": args.profiler}
 
     def daemon(self, label: str) -> Daemon:
-        daemon = Daemon(self.ws, label, self.profile)
+        daemon = Daemon(self.ws, label, self.profile, self.processes)
         self.last_source = daemon.source
         return daemon
 
@@ -1308,6 +1412,7 @@ class Context:
                 "rss_open_mib",
                 "kib_per_session",
                 "relayd_cpu_util",
+                "relayd_cpu_split",
                 "generator_cpu_util",
                 "other_cpu_util",
                 "clean",
@@ -1348,7 +1453,9 @@ def evaluate(scenarios: dict[str, Any]) -> dict[str, Any]:
 def print_table(report: dict[str, Any]) -> None:
     scenarios = report["scenarios"]
     print()
-    print(f"sink: {report['meta']['sink']}")
+    meta = report["meta"]
+    print(f"relayd: workers = {meta['relayd_workers']} ({meta['relayd_processes']} processes)")
+    print(f"sink: {meta['sink']}")
     print(
         f"{'scenario':<12} {'msg/s':>9} {'cpu ms/msg':>11} {'p50 ms':>9} {'p99 ms':>9} {'peak RSS MiB':>13}  clean  problems"
     )
@@ -1415,7 +1522,7 @@ def _size(n: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="relayd benchmark: run the standard scenarios")
     p.add_argument(
-        "--quick", action="store_true", help="fewer runs, fewer messages (about 2 minutes)"
+        "--quick", action="store_true", help="fewer runs, fewer messages (about 1 minute)"
     )
     p.add_argument(
         "--scenario", action="append", choices=sorted(SCENARIOS), help="run only these (repeatable)"
@@ -1425,7 +1532,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sink", choices=["auto", "nginx", "python"], default="auto")
     p.add_argument("--generator-procs", type=int, default=1, help="load generator processes")
     p.add_argument(
-        "--workers", type=int, default=1, help="relayd's [server] workers (0: one per core)"
+        "--workers",
+        type=int,
+        default=None,
+        help="relayd's [server] workers: 0 (the default) runs one process per CPU core,"
+        " 1 a single process; with --profile the default is 1",
     )
     p.add_argument(
         "--relayd-env",
@@ -1438,6 +1549,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profiler", choices=["py-spy", "cprofile"], default="py-spy")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
     args = p.parse_args(argv)
+    if args.workers is None:
+        args.workers = 1 if args.profile else 0
+    if args.workers < 0:
+        p.error("--workers: 0 or more")
     if (
         args.profile
         and args.profiler == "py-spy"
@@ -1451,7 +1566,12 @@ def main(argv: list[str] | None = None) -> int:
     relayd_env = dict(item.split("=", 1) for item in args.relayd_env)
     ws = Workspace(args.keep, args.workers, relayd_env)
     sink = Sink(ws, args.sink)
-    print(f"workspace {ws.dir}; sink: {sink.description}; check {sink.check}", flush=True)
+    print(
+        f"workspace {ws.dir}; relayd workers = {args.workers}"
+        f" ({relayd_processes(args.workers)} processes); sink: {sink.description};"
+        f" check {sink.check}",
+        flush=True,
+    )
     ctx = Context(args, ws, sink)
     scenarios: dict[str, Any] = {}
     try:
@@ -1477,12 +1597,14 @@ def main(argv: list[str] | None = None) -> int:
             "sink_check": sink.check,
             "generator_procs": args.generator_procs,
             "relayd_workers": args.workers,
+            "relayd_processes": relayd_processes(args.workers),
             "relayd_env": relayd_env,
             "relayd_source": source_digest(),
             "profile": args.profile and {"dir": args.profile, "profiler": args.profiler},
             "elapsed_s": round(time.monotonic() - started, 1),
-            "note": "relayd CPU is utime+stime of its process tree; RSS is the tree's VmRSS"
-            " sampled every 50 ms; figures are medians of the runs",
+            "note": "relayd CPU is the schedstat run time of its process tree (workers"
+            " included); RSS is the tree's VmRSS sampled every 50 ms, or the sum of the"
+            " processes' VmHWM if larger; figures are medians of the runs",
         },
         "scenarios": scenarios,
         "targets": evaluate(scenarios),

@@ -771,6 +771,7 @@ class RelaySMTP(smtp.ESMTP):
     ) -> None:
         for m in messages:
             m.bodyReceived(body)
+        del body  # the messages hold it now; let them release it
         results: list[Reply] = [await m.eomReceived() for m in messages]
         # One reply for the transaction: 250 only if every message was taken.
         refused = [r for r in results if r.code != 250]

@@ -326,9 +326,31 @@ class UpstreamClient:
         exchange.status = response.code
         await _read_body(response, exchange.body, MAX_ANSWER)
 
+    def encode(self, message: OutboundMessage) -> bytes:
+        """
+        Build the request body for C{message} in the upstream's dialect.
+
+        @param message: The message.
+        @return: The body (JSON, UTF-8).
+        @raise relayd.message.MessageRejected: When the dialect cannot
+            carry this message.
+        """
+        return self._dialect.body(message)
+
     async def send(self, message: OutboundMessage, token: str) -> UpstreamResult:
         """
-        POST C{message} to the upstream and say what it did with it.
+        L{encode} C{message}, then L{post} it.
+
+        @param message: The message.
+        @param token: The client's API token.
+        @return: See L{post}.
+        @raise relayd.message.MessageRejected: See L{encode}.
+        """
+        return await self.post(self.encode(message), token)
+
+    async def post(self, body: bytes, token: str) -> UpstreamResult:
+        """
+        POST an encoded message to the upstream and say what it did with it.
 
         The request carries C{Content-Type: application/json}, C{Accept:
         application/json}, C{User-Agent: relayd/<version>} and the token
@@ -344,13 +366,10 @@ class UpstreamClient:
           - No answer at all (timeout, refused connection, DNS, TLS,
             garbage) is L{TEMPORARY_FAILURE}: C{451 4.3.0}.
 
-        @param message: The message.
+        @param body: The request body, from L{encode}.
         @param token: The client's API token, sent to the upstream as is.
         @return: L{Accepted} or L{Failed}; network problems never raise.
-        @raise relayd.message.MessageRejected: When the dialect cannot
-            carry this message (raised before any request is made).
         """
-        body = self._dialect.body(message)
         exchange = _Exchange()
         start = self._reactor.seconds()
         d = Deferred.fromCoroutine(self._post(body, token, exchange))

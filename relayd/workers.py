@@ -49,6 +49,28 @@ def worker_count(configured: int) -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
+def accept_one_at_a_time(port: Any) -> None:
+    """
+    Make a listening port accept one connection per wake-up.
+
+    Twisted's TCP port accepts up to a hundred connections each time the
+    socket is readable, so a burst of clients lands on whichever process
+    woke first.  Accepting one at a time lets every process sharing the
+    socket take its share.
+
+    @param port: A L{twisted.internet.tcp.Port} (others are left alone).
+    """
+    if not hasattr(port, "numberAccepts"):
+        return
+    read = port.doRead
+
+    def doRead() -> Any:
+        port.numberAccepts = 1
+        return read()
+
+    port.doRead = doRead
+
+
 class AdoptedPortService(Service):
     """
     Listens on an inherited listening socket (in a worker process).
@@ -69,6 +91,7 @@ class AdoptedPortService(Service):
         sock.detach()
         self.port = self.reactor.adoptStreamPort(self.fd, family, self.factory)
         os.close(self.fd)
+        accept_one_at_a_time(self.port)
 
     def stopService(self) -> Any:
         super().stopService()
@@ -114,6 +137,7 @@ class WorkerPool(Service):
 
         def record(port: Any) -> Any:
             fds.append(port.fileno())
+            accept_one_at_a_time(port)
             return port
 
         for service in self.listening:

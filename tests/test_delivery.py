@@ -106,7 +106,7 @@ class DeliveryTests(SynchronousTestCase):
         def broken(*a: object) -> None:
             raise RuntimeError("boom")
 
-        self.pipeline.upstream.send = broken  # type: ignore[method-assign]
+        self.pipeline.upstream.post = broken  # type: ignore[method-assign]
         reply = self.transact(self.avatar(), ["bob@example.net"])
         self.assertEqual(reply, Reply(451, "4.3.0", "Local error in processing, try again later"))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
@@ -135,7 +135,7 @@ class _Threads:
 class ThreadedParseTests(SynchronousTestCase):
     def test_large_messages_are_parsed_in_the_thread_pool(self) -> None:
         """
-        A message over 512 KiB is parsed in the reactor's thread pool; a
+        A message over 4 MiB is parsed in the reactor's thread pool; a
         small one on the reactor thread.
         """
         clock = Clock()
@@ -144,7 +144,7 @@ class ThreadedParseTests(SynchronousTestCase):
         threads = _Threads()
         pipeline = Pipeline(client, HeadersConfig(), clock, threads=threads)
         avatar = RelayDelivery("t", TokenPolicy("web"), pipeline)
-        for size in (1000, 600 * 1024):
+        for size in (1000, 5 * 1024 * 1024):
             avatar.validateFrom(None, "ann@example.com")
             message = avatar.validateTo("bob@example.net")()
             message.bodyReceived(MESSAGE.replace(b"body\r\n", b"x" * 70 + b"\r\n") + b"y" * 70 * (size // 72) + b"\r\n")

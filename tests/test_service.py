@@ -133,3 +133,26 @@ class ConfigCheckTests(SynchronousTestCase):
         config = parse_config(Path(path).read_text().replace("tcp:port=2525:", "nosuch:port=2525:"), path)
         e = self.assertRaises(ConfigError, make_service, config, MemoryReactorClock())
         self.assertIn("listeners[0].endpoint", str(e))
+
+
+class AcceptTests(SynchronousTestCase):
+    def test_accept_one_at_a_time(self) -> None:
+        """
+        A shared listening port takes one connection per wake-up, whatever
+        Twisted's adaptive accept loop raised the count to.
+        """
+        from relayd.workers import accept_one_at_a_time
+
+        class Port:
+            numberAccepts = 100
+            seen: list[int] = []
+
+            def doRead(self) -> None:
+                self.seen.append(self.numberAccepts)
+                self.numberAccepts += 20
+
+        port = Port()
+        accept_one_at_a_time(port)
+        port.doRead()
+        port.doRead()
+        self.assertEqual(Port.seen, [1, 1])
