@@ -159,6 +159,12 @@ class Pipeline:
                 mapped=",".join(mapped) or "-",
                 stripped=",".join(stripped) or "-",
             )
+            if not result.message_id:
+                log.warn(
+                    "upstream answered 2xx without a message id for token {token_name};"
+                    " check upstream.url",
+                    token_name=policy.name,
+                )
             text = "Ok: queued as " + result.message_id if result.message_id else "Ok: queued"
             return Reply(250, "2.0.0", text)
         log.info(
@@ -293,7 +299,8 @@ class RelayDelivery:
         current = self._current
         if current is None:
             raise MessageRejected(503, "5.5.1", "Error: need MAIL command")
-        current.rcpt_to.append(user)
+        if user.casefold() not in (r.casefold() for r in current.rcpt_to):
+            current.rcpt_to.append(user)  # a repeated RCPT is one recipient
         return lambda: current
 
 

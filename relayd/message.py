@@ -123,7 +123,7 @@ __all__ = [
 ]
 
 #: Most bytes of header sections, summed over all MIME entities.
-MAX_HEADER_BYTES = 2 * 1024 * 1024
+MAX_HEADER_BYTES = 256 * 1024
 
 #: Most MIME entities (the message itself, multiparts and leaves).
 MAX_PARTS = 1000
@@ -620,7 +620,7 @@ def _mailboxes(values: list[str]) -> list[tuple[str, str]]:
     return result
 
 
-def _address_key(address: str) -> str:
+def address_key(address: str) -> str:
     """
     The form addresses are compared in: case folded, angle brackets and a
     trailing dot of the domain removed, C{xn--} labels decoded (RFC 5890).
@@ -1357,10 +1357,10 @@ def parse_message(data: bytes, envelope: Envelope, policy: HeadersConfig) -> Out
     # Recipients.
     to = _mailboxes(fields.get("to", []))
     cc = _mailboxes(fields.get("cc", []))
-    listed = {_address_key(address) for _, address in to + cc}
+    listed = {address_key(address) for _, address in to + cc}
     bcc: list[str] = []
     for recipient in envelope.rcpt_to:
-        recipient_key = _address_key(recipient)
+        recipient_key = address_key(recipient)
         if recipient_key not in listed:
             listed.add(recipient_key)
             bcc.append(recipient.translate(_UNSAFE).strip().strip("<>"))

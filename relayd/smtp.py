@@ -343,6 +343,7 @@ class RelaySMTP(smtp.ESMTP):
         self._idle_call: IDelayedCall | None = None
         self._session_call: IDelayedCall | None = None
         self._auth_delay: IDelayedCall | None = None
+        self._expire_after_reply: str | None = None
         self._reset_session()
 
     # -- session state --
@@ -454,6 +455,12 @@ class RelaySMTP(smtp.ESMTP):
     def _timed_out(self, why: str) -> None:
         if self._state == _CLOSED:
             return
+        if self._pending:
+            # relayd is waiting (for the upstream): closing now would leave
+            # the client to retry a message the upstream may still take.
+            # Close right after the reply instead.
+            self._expire_after_reply = why
+            return
         log.info("closing session from {peer}: {why}", peer=self.peer_ip, why=why)
         self.reply(421, "4.4.2", f"{self.hostname} {why}, closing connection")
         self._close()
@@ -530,8 +537,11 @@ class RelaySMTP(smtp.ESMTP):
             limit = (
                 AUTH_LINE_LIMIT if self._state == _AUTH else self.limits.max_command_length
             )
-            if self._inbuf[:5].upper() == b"MAIL ":
+            head = self._inbuf[:5].upper()
+            if head == b"MAIL ":
                 limit += 500  # RFC 4954 section 5: room for AUTH=<mailbox>
+            elif head == b"AUTH ":
+                limit = AUTH_LINE_LIMIT  # RFC 4954 section 4: initial response
             # RFC 5321 section 4.5.3.1.4: at most `limit` octets with CRLF.
             if newline < 0 or newline >= limit:
                 if newline < 0 and len(self._inbuf) < limit:
@@ -598,11 +608,18 @@ class RelaySMTP(smtp.ESMTP):
 
         def done(result: object) -> None:
             self._pending = False
+            if self._expire_after_reply is not None and self._state != _CLOSED:
+                self._timed_out(self._expire_after_reply)
             if not waiting or self._state == _CLOSED:
                 return
             self.transport.resumeProducing()
             self._arm_idle()
-            self._process()
+            try:
+                self._process()
+            except Exception:
+                log.failure("handling pipelined input failed")
+                self.reply(421, "4.3.0", f"{self.hostname} Local error, closing connection")
+                self._close()
 
         def failed(f: Failure) -> None:
             log.failure("command handler failed", f)
@@ -799,7 +816,9 @@ class RelaySMTP(smtp.ESMTP):
         if not self.secure and self.factory.context_factory is not None:
             ext.append("STARTTLS")
         if self.secure:
-            ext.append("AUTH PLAIN LOGIN")
+            # The old "AUTH=" form too, for clients that only look for it
+            # (as Postfix's broken_sasl_auth_clients).
+            ext += ["AUTH PLAIN LOGIN", "AUTH=PLAIN LOGIN"]
         ext += ["ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8", "HELP"]
         return ext
 
@@ -1087,8 +1106,10 @@ class RelaySMTP(smtp.ESMTP):
         try:
             address = parse_path(m.group(1))
         except PathError:
-            self.error(501, "5.1.3", "Bad recipient address syntax")
-            return None
+            if m.group(1).strip("<>").lower() != "postmaster":
+                self.error(501, "5.1.3", "Bad recipient address syntax")
+                return None
+            address = "postmaster"  # RFC 5321 section 4.1.1.3: always accepted
         if not self.smtputf8 and not _is_ascii(address):
             self.error(553, "5.6.7", "Non-ASCII address requires SMTPUTF8")
             return None

@@ -508,7 +508,14 @@ def _add(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         document = _parse(existing, path)
         if any(policy.name == name for _, policy in document):
             raise _Refused(f"{path}: a token named {name!r} already exists")
-    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    if args.token_stdin:
+        # An existing token (for example the provider's server token, which
+        # relayd forwards upstream): read it, store only its digest.
+        token = sys.stdin.readline().strip()
+        if not token:
+            raise _Refused("--token-stdin: no token on standard input")
+    else:
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     entry = _entry_text(
         name,
         digest(token).hex(),
@@ -542,6 +549,10 @@ def _add(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         with open(path, "a", encoding="utf-8") as f:
             f.write(new[len(existing) :])
 
+    if args.token_stdin:
+        err.write(f"Added the given token as {name!r} to {path}.\n")
+        err.write("The running daemon picks it up on reload (systemctl reload relayd, or SIGHUP).\n")
+        return 0
     out.write(token + "\n")
     err.write(
         f"Added token {name!r} to {path}.\n"
@@ -675,6 +686,13 @@ def _parser(default_file: str) -> argparse.ArgumentParser:
         type=int,
         metavar="BYTES",
         help="at most BYTES per message",
+    )
+    add.add_argument(
+        "--token-stdin",
+        action="store_true",
+        help="store the digest of a token read from standard input (for example"
+        " the email provider's API token, which relayd passes upstream) instead"
+        " of generating one",
     )
     add.set_defaults(run=_add)
 

@@ -152,3 +152,17 @@ class ThreadedParseTests(SynchronousTestCase):
             self.assertEqual(reply.code, 250)
         self.assertEqual(threads.pool.calls, 1)
         self.assertEqual(len(upstream.requests), 2)
+
+
+class DuplicateRecipientTests(SynchronousTestCase):
+    def test_repeated_rcpt_is_one_recipient(self) -> None:
+        clock = Clock()
+        upstream = FakeUpstream()
+        client = UpstreamClient(clock, UpstreamConfig(), get_dialect("native"), http=StubTreq(upstream))
+        avatar = RelayDelivery("t", TokenPolicy("web"), Pipeline(client, HeadersConfig(), clock))
+        avatar.validateFrom(None, "ann@example.com")
+        for rcpt in ("bob@example.net", "Bob@Example.net", "cy@example.org"):
+            message = avatar.validateTo(rcpt)()
+        message.bodyReceived(MESSAGE)
+        self.assertEqual(self.successResultOf(message.eomReceived()).code, 250)
+        self.assertEqual(upstream.requests[0].json["envelope"]["rcpt_to"], ["bob@example.net", "cy@example.org"])

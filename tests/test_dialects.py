@@ -29,7 +29,7 @@ from relayd.dialects.mailpace import MailPaceDialect
 from relayd.dialects.native import NativeDialect
 from relayd.dialects.postmark import PostmarkDialect
 from relayd.dialects.raw import RawDialect
-from relayd.message import Attachment, MessageRejected
+from relayd.message import Attachment, Envelope, MessageRejected
 from relayd.testing import sample_message
 from relayd.upstream import Accepted, Failed
 
@@ -348,7 +348,13 @@ class MailPaceBodyTests(SynchronousTestCase):
         """
         C{to}, C{cc} and C{bcc} join addresses with C{", "}.
         """
-        document = body_of(MailPaceDialect(), to=("a@example.com", "B <b@example.com>"))
+        document = body_of(
+            MailPaceDialect(),
+            to=("a@example.com", "B <b@example.com>"),
+            envelope=Envelope("s@example.com", ("a@example.com", "b@example.com")),
+            cc=(),
+            bcc=(),
+        )
         self.assertEqual(document["to"], "a@example.com, B <b@example.com>")
 
     def test_empty_optional_fields_are_left_out(self) -> None:
@@ -399,13 +405,32 @@ class MailPaceBodyTests(SynchronousTestCase):
             error.text, "Signed or encrypted messages cannot be relayed through the mailpace API"
         )
 
-    def test_no_to_rejected(self) -> None:
+    def test_no_to_address_uses_the_envelope(self) -> None:
         """
-        MailPace requires C{to}: a message without one is refused before
-        any request.
+        MailPace requires C{to}: when no To address is an envelope
+        recipient, the envelope recipients from Cc become C{to}.
         """
-        error = self.assertRaises(MessageRejected, MailPaceDialect().body, sample_message(to=()))
-        self.assertEqual((error.code, error.status), (550, "5.6.0"))
+        document = body_of(MailPaceDialect(), to=())
+        self.assertEqual(document["to"], "bob@example.org")
+        self.assertNotIn("cc", document)
+
+    def test_header_recipients_outside_the_envelope_are_left_out(self) -> None:
+        """
+        A client that splits a message over several transactions: each
+        request names only this transaction's envelope recipients, so the
+        API never delivers to the others twice.
+        """
+        message = sample_message(
+            envelope=Envelope("s@example.com", ("ann@example.net",)),
+            to=("Ann <ann@example.net>", "Zed <zed@example.net>"),
+            cc=("bob@example.org",),
+            bcc=(),
+        )
+        for dialect, fields in ((MailPaceDialect(), ("to", "cc", "bcc")), (PostmarkDialect(), ("To", "Cc", "Bcc"))):
+            document = json.loads(dialect.body(message))
+            self.assertEqual(document[fields[0]], "Ann <ann@example.net>")
+            self.assertFalse(document.get(fields[1]))
+            self.assertFalse(document.get(fields[2]))
 
 
 class PostmarkBodyTests(SynchronousTestCase):

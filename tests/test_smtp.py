@@ -701,3 +701,44 @@ class NoDelayTests(SynchronousTestCase):
             factory = Session().factory
             factory.buildProtocol(None).makeConnection(make(tcp))
             self.assertTrue(tcp.nodelay)
+
+
+class ReviewFixTests(SynchronousTestCase):
+    def test_session_lifetime_waits_for_the_upstream_reply(self) -> None:
+        """
+        The session lifetime ends while relayd waits for the upstream: the
+        client still gets the upstream's verdict, then 421, so it never
+        retries a message the upstream took.
+        """
+        s = Session(implicit=True, limits=LimitsConfig(session_timeout=100))
+        s.login()
+        s.delivery.hold_eom = True
+        s.send("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
+        s.send("x\r\n.\r\n")
+        s.clock.advance(150)
+        self.assertEqual(s.replies(), [])
+        s.delivery.release_eom()
+        self.assertEqual(
+            s.replies(),
+            [
+                "250 2.0.0 Ok: queued as fake-1",
+                "421 4.4.2 mx.example.test Session lifetime exceeded, closing connection",
+            ],
+        )
+        self.assertTrue(s.transport.disconnecting)
+
+    def test_postmaster_without_domain(self) -> None:
+        """
+        RFC 5321 section 4.1.1.3: RCPT TO:<Postmaster> is accepted.
+        """
+        s = Session(implicit=True)
+        s.login()
+        s.send("MAIL FROM:<a@example.com>\r\n")
+        self.assertEqual(s.send("RCPT TO:<Postmaster>\r\n"), ["250 2.1.5 Ok"])
+        self.assertEqual(s.send("RCPT TO:<nobody>\r\n"), ["501 5.1.3 Bad recipient address syntax"])
+
+    def test_old_style_auth_line_is_advertised(self) -> None:
+        s = Session(implicit=True)
+        s.replies()
+        names = [line[4:] for line in s.send("EHLO c\r\n")[1:]]
+        self.assertIn("AUTH=PLAIN LOGIN", names)

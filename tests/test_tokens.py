@@ -540,6 +540,18 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o600)
         self.assertEqual(TokenStore.load(self.path).lookup(token), TokenPolicy("website"))
 
+    def test_add_existing_token_from_stdin(self) -> None:
+        """
+        C{add --token-stdin} stores the digest of a given token (the
+        provider's, which relayd passes upstream) and prints nothing on
+        stdout.
+        """
+        self.patch(sys, "stdin", io.StringIO("provider-server-token\n"))
+        status, out, err = self.run_command("add", "website", "--token-stdin")
+        self.assertEqual((status, out), (0, ""))
+        self.assertEqual(TokenStore.load(self.path).lookup("provider-server-token"), TokenPolicy("website"))
+        self.assertNotIn("provider-server-token", self.read())
+
     def test_add_never_stores_the_token(self) -> None:
         """
         The file holds the token's digest, not the token; stderr says the

@@ -32,12 +32,13 @@ import secrets
 import unicodedata
 from base64 import b64encode
 from collections.abc import Iterable, Mapping
+from email.utils import parseaddr
 from typing import Any
 
 from zope.interface import Attribute, Interface, implementer
 
 from relayd.config import ConfigError
-from relayd.message import Attachment, MessageRejected, OutboundMessage
+from relayd.message import Attachment, MessageRejected, OutboundMessage, address_key
 from relayd.upstream import Accepted, Failed, UpstreamResult
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "header_value",
     "parse_answer",
     "refuse_raw_only",
+    "envelope_recipients",
     "require_to",
 ]
 
@@ -269,16 +271,49 @@ def refuse_raw_only(name: str, message: OutboundMessage) -> None:
         )
 
 
-def require_to(name: str, message: OutboundMessage) -> None:
+def envelope_recipients(
+    message: OutboundMessage,
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """
+    To, Cc and Bcc for an API that delivers to the addresses it is given
+    rather than to an envelope: header recipients that are not envelope
+    recipients of this transaction are left out (a client that splits one
+    message over several transactions, or retries some recipients, must
+    not make the API deliver to the others again), and envelope recipients
+    in neither header are Bcc (RFC 5321 section 3.3: the envelope decides
+    who gets the message).
+
+    When no To address is an envelope recipient, the envelope recipients
+    from Cc (else from Bcc) become the To addresses, so that an API that
+    requires To still gets the message.
+
+    @param message: The message.
+    @return: C{(to, cc, bcc)}, formatted mailboxes.
+    """
+    wanted = {address_key(r) for r in message.envelope.rcpt_to}
+
+    def keep(addresses: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(a for a in addresses if address_key(parseaddr(a)[1] or a) in wanted)
+
+    to, cc, bcc = keep(message.to), keep(message.cc), message.bcc
+    if not to:
+        if cc:
+            to, cc = cc, ()
+        else:
+            to, bcc = bcc, ()
+    return to, cc, bcc
+
+
+def require_to(name: str, to: tuple[str, ...]) -> None:
     """
     Refuse a message without a To address before sending it to an API that
     requires one: the answer would be a rejection anyway, less clear.
 
     @param name: The dialect's name, for the reply text.
-    @param message: The message.
-    @raise MessageRejected: C{550 5.6.0} when C{message.to} is empty.
+    @param to: The To addresses to send (from L{envelope_recipients}).
+    @raise MessageRejected: C{550 5.6.0} when C{to} is empty.
     """
-    if not message.to:
+    if not to:
         raise MessageRejected(550, "5.6.0", f"The {name} API needs at least one To address")
 
 

@@ -19,6 +19,7 @@ from relayd.dialects import (
     FALLBACK_TOKEN,
     Base64,
     JSONDialect,
+    envelope_recipients,
     header_value,
     refuse_raw_only,
     require_to,
@@ -72,10 +73,11 @@ class MailPaceDialect(JSONDialect):
             one without a To address (C{550 5.6.0}).
         """
         refuse_raw_only(self.name, message)
-        require_to(self.name, message)
+        to, cc, bcc = envelope_recipients(message)
+        require_to(self.name, to)
         document: dict[str, Any] = {
             "from": message.from_,
-            "to": ", ".join(message.to),
+            "to": ", ".join(to),
             "subject": message.subject,
         }
         if message.html is not None:
@@ -83,8 +85,8 @@ class MailPaceDialect(JSONDialect):
         if message.text is not None or message.html is None:
             document["textbody"] = message.text or ""
         optional = {
-            "cc": ", ".join(message.cc),
-            "bcc": ", ".join(message.bcc),
+            "cc": ", ".join(cc),
+            "bcc": ", ".join(bcc),
             "replyto": ", ".join(message.reply_to),
             "inreplyto": header_value(message, "In-Reply-To"),
             "references": header_value(message, "References"),

@@ -55,7 +55,8 @@ class NativeDialect(JSONDialect):
       - C{headers} is a list of C{[name, value]} pairs in message order, not
         an object: a name may legitimately repeat (two C{List-*} or C{X-*}
         lines) and an object would lose one of them.
-      - C{metadata} is an object; if a key repeats, the last value wins.
+      - C{metadata} is an object; if a key repeats, the first value wins
+        (L{relayd.message} keeps the first).
       - C{raw} is C{null}, except for a message that must travel unchanged
         (C{raw_only}: S/MIME, C{multipart/signed}): then it carries the
         base64 of the whole message as received, in addition to the

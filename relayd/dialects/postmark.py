@@ -19,6 +19,7 @@ from relayd.dialects import (
     FALLBACK_TOKEN,
     Base64,
     JSONDialect,
+    envelope_recipients,
     refuse_raw_only,
     require_to,
 )
@@ -82,10 +83,11 @@ class PostmarkDialect(JSONDialect):
             (C{554 5.6.0}) or one without a To address (C{550 5.6.0}).
         """
         refuse_raw_only(self.name, message)
-        require_to(self.name, message)
+        to, cc, bcc = envelope_recipients(message)
+        require_to(self.name, to)
         document: dict[str, Any] = {
             "From": message.from_,
-            "To": ", ".join(message.to),
+            "To": ", ".join(to),
             "Subject": message.subject,
         }
         if message.html is not None:
@@ -98,8 +100,8 @@ class PostmarkDialect(JSONDialect):
         ):
             headers.append({"Name": "List-Unsubscribe", "Value": message.list_unsubscribe})
         optional: dict[str, Any] = {
-            "Cc": ", ".join(message.cc),
-            "Bcc": ", ".join(message.bcc),
+            "Cc": ", ".join(cc),
+            "Bcc": ", ".join(bcc),
             "ReplyTo": ", ".join(message.reply_to),
             "Headers": headers,
             "Tag": message.tags[0] if message.tags else None,
