@@ -159,10 +159,15 @@ class WorkerPool(Service):
             inherited.append(str(3 + i))
         argv = self.argv + ["--inherit-fds", ",".join(inherited)]
         proto = _WorkerProtocol(self, index)
+        try:
+            self.workers[index] = self.reactor.spawnProcess(
+                proto, argv[0], argv, env=os.environ.copy(), childFDs=child_fds
+            )
+        except OSError:
+            log.failure("could not start worker {index}; trying again", index=index)
+            self.reactor.callLater(RESTART_DELAY, self._spawn, index)
+            return
         self._protocols[index] = proto
-        self.workers[index] = self.reactor.spawnProcess(
-            proto, argv[0], argv, env=os.environ.copy(), childFDs=child_fds
-        )
         log.info("started worker {index} (pid {pid})", index=index, pid=self.workers[index].pid)
 
     def _ended(self, proto: _WorkerProtocol, reason: Failure) -> None:
