@@ -1047,22 +1047,30 @@ def run_load_scenario(name: str, p: dict[str, Any], ctx: Context) -> dict[str, A
     }
 
 
+def warm_up(ctx: Context, daemon: Any, mix: str) -> None:
+    """
+    Send a few small messages (imports, TLS, pools warm) and let the
+    daemon settle for a second before measuring.
+    """
+    load_run(
+        ctx.ws,
+        ctx.args,
+        daemon,
+        ctx.sink,
+        messages=20,
+        concurrency=2,
+        per_session=10,
+        size=KiB,
+        mix=mix,
+    )
+    time.sleep(1)
+
+
 def run_huge(name: str, p: dict[str, Any], ctx: Context) -> dict[str, Any]:
     daemon = ctx.daemon(name)
     runs = []
     try:
-        load_run(
-            ctx.ws,
-            ctx.args,
-            daemon,
-            ctx.sink,
-            messages=20,
-            concurrency=2,
-            per_session=10,
-            size=KiB,
-            mix="attach",
-        )
-        time.sleep(1)
+        warm_up(ctx, daemon, "attach")
         first_baseline = daemon.watcher.reset()
         for i in range(p["runs"]):
             r = load_run(
@@ -1123,18 +1131,7 @@ def run_idle(name: str, p: dict[str, Any], ctx: Context) -> dict[str, Any]:
         # reuse, not cost.
         daemon = ctx.daemon(name)
         try:
-            load_run(
-                ctx.ws,
-                ctx.args,
-                daemon,
-                ctx.sink,
-                messages=20,
-                concurrency=2,
-                per_session=10,
-                size=KiB,
-                mix="text",
-            )
-            time.sleep(1)
+            warm_up(ctx, daemon, "text")
             baseline = daemon.watcher.reset()
             cpu_before = daemon.watcher.cpu()
             command = generator_command(
