@@ -440,3 +440,16 @@ class RealSocketTests(TestCase):
             await client.send(sample_message(), TOKEN), Failed(554, "5.7.1", "Unknown token")
         )
         self.assertEqual(json.loads(upstream.last.body)["subject"], "Café order #42")
+
+
+class ParsedURITests(SynchronousTestCase):
+    def test_url_is_encoded_once(self) -> None:
+        """
+        The upstream URL is IDNA-encoded at start-up; treq's per-request
+        conversion then returns it unchanged.
+        """
+        from relayd.upstream import _ParsedURI
+
+        url = _ParsedURI.parse("https://bücher.example/v1/send?x=1")
+        self.assertEqual(url.to_text(), "https://xn--bcher-kva.example/v1/send?x=1")
+        self.assertIs(url.to_uri(), url)
