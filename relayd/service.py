@@ -24,13 +24,13 @@ from twisted.logger import Logger
 from relayd.auth import make_portal
 from relayd.config import Config, ConfigError
 from relayd.delivery import Pipeline, make_avatar_factory
-from relayd.smtp import AuthThrottle, ConnectionLimiter, RelaySMTPFactory
+from relayd.smtp import AuthThrottle, ConnectionLimiter, DeliveryTracker, RelaySMTPFactory
 from relayd.tls import ensure_self_signed, implicit_tls_factory, server_context_factory
 from relayd.tokens import TokenStore
 from relayd.upstream import make_client
 from relayd.workers import AdoptedPortService, WorkerPool, worker_argv, worker_count
 
-__all__ = ["TokensReloader", "make_service"]
+__all__ = ["DrainService", "TokensReloader", "make_service"]
 
 log = Logger()
 
@@ -77,6 +77,29 @@ class TokensReloader(Service):
             signal.signal(signal.SIGHUP, self._previous)
             self._previous = None
         return super().stopService()
+
+
+class DrainService(Service):
+    """
+    On stop, waits (at most C{timeout} seconds) for the messages whose
+    upstream call is under way, so their clients get the upstream's
+    verdict instead of a dropped connection and a retry that could send
+    the message twice.  The listeners stop accepting meanwhile.
+    """
+
+    def __init__(self, tracker: DeliveryTracker, clock: Any, timeout: float) -> None:
+        self.tracker = tracker
+        self.clock = clock
+        self.timeout = timeout
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self.tracker.pending:
+            log.info(
+                "waiting for {count} message(s) in flight before stopping",
+                count=self.tracker.pending,
+            )
+        return self.tracker.drained(self.clock, self.timeout)
 
 
 class _UpstreamCloser(Service):
@@ -132,6 +155,8 @@ def make_service(
     portal = make_portal(store, make_avatar_factory(pipeline))
     limits = config.limits
     limiter = ConnectionLimiter(limits.max_connections, limits.max_connections_per_ip)
+    tracker = DeliveryTracker()
+    DrainService(tracker, reactor, config.upstream.timeout + 5).setServiceParent(top)
     throttle = AuthThrottle(
         reactor,
         limit=limits.auth_failures_per_ip,
@@ -150,6 +175,7 @@ def make_service(
             implicit_tls=implicit,
             limiter=limiter,
             throttle=throttle,
+            tracker=tracker,
         )
         if implicit:
             factory = implicit_tls_factory(factory, context)

@@ -52,6 +52,7 @@ from relayd.message import MessageRejected
 __all__ = [
     "AuthThrottle",
     "ConnectionLimiter",
+    "DeliveryTracker",
     "Reply",
     "RelaySMTP",
     "RelaySMTPFactory",
@@ -284,6 +285,60 @@ class AuthThrottle:
         Forget the failures of C{ip} after a successful AUTH from it.
         """
         self._failures.pop(ip, None)
+
+
+class DeliveryTracker:
+    """
+    Counts messages whose final reply is still owed, so that stopping the
+    daemon can wait for them: a client cut off while the upstream takes its
+    message would send it again.
+    """
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self._waiters: list[defer.Deferred[None]] = []
+
+    def begin(self) -> None:
+        """
+        A message is being relayed.
+        """
+        self.pending += 1
+
+    def end(self) -> None:
+        """
+        Its reply has been sent (or the client is gone).
+        """
+        self.pending -= 1
+        if self.pending == 0:
+            waiters, self._waiters = self._waiters, []
+            for d in waiters:
+                if not d.called:  # a timed-out wait has fired already
+                    d.callback(None)
+
+    def drained(self, clock: IReactorTime, timeout: float) -> defer.Deferred[None]:
+        """
+        @param clock: Time source for the timeout.
+        @param timeout: Seconds to wait at most.
+        @return: A Deferred that fires when no message is pending, or after
+            C{timeout} seconds, whichever comes first.
+        """
+        if self.pending == 0:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._waiters.append(d)
+
+        def expire() -> None:
+            if not d.called:
+                d.callback(None)
+
+        timer = clock.callLater(timeout, expire)
+
+        def stop_timer(result: None) -> None:
+            if timer.active():
+                timer.cancel()
+
+        d.addCallback(stop_timer)
+        return d
 
 
 # -- the protocol -----------------------------------------------------------
@@ -780,16 +835,20 @@ class RelaySMTP(smtp.ESMTP):
                 m.connectionLost()
             self.send(self._data_error)
             return
+        self.factory.tracker.begin()
         d = defer.Deferred.fromCoroutine(self._deliver(messages, body, envelope))
         self._wait(d)
 
     async def _deliver(
         self, messages: list[Any], body: bytes, envelope: tuple[Any, Any]
     ) -> None:
-        for m in messages:
-            m.bodyReceived(body)
-        del body  # the messages hold it now; let them release it
-        results: list[Reply] = [await m.eomReceived() for m in messages]
+        try:
+            for m in messages:
+                m.bodyReceived(body)
+            del body  # the messages hold it now; let them release it
+            results: list[Reply] = [await m.eomReceived() for m in messages]
+        finally:
+            self.factory.tracker.end()
         # One reply for the transaction: 250 only if every message was taken.
         refused = [r for r in results if r.code != 250]
         if refused or not results:
@@ -1233,6 +1292,7 @@ class RelaySMTPFactory(ServerFactory):
         factory is wrapped in TLS by L{relayd.tls.implicit_tls_factory}).
     @ivar limiter: Open-connection counters (may be shared by listeners).
     @ivar throttle: Failed-AUTH counters per IP (may be shared).
+    @ivar tracker: Messages whose reply is still owed (may be shared).
     """
 
     protocol = RelaySMTP  # type: ignore[assignment]
@@ -1248,6 +1308,7 @@ class RelaySMTPFactory(ServerFactory):
         implicit_tls: bool = False,
         limiter: ConnectionLimiter | None = None,
         throttle: AuthThrottle | None = None,
+        tracker: DeliveryTracker | None = None,
     ) -> None:
         self.portal = portal
         self.hostname = hostname
@@ -1255,6 +1316,7 @@ class RelaySMTPFactory(ServerFactory):
         self.clock = clock
         self.context_factory = context_factory
         self.implicit_tls = implicit_tls
+        self.tracker = tracker or DeliveryTracker()
         self.limiter = limiter or ConnectionLimiter(
             limits.max_connections, limits.max_connections_per_ip
         )

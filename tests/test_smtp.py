@@ -742,3 +742,44 @@ class ReviewFixTests(SynchronousTestCase):
         s.replies()
         names = [line[4:] for line in s.send("EHLO c\r\n")[1:]]
         self.assertIn("AUTH=PLAIN LOGIN", names)
+
+
+class DrainTests(SynchronousTestCase):
+    def test_stop_waits_for_messages_in_flight(self) -> None:
+        """
+        Stopping waits until the upstream's verdict has been sent to the
+        client (or the timeout passes).
+        """
+        from relayd.service import DrainService
+
+        s = Session(implicit=True)
+        s.login()
+        s.delivery.hold_eom = True
+        s.send("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\nx\r\n.\r\n")
+        tracker = s.factory.tracker
+        self.assertEqual(tracker.pending, 1)
+        drain = DrainService(tracker, s.clock, 35)
+        drain.startService()
+        stopped = drain.stopService()
+        self.assertNoResult(stopped)
+        s.delivery.release_eom()
+        self.assertEqual(s.replies(), ["250 2.0.0 Ok: queued as fake-1"])
+        self.successResultOf(stopped)
+        self.assertEqual(tracker.pending, 0)
+
+    def test_stop_gives_up_after_the_timeout(self) -> None:
+        from relayd.service import DrainService
+
+        s = Session(implicit=True)
+        s.login()
+        s.delivery.hold_eom = True
+        s.send("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\nx\r\n.\r\n")
+        drain = DrainService(s.factory.tracker, s.clock, 35)
+        drain.startService()
+        stopped = drain.stopService()
+        s.clock.advance(34)
+        self.assertNoResult(stopped)
+        s.clock.advance(1)
+        self.successResultOf(stopped)
+        s.delivery.release_eom()
+        self.assertEqual(s.factory.tracker.pending, 0)
