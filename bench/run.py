@@ -952,9 +952,9 @@ def plan(quick: bool) -> dict[str, dict[str, Any]]:
     The parameters of each scenario.
     """
     runs = 1 if quick else 3
-    # --quick still opens several waves of sessions: the first wave, opened
-    # all at once, can land mostly on one worker process (see
-    # docs/performance.md), and later sessions even the load out.
+    # --quick still opens several waves of sessions, so that the figures
+    # do not hang on how one burst of connections is spread over the
+    # worker processes (see docs/performance.md).
     return {
         "small": dict(
             runs=runs,

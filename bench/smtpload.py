@@ -253,6 +253,17 @@ class SMTPFailure(Exception):
     """
 
 
+
+# What ends a session in the load generator (counted, never raised).
+SESSION_ERRORS = (
+    TimeoutError,
+    OSError,
+    asyncio.IncompleteReadError,
+    SMTPFailure,
+    ValueError,
+    ssl.SSLError,
+)
+
 class Stats:
     """
     What one generator process saw.
@@ -417,14 +428,7 @@ async def load_worker(
                 await transaction(session, args, payloads)
                 watchdog.cancel()
             await close_session(session)
-        except (
-            TimeoutError,
-            OSError,
-            asyncio.IncompleteReadError,
-            SMTPFailure,
-            ValueError,
-            ssl.SSLError,
-        ) as e:
+        except SESSION_ERRORS as e:
             if watchdog is not None:
                 watchdog.cancel()
             stats.sessions_failed += 1
@@ -478,14 +482,7 @@ async def run_idle(
                 session = await asyncio.wait_for(
                     open_session(args, context, stats), args.reply_timeout
                 )
-            except (
-                TimeoutError,
-                OSError,
-                asyncio.IncompleteReadError,
-                SMTPFailure,
-                ValueError,
-                ssl.SSLError,
-            ) as e:
+            except SESSION_ERRORS as e:
                 stats.sessions_failed += 1
                 stats.errors[_error_name(e)] += 1
                 return

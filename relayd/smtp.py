@@ -409,7 +409,6 @@ class RelaySMTP(smtp.ESMTP):
         after STARTTLS (RFC 3207 section 4.2).
         """
         self.ehlo: str | None = None
-        self.esmtp = False
         self.authenticated = False
         self.token_avatar: Any = None
         self._logout: Callable[[], None] | None = None
@@ -423,7 +422,6 @@ class RelaySMTP(smtp.ESMTP):
         self.rcpt_to: list[str] = []
         self._factories: list[Callable[[], Any]] = []
         self.smtputf8 = False
-        self.declared_size: int | None = None
 
     @property
     def max_message_size(self) -> int:
@@ -828,7 +826,6 @@ class RelaySMTP(smtp.ESMTP):
         self._data_messages = []
         body, self._data_parts = b"".join(self._data_parts), []
         self._messages += 1
-        envelope = (self.mail_from, tuple(self.rcpt_to))
         self._reset_transaction()
         if self._data_error is not None:
             for m in messages:
@@ -836,28 +833,36 @@ class RelaySMTP(smtp.ESMTP):
             self.send(self._data_error)
             return
         self.factory.tracker.begin()
-        d = defer.Deferred.fromCoroutine(self._deliver(messages, body, envelope))
+        d = defer.Deferred.fromCoroutine(self._deliver(messages, body))
         self._wait(d)
 
-    async def _deliver(
-        self, messages: list[Any], body: bytes, envelope: tuple[Any, Any]
-    ) -> None:
+    async def _deliver(self, messages: list[Any], body: bytes) -> None:
+        """
+        Hand the message over, wait for the verdict, reply.  The tracker
+        counts the message until the reply is written.
+        """
         try:
             for m in messages:
                 m.bodyReceived(body)
             del body  # the messages hold it now; let them release it
             results: list[Reply] = [await m.eomReceived() for m in messages]
+            # One reply for the transaction: 250 only if every message was
+            # taken.
+            refused = [r for r in results if r.code != 250]
+            reply = refused[0] if refused else results[0]
+            if self._state == _CLOSED and reply.code == 250:
+                log.warn(
+                    "client {peer} left before the reply to a relayed message"
+                    " ({reply}); it may send the message again",
+                    peer=self.peer_ip,
+                    reply=reply.text,
+                )
+            self.send(reply)
         finally:
             self.factory.tracker.end()
-        # One reply for the transaction: 250 only if every message was taken.
-        refused = [r for r in results if r.code != 250]
-        if refused or not results:
-            self.send(refused[0] if refused else Reply(451, "4.3.0", "No message"))
-        else:
-            self.send(results[0])
 
     def _abort_data(self) -> None:
-        for m in getattr(self, "_data_messages", []):
+        for m in self._data_messages:
             m.connectionLost()
         self._data_messages = []
         self._data_parts = []
@@ -887,7 +892,6 @@ class RelaySMTP(smtp.ESMTP):
             self.error(501, "5.5.4", f"Syntax: {verb} hostname")
             return
         self.ehlo = rest
-        self.esmtp = esmtp
         self._reset_transaction()
         if not esmtp:
             self.reply(250, "", self.hostname)
@@ -1100,7 +1104,7 @@ class RelaySMTP(smtp.ESMTP):
         avatar = self.token_avatar
         return self._validate(
             lambda: avatar.validateFrom((self.ehlo, self.peer_ip), address, smtputf8=smtputf8),
-            lambda _: self._mail_accepted(address, smtputf8, size),
+            lambda _: self._mail_accepted(address, smtputf8),
         )
 
     def _validate(
@@ -1138,10 +1142,9 @@ class RelaySMTP(smtp.ESMTP):
 
         return defer.Deferred.fromCoroutine(later())
 
-    def _mail_accepted(self, address: str, smtputf8: bool, size: int | None) -> None:
+    def _mail_accepted(self, address: str, smtputf8: bool) -> None:
         self.mail_from = address
         self.smtputf8 = smtputf8
-        self.declared_size = size
         self.reply(250, "2.1.0", "Ok")
 
     def smtp_RCPT(self, rest: str) -> defer.Deferred[None] | None:

@@ -23,7 +23,6 @@ from relayd.upstream import Accepted, Failed, make_client
 TOKEN = "dev-token-SECRET"
 
 
-_deferred = async_test
 
 
 def native(**changes: object) -> dict:
@@ -70,7 +69,7 @@ class DevUpstreamTests(TestCase):
             return []
         return sorted(os.listdir(self.outbox))
 
-    @_deferred
+    @async_test
     async def test_post_stores_and_answers_id(self) -> None:
         """
         A valid request is stored as C{<outbox>/<id>.json} and answered with
@@ -89,7 +88,7 @@ class DevUpstreamTests(TestCase):
         self.assertTrue(stored["received_at"].endswith("+00:00"))
         self.assertNotIn(TOKEN, text)
 
-    @_deferred
+    @async_test
     async def test_list_and_get(self) -> None:
         """
         C{GET /messages} lists the messages oldest first; C{GET
@@ -116,14 +115,14 @@ class DevUpstreamTests(TestCase):
         assert isinstance(one, dict)
         self.assertEqual(one["message"]["subject"], "two")
 
-    @_deferred
+    @async_test
     async def test_empty_listing(self) -> None:
         """
         Before any message, the listing is empty.
         """
         self.assertEqual(await self.get("/messages"), (200, []))
 
-    @_deferred
+    @async_test
     async def test_unknown_message(self) -> None:
         """
         An unknown or malformed id is 404.
@@ -133,7 +132,7 @@ class DevUpstreamTests(TestCase):
         )
         self.assertEqual((await self.get("/messages/..%2f..%2fetc"))[0], 404)
 
-    @_deferred
+    @async_test
     async def test_bad_input(self) -> None:
         """
         Not JSON or not an object is 400; a wrong shape is 422; nothing is
@@ -151,7 +150,7 @@ class DevUpstreamTests(TestCase):
         self.assertIn("rcpt_to", answer["error"])  # type: ignore[index]
         self.assertEqual(self.stored(), [])
 
-    @_deferred
+    @async_test
     async def test_token_required(self) -> None:
         """
         Without a Bearer token the answer is 401.
@@ -160,7 +159,7 @@ class DevUpstreamTests(TestCase):
         self.assertEqual((status, answer), (401, {"error": "Missing API token"}))
         self.assertEqual(self.stored(), [])
 
-    @_deferred
+    @async_test
     async def test_forced_status(self) -> None:
         """
         C{X-Relayd-Dev-Status} forces the answer's status; nothing is
@@ -170,7 +169,7 @@ class DevUpstreamTests(TestCase):
         self.assertEqual(status, 503)
         self.assertEqual(self.stored(), [])
 
-    @_deferred
+    @async_test
     async def test_relayd_client_end_to_end(self) -> None:
         """
         relayd's own client and the native dialect talk to the development

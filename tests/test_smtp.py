@@ -783,3 +783,24 @@ class DrainTests(SynchronousTestCase):
         self.successResultOf(stopped)
         s.delivery.release_eom()
         self.assertEqual(s.factory.tracker.pending, 0)
+
+
+class LateReplyTests(SynchronousTestCase):
+    def test_client_gone_before_a_250_is_logged(self) -> None:
+        """
+        When the client left while the upstream took its message, nothing
+        is written, and the log says it may send the message again.
+        """
+        from twisted.logger import capturedLogs
+
+        s = Session(implicit=True)
+        s.login()
+        s.delivery.hold_eom = True
+        s.send("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\nx\r\n.\r\n")
+        s.close()
+        with capturedLogs() as events:
+            s.delivery.release_eom()
+        self.assertEqual(s.replies(), [])
+        warnings = [e for e in events if "left before the reply" in e.get("log_format", "")]
+        self.assertEqual(len(warnings), 1)
+        self.assertEqual(s.factory.tracker.pending, 0)

@@ -38,7 +38,6 @@ from relayd.upstream import (
 TOKEN = "tok-3f9a-SECRET"
 
 
-_deferred = async_test
 
 
 class _Consumer:
@@ -317,7 +316,7 @@ class RealSocketTests(TestCase):
         self.addCleanup(client.close)
         return client
 
-    @_deferred
+    @async_test
     async def test_large_message_and_connection_reuse(self) -> None:
         """
         A large body arrives intact, and the second message reuses the
@@ -339,7 +338,7 @@ class RealSocketTests(TestCase):
         )
         self.assertEqual(site.connections, 1)
 
-    @_deferred
+    @async_test
     async def test_connection_refused(self) -> None:
         """
         A closed port is a temporary failure.
@@ -354,7 +353,7 @@ class RealSocketTests(TestCase):
         [event] = [e for e in events if e["log_namespace"] == "relayd.upstream"]
         self.assertIn("ConnectionRefusedError", event["reason"])
 
-    @_deferred
+    @async_test
     async def test_timeout(self) -> None:
         """
         An upstream that never answers is a temporary failure after the
@@ -384,7 +383,7 @@ class RealSocketTests(TestCase):
         self.addCleanup(port.stopListening)
         return f"http://127.0.0.1:{port.getHost().port}/send"
 
-    @_deferred
+    @async_test
     async def test_2xx_cut_short_is_accepted(self) -> None:
         """
         A 2xx whose body never completes is still accepted: the upstream
@@ -397,7 +396,7 @@ class RealSocketTests(TestCase):
         ours = [e for e in events if e["log_namespace"] == "relayd.upstream"]
         self.assertEqual((ours[0]["reason"], ours[0]["status"]), ("timeout", 200))
 
-    @_deferred
+    @async_test
     async def test_rejection_cut_short_keeps_status(self) -> None:
         """
         A rejection whose body is cut short is still a rejection.
@@ -411,7 +410,7 @@ class RealSocketTests(TestCase):
             Failed(550, "5.6.0", "Message rejected by upstream"),
         )
 
-    @_deferred
+    @async_test
     async def test_garbage_answer(self) -> None:
         """
         An answer that is not HTTP is a temporary failure.
@@ -428,7 +427,7 @@ class RealSocketTests(TestCase):
         client = self.client(f"http://127.0.0.1:{port.getHost().port}/send")
         self.assertEqual(await client.send(sample_message(), TOKEN), TEMPORARY_FAILURE)
 
-    @_deferred
+    @async_test
     async def test_rejection_over_socket(self) -> None:
         """
         An error answer is read and mapped over a real connection.
