@@ -253,7 +253,6 @@ class SMTPFailure(Exception):
     """
 
 
-
 # What ends a session in the load generator (counted, never raised).
 SESSION_ERRORS = (
     TimeoutError,
@@ -263,6 +262,7 @@ SESSION_ERRORS = (
     ValueError,
     ssl.SSLError,
 )
+
 
 class Stats:
     """

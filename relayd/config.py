@@ -312,16 +312,12 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected {expected}")
         if attrs.has(item):
-            return tuple(
-                _convert(item, v, f"{key}[{i}]") for i, v in enumerate(value)
-            )
+            return tuple(_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value))
         if not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{key}: expected {expected}")
         return tuple(value)
     if origin is dict:
-        if not isinstance(value, dict) or not all(
-            isinstance(v, str) for v in value.values()
-        ):
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
             raise ConfigError(f"{key}: expected {expected}")
         return dict(value)
     if tp is bool:
@@ -333,11 +329,7 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected {expected}")
         return value
     if tp is float:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or value <= 0
-        ):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise ConfigError(f"{key}: expected {expected}")
         return float(value)
     if tp is str:
@@ -365,11 +357,7 @@ def _build(cls: Any, table: dict[str, Any], prefix: str) -> Any:
     try:
         return cls(**kwargs)
     except TypeError as e:
-        missing = [
-            n
-            for n, a in known.items()
-            if a.default is attrs.NOTHING and n not in kwargs
-        ]
+        missing = [n for n, a in known.items() if a.default is attrs.NOTHING and n not in kwargs]
         raise ConfigError(
             f"{prefix}.{missing[0] if missing else '?'}: required setting is missing"
         ) from e
@@ -418,7 +406,9 @@ def _check(config: Config) -> Config:
     for i, listener in enumerate(config.listeners):
         name = listener.name or listener.endpoint
         if name in names:
-            raise ConfigError(f"listeners[{i}].name: {name!r} is used twice; give each listener a name")
+            raise ConfigError(
+                f"listeners[{i}].name: {name!r} is used twice; give each listener a name"
+            )
         names.add(name)
         if listener.endpoint.startswith("haproxy:") and config.server.workers != 1:
             raise ConfigError(

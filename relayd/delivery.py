@@ -28,8 +28,8 @@ from twisted.mail.interfaces import IMessageDelivery, IMessageSMTP
 from zope.interface import implementer
 
 from relayd.config import HeadersConfig
-from relayd.message import Envelope, MessageRejected, OutboundMessage, parse_message
-from relayd.smtp import Reply
+from relayd.message import Envelope, OutboundMessage, parse_message
+from relayd.reply import Refused, Reply
 from relayd.tokens import TokenPolicy
 from relayd.upstream import Accepted, UpstreamClient
 
@@ -48,6 +48,7 @@ def _printable(text: str, limit: int = 64) -> str:
     C{text} as printable ASCII, at most C{limit} characters, for a reply.
     """
     return "".join(c if " " <= c <= "~" else "?" for c in text[:limit])
+
 
 # Messages larger than this many bytes are parsed off the reactor thread.
 PARSE_IN_THREAD = 4 * 1024 * 1024
@@ -117,14 +118,16 @@ class Pipeline:
         try:
             message = await self._parse(data, envelope)
             if not policy.allows_sender(message.sender_address):
-                raise MessageRejected(550, "5.7.1", "Sender not allowed")
+                raise Refused(Reply(550, "5.7.1", "Sender not allowed"))
             if not policy.allows_stream(message.stream):
-                raise MessageRejected(
-                    550,
-                    "5.7.1",
-                    f"Stream '{_printable(message.stream)}' not allowed for this token"
-                    if message.stream
-                    else "A stream is required for this token",
+                raise Refused(
+                    Reply(
+                        550,
+                        "5.7.1",
+                        f"Stream '{_printable(message.stream)}' not allowed for this token"
+                        if message.stream
+                        else "A stream is required for this token",
+                    )
                 )
             body = self.upstream.encode(message)
             mapped, stripped = message.mapped, message.stripped
@@ -133,15 +136,15 @@ class Pipeline:
             size = len(data)
             del message, data
             result = await self.upstream.post(body, token)
-        except MessageRejected as e:
+        except Refused as e:
             log.info(
                 "refused message for token {token_name}: {code} {status} {reason}",
                 token_name=policy.name,
-                code=e.code,
-                status=e.status,
-                reason=e.text,
+                code=e.reply.code,
+                status=e.reply.status,
+                reason=e.reply.text,
             )
-            return Reply(e.code, e.status, e.text)
+            return e.reply
         except Exception:
             log.failure("relaying a message failed")
             return Reply(451, "4.3.0", "Local error in processing, try again later")
@@ -281,11 +284,11 @@ class RelayDelivery:
         @param helo: C{(EHLO argument, client IP)}.
         @param origin: The reverse-path mailbox, C{""} for C{<>}.
         @return: C{origin}.
-        @raise MessageRejected: C{550 5.7.1 Sender not allowed} when the
+        @raise Refused: C{550 5.7.1 Sender not allowed} when the
             token may not send from that address.
         """
         if not self.policy.allows_sender(origin):
-            raise MessageRejected(550, "5.7.1", "Sender not allowed")
+            raise Refused(Reply(550, "5.7.1", "Sender not allowed"))
         self._current = TransactionMessage(self, origin, smtputf8)
         return origin
 
@@ -298,7 +301,7 @@ class RelayDelivery:
         """
         current = self._current
         if current is None:
-            raise MessageRejected(503, "5.5.1", "Error: need MAIL command")
+            raise Refused(Reply(503, "5.5.1", "Error: need MAIL command"))
         if user.casefold() not in (r.casefold() for r in current.rcpt_to):
             current.rcpt_to.append(user)  # a repeated RCPT is one recipient
         return lambda: current
@@ -309,4 +312,3 @@ def make_avatar_factory(pipeline: Pipeline) -> Callable[[str, TokenPolicy], Rela
     The realm's avatar factory: token and policy to L{RelayDelivery}.
     """
     return lambda token, policy: RelayDelivery(token, policy, pipeline)
-

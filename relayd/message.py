@@ -108,6 +108,7 @@ from urllib.parse import unquote
 from attrs import field, frozen
 
 from relayd.config import HeadersConfig
+from relayd.reply import Refused, Reply
 
 __all__ = [
     "MAX_ADDRESS_BYTES",
@@ -116,7 +117,6 @@ __all__ = [
     "MAX_PARTS",
     "Attachment",
     "Envelope",
-    "MessageRejected",
     "OutboundMessage",
     "decode_text",
     "parse_message",
@@ -270,22 +270,6 @@ class OutboundMessage:
     mapped: tuple[str, ...] = ()
     stripped: tuple[str, ...] = ()
     sender: str | None = None
-
-
-class MessageRejected(Exception):
-    """
-    The message cannot be relayed; the SMTP reply to send instead.
-
-    @ivar code: The reply code (5xx).
-    @ivar status: The enhanced status code (RFC 3463), e.g. C{"5.6.0"}.
-    @ivar text: One line of printable ASCII for the client.
-    """
-
-    def __init__(self, code: int, status: str, text: str) -> None:
-        super().__init__(code, status, text)
-        self.code = code
-        self.status = status
-        self.text = text
 
 
 # ---------------------------------------------------------------------------
@@ -925,24 +909,28 @@ class _Structure:
         @param default_type: Its type when it has no Content-Type
             (RFC 2046 section 5.1.5 for C{multipart/digest}).
         @return: The entity.
-        @raise MessageRejected: When a limit of this module is exceeded.
+        @raise relayd.reply.Refused: When a limit of this module is exceeded.
         """
         self._entities += 1
         if self._entities > MAX_PARTS:
-            raise MessageRejected(550, "5.6.0", f"Message has more than {MAX_PARTS} MIME parts")
+            raise Refused(Reply(550, "5.6.0", f"Message has more than {MAX_PARTS} MIME parts"))
         if depth > MAX_DEPTH:
-            raise MessageRejected(
-                550,
-                "5.6.0",
-                f"MIME parts are nested more than {MAX_DEPTH} deep",
+            raise Refused(
+                Reply(
+                    550,
+                    "5.6.0",
+                    f"MIME parts are nested more than {MAX_DEPTH} deep",
+                )
             )
         header_end, body_start = _header_end(buf, start, end, MAX_HEADER_BYTES - self._header_bytes)
         self._header_bytes += header_end - start
         if self._header_bytes > MAX_HEADER_BYTES:
-            raise MessageRejected(
-                550,
-                "5.6.0",
-                f"Message headers are larger than {MAX_HEADER_BYTES} bytes",
+            raise Refused(
+                Reply(
+                    550,
+                    "5.6.0",
+                    f"Message headers are larger than {MAX_HEADER_BYTES} bytes",
+                )
             )
         headers = _PARSER.parsebytes(buf[start:header_end], headersonly=True)
         if default_type != "text/plain":
@@ -954,7 +942,7 @@ class _Structure:
         Visit every entity under C{top}, depth first, in message order.
 
         @param top: The message's own entity.
-        @raise MessageRejected: When a limit of this module is exceeded.
+        @raise relayd.reply.Refused: When a limit of this module is exceeded.
         """
         stack = [top]
         while stack:
@@ -978,10 +966,12 @@ class _Structure:
                     )
                 if spans:
                     if self._entities + len(spans) > MAX_PARTS:
-                        raise MessageRejected(
-                            550,
-                            "5.6.0",
-                            f"Message has more than {MAX_PARTS} MIME parts",
+                        raise Refused(
+                            Reply(
+                                550,
+                                "5.6.0",
+                                f"Message has more than {MAX_PARTS} MIME parts",
+                            )
                         )
                     alternatives = entity.alternatives
                     if subtype == "alternative":
@@ -1105,7 +1095,15 @@ def _attachments(structure: _Structure) -> tuple[Attachment, ...]:
             unquote(m).strip("<>").lower() for m in _CID_REFERENCE.findall(structure.html)
         }
     result: list[Attachment] = []
-    for filename, content_type, content, content_id, disposition, charset, encoded in structure.parts:
+    for (
+        filename,
+        content_type,
+        content,
+        content_id,
+        disposition,
+        charset,
+        encoded,
+    ) in structure.parts:
         if not filename:
             base = content_type.split(";", 1)[0]
             filename = f"attachment-{len(result) + 1}{_extension(base)}"
@@ -1214,7 +1212,7 @@ def parse_message(data: bytes, envelope: Envelope, policy: HeadersConfig) -> Out
     @type policy: L{HeadersConfig}
     @return: The message as the upstream should receive it.
     @rtype: L{OutboundMessage}
-    @raise MessageRejected: C{550 5.6.0} when the From header field is
+    @raise relayd.reply.Refused: C{550 5.6.0} when the From header field is
         missing or unusable (RFC 5322 section 3.6.2) or a limit of this
         module is exceeded; C{550 5.7.1} when the policy refuses the
         message (a stream not allowed, a required header missing).
@@ -1299,25 +1297,29 @@ def parse_message(data: bytes, envelope: Envelope, policy: HeadersConfig) -> Out
         for value in fields.get(key, [])
     )
     if address_bytes > MAX_ADDRESS_BYTES:
-        raise MessageRejected(
-            550,
-            "5.6.0",
-            f"Address headers are larger than {MAX_ADDRESS_BYTES} bytes",
+        raise Refused(
+            Reply(
+                550,
+                "5.6.0",
+                f"Address headers are larger than {MAX_ADDRESS_BYTES} bytes",
+            )
         )
     if "from" not in fields:
-        raise MessageRejected(550, "5.6.0", "Message has no From header")
+        raise Refused(Reply(550, "5.6.0", "Message has no From header"))
     authors = _mailboxes(fields["from"])
     if not authors:
-        raise MessageRejected(550, "5.6.0", "From header holds no valid address")
+        raise Refused(Reply(550, "5.6.0", "From header holds no valid address"))
     senders = _mailboxes(fields.get("sender", []))
     sender = None
     if len(fields.get("sender", [])) == 1 and len(senders) == 1:
         sender = _format_mailbox(*senders[0])
     if len(authors) > 1 and sender is None:
-        raise MessageRejected(
-            550,
-            "5.6.0",
-            "Message has several From addresses and no single Sender header",
+        raise Refused(
+            Reply(
+                550,
+                "5.6.0",
+                "Message has several From addresses and no single Sender header",
+            )
         )
 
     # Policy checks.
@@ -1325,7 +1327,7 @@ def parse_message(data: bytes, envelope: Envelope, policy: HeadersConfig) -> Out
         wanted = policy.required[configured].strip().casefold()
         values = required_values.get(key, [])
         if not any(_decode_words(_header_text(v)).casefold() == wanted for v in values):
-            raise MessageRejected(550, "5.7.1", f"Missing required header {_printable(configured)}")
+            raise Refused(Reply(550, "5.7.1", f"Missing required header {_printable(configured)}"))
     stream = None
     for raw in streams:
         value = _decode_words(_header_text(raw)).strip()
@@ -1336,7 +1338,7 @@ def parse_message(data: bytes, envelope: Envelope, policy: HeadersConfig) -> Out
         if stream not in policy.streams:
             folded = {s.casefold(): s for s in policy.streams}
             if stream.casefold() not in folded:
-                raise MessageRejected(550, "5.7.1", f"unknown stream '{_printable(stream)}'")
+                raise Refused(Reply(550, "5.7.1", f"unknown stream '{_printable(stream)}'"))
             stream = folded[stream.casefold()]
     if stream is None:
         stream = policy.default_stream or None

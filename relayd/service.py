@@ -115,9 +115,7 @@ class _UpstreamCloser(Service):
         return self.client.close()
 
 
-def make_service(
-    config: Config, reactor: Any, inherit_fds: tuple[int, ...] = ()
-) -> MultiService:
+def make_service(config: Config, reactor: Any, inherit_fds: tuple[int, ...] = ()) -> MultiService:
     """
     Build the daemon from its configuration.
 
@@ -135,9 +133,7 @@ def make_service(
     """
     top = MultiService()
     if config.tls.generate_self_signed:
-        if ensure_self_signed(
-            config.tls.certificate, config.tls.key, config.server.hostname
-        ):
+        if ensure_self_signed(config.tls.certificate, config.tls.key, config.server.hostname):
             log.warn(
                 "generated a self-signed development certificate at {path}",
                 path=config.tls.certificate,

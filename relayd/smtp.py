@@ -47,7 +47,7 @@ from twisted.mail.interfaces import IMessageDelivery
 from twisted.python.failure import Failure
 
 from relayd.config import LimitsConfig
-from relayd.message import MessageRejected
+from relayd.reply import Refused, Reply
 
 __all__ = [
     "AuthThrottle",
@@ -69,22 +69,6 @@ AUTH_LINE_LIMIT = 12288
 COMMAND_DISCARD_LIMIT = 65536
 
 
-@attrs.frozen
-class Reply:
-    """
-    One SMTP reply.
-
-    @ivar code: The reply code (RFC 5321 section 4.2).
-    @ivar status: The enhanced status code (RFC 3463), or C{""} for none.
-    @ivar text: The text, one line, printable ASCII (or UTF-8 under
-        SMTPUTF8).
-    """
-
-    code: int
-    status: str
-    text: str
-
-
 # -- addresses ------------------------------------------------------------
 
 # RFC 5321 section 4.1.2, with RFC 6531's UTF-8 extensions: atext in the
@@ -92,7 +76,9 @@ class Reply:
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]"
 _DOT_STRING = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
 _QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\U0010ffff]|\\[\x20-\x7e])*"'
-_LABEL = r"[A-Za-z0-9\u0080-\U0010ffff](?:[A-Za-z0-9\-\u0080-\U0010ffff]*[A-Za-z0-9\u0080-\U0010ffff])?"
+_LABEL = (
+    r"[A-Za-z0-9\u0080-\U0010ffff](?:[A-Za-z0-9\-\u0080-\U0010ffff]*[A-Za-z0-9\u0080-\U0010ffff])?"
+)
 _DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*\.?"
 _LITERAL = r"\[[\x21-\x5a\x5e-\x7e]+\]"
 _MAILBOX = re.compile(rf"(?:{_DOT_STRING}|{_QUOTED})@(?:{_DOMAIN}|{_LITERAL})")
@@ -359,6 +345,7 @@ def _no_delay(transport: Any) -> None:
             return
         transport = getattr(transport, "transport", None)
 
+
 _COMMAND, _DATA, _AUTH, _CLOSED = "COMMAND", "DATA", "AUTH", "CLOSED"
 
 
@@ -495,15 +482,11 @@ class RelaySMTP(smtp.ESMTP):
         """
         if self._state == _CLOSED:
             return
-        timeout = (
-            self.limits.data_timeout if self._state == _DATA else self.limits.idle_timeout
-        )
+        timeout = self.limits.data_timeout if self._state == _DATA else self.limits.idle_timeout
         if self._idle_call is not None and self._idle_call.active():
             self._idle_call.reset(timeout)
         else:
-            self._idle_call = self.clock.callLater(
-                timeout, self._timed_out, "Timeout exceeded"
-            )
+            self._idle_call = self.clock.callLater(timeout, self._timed_out, "Timeout exceeded")
 
     def _timed_out(self, why: str) -> None:
         if self._state == _CLOSED:
@@ -587,9 +570,7 @@ class RelaySMTP(smtp.ESMTP):
                     return
                 continue
             newline = self._inbuf.find(b"\n")
-            limit = (
-                AUTH_LINE_LIMIT if self._state == _AUTH else self.limits.max_command_length
-            )
+            limit = AUTH_LINE_LIMIT if self._state == _AUTH else self.limits.max_command_length
             head = self._inbuf[:5].upper()
             if head == b"MAIL ":
                 limit += 500  # RFC 4954 section 5: room for AUTH=<mailbox>
@@ -803,17 +784,17 @@ class RelaySMTP(smtp.ESMTP):
         if block.count(b"\r") != lf or block.count(b"\r\n") != lf:
             if self.limits.bare_newline == "reject":
                 self._data_fail(
-                    Reply(550, "5.6.0", "Message contains bare <CR> or <LF>; lines must end with <CR><LF>")
+                    Reply(
+                        550,
+                        "5.6.0",
+                        "Message contains bare <CR> or <LF>; lines must end with <CR><LF>",
+                    )
                 )
                 return
-            block = (
-                block.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
-            )
+            block = block.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
         self._data_size += len(block)
         if self._data_size > self.max_message_size:
-            self._data_fail(
-                Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
-            )
+            self._data_fail(Reply(552, "5.3.4", "Message size exceeds fixed maximum message size"))
             return
         self._data_parts.append(block)
 
@@ -919,7 +900,11 @@ class RelaySMTP(smtp.ESMTP):
         if rest:
             self.error(501, "5.5.4", "Syntax: STARTTLS")
         elif self.secure or self.factory.context_factory is None:
-            self.error(503, "5.5.1", "Error: TLS already active" if self.secure else "Error: STARTTLS not available")
+            self.error(
+                503,
+                "5.5.1",
+                "Error: TLS already active" if self.secure else "Error: STARTTLS not available",
+            )
         elif self._need_ehlo():
             return
         else:
@@ -948,7 +933,11 @@ class RelaySMTP(smtp.ESMTP):
             self.error(503, "5.5.1", "Error: AUTH not allowed during a mail transaction")
             return
         if self.factory.throttle.locked(self.peer_ip):
-            self.reply(421, "4.7.0", f"{self.hostname} Too many failed authentication attempts, try again later")
+            self.reply(
+                421,
+                "4.7.0",
+                f"{self.hostname} Too many failed authentication attempts, try again later",
+            )
             self._close()
             return
         parts = rest.split()
@@ -1001,17 +990,13 @@ class RelaySMTP(smtp.ESMTP):
                 self._auth_failed()
                 return
             username = authcid.decode("utf-8", "replace")
-        self._wait(
-            defer.Deferred.fromCoroutine(self._login(username, password))
-        )
+        self._wait(defer.Deferred.fromCoroutine(self._login(username, password)))
 
     async def _login(self, username: str, password: bytes) -> None:
         portal: Portal = self.portal
         credentials = UsernamePassword(username.encode("utf-8"), password)
         try:
-            iface, avatar, logout = await portal.login(
-                credentials, None, IMessageDelivery
-            )
+            iface, avatar, logout = await portal.login(credentials, None, IMessageDelivery)
         except UnauthorizedLogin:
             await self._auth_failed_async()
             return
@@ -1040,7 +1025,11 @@ class RelaySMTP(smtp.ESMTP):
             self._auth_delay = None
         self.error(535, "5.7.8", "Authentication credentials invalid")
         if self._auth_failures >= self.limits.max_auth_failures and self._state != _CLOSED:
-            self.reply(421, "4.7.0", f"{self.hostname} Too many failed authentication attempts, closing connection")
+            self.reply(
+                421,
+                "4.7.0",
+                f"{self.hostname} Too many failed authentication attempts, closing connection",
+            )
             self._close()
 
     def smtp_MAIL(self, rest: str) -> defer.Deferred[None] | None:
@@ -1057,7 +1046,11 @@ class RelaySMTP(smtp.ESMTP):
             self.error(503, "5.5.1", "Error: nested MAIL command")
             return None
         if self._messages >= self.limits.max_messages_per_connection:
-            self.reply(421, "4.7.0", f"{self.hostname} Too many messages in this session, closing connection")
+            self.reply(
+                421,
+                "4.7.0",
+                f"{self.hostname} Too many messages in this session, closing connection",
+            )
             self._close()
             return None
         m = _MAIL_ARGS.match(rest)
@@ -1115,14 +1108,14 @@ class RelaySMTP(smtp.ESMTP):
 
         The avatar may answer at once (most do: no Deferred is made) or
         with a Deferred, which the caller waits for (RFC 2920 ordering).
-        L{MessageRejected} becomes its reply; anything else a C{451}.
+        L{Refused} becomes its reply; anything else a C{451}.
 
         @return: A Deferred to wait for, or C{None} when done already.
         """
         try:
             result = call()
-        except MessageRejected as e:
-            self.error(e.code, e.status, e.text)
+        except Refused as e:
+            self.error(e.reply.code, e.reply.status, e.reply.text)
             return None
         except Exception:
             log.failure("validation failed")
@@ -1135,8 +1128,8 @@ class RelaySMTP(smtp.ESMTP):
         async def later() -> None:
             try:
                 value = await result
-            except MessageRejected as e:
-                self.error(e.code, e.status, e.text)
+            except Refused as e:
+                self.error(e.reply.code, e.reply.status, e.reply.text)
                 return
             accepted(value)
 
@@ -1200,7 +1193,9 @@ class RelaySMTP(smtp.ESMTP):
         """
         self.error(code, status, text)
         if self._inbuf and self._state != _CLOSED:
-            self.reply(421, "4.5.0", f"{self.hostname} Improper pipelining after DATA, closing connection")
+            self.reply(
+                421, "4.5.0", f"{self.hostname} Improper pipelining after DATA, closing connection"
+            )
             self._close()
 
     def smtp_DATA(self, rest: str) -> None:
@@ -1268,7 +1263,11 @@ class RelaySMTP(smtp.ESMTP):
         """
         HELP (RFC 5321 section 4.1.1.8).
         """
-        self.reply(214, "2.0.0", "See RFC 5321; commands: EHLO HELO STARTTLS AUTH MAIL RCPT DATA RSET NOOP VRFY HELP QUIT")
+        self.reply(
+            214,
+            "2.0.0",
+            "See RFC 5321; commands: EHLO HELO STARTTLS AUTH MAIL RCPT DATA RSET NOOP VRFY HELP QUIT",
+        )
 
     def smtp_QUIT(self, rest: str) -> None:
         """

@@ -32,8 +32,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
-from relayd.message import Attachment, Envelope, MessageRejected, OutboundMessage
-from relayd.smtp import Reply
+from relayd.message import Attachment, Envelope, OutboundMessage
+from relayd.reply import Refused, Reply
 
 __all__ = [
     "TOKEN",
@@ -333,7 +333,7 @@ class FakeDelivery:
 
     def validateFrom(self, helo: Any, origin: str, smtputf8: bool = False) -> Any:
         if self.allowed_senders and origin not in self.allowed_senders:
-            raise MessageRejected(550, "5.7.1", "Sender not allowed")
+            raise Refused(Reply(550, "5.7.1", "Sender not allowed"))
         self._current = SentMessage(origin, [])
         return self._answer(origin)
 
@@ -391,4 +391,5 @@ def make_fake_portal(avatar: Any, token: str = TOKEN) -> Portal:
 
     def factory(t: str, policy: Any) -> Any:
         return avatar
+
     return make_portal(TokenStore.from_tokens({"test": token}), factory)

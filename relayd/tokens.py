@@ -551,7 +551,9 @@ def _add(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     if args.token_stdin:
         err.write(f"Added the given token as {name!r} to {path}.\n")
-        err.write("The running daemon picks it up on reload (systemctl reload relayd, or SIGHUP).\n")
+        err.write(
+            "The running daemon picks it up on reload (systemctl reload relayd, or SIGHUP).\n"
+        )
         return 0
     out.write(token + "\n")
     err.write(

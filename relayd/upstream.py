@@ -29,6 +29,7 @@ from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
 from relayd import __version__
+from relayd.reply import Reply
 
 try:
     from treq.cookies import IndexableCookieJar as _JarClass
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
 __all__ = [
     "Accepted",
     "BytesProducer",
-    "Failed",
     "MAX_ANSWER",
     "TEMPORARY_FAILURE",
     "UpstreamClient",
@@ -76,26 +76,11 @@ class Accepted:
     message_id: str
 
 
-@frozen
-class Failed:
-    """
-    The upstream did not accept the message: the SMTP reply to give.
-
-    @ivar code: Reply code: 4xx (the client should retry) or 5xx (not).
-    @ivar status: Enhanced status code (RFC 3463), e.g. C{"4.3.0"}.
-    @ivar text: One line of printable ASCII, bounded in length.
-    """
-
-    code: int
-    status: str
-    text: str
-
-
-UpstreamResult = Accepted | Failed
+UpstreamResult = Accepted | Reply
 
 #: The answer to everything that is not the upstream's considered verdict:
 #: timeouts, refused connections, TLS errors, garbled HTTP.
-TEMPORARY_FAILURE = Failed(451, "4.3.0", "Temporary failure, try again later")
+TEMPORARY_FAILURE = Reply(451, "4.3.0", "Temporary failure, try again later")
 
 
 @implementer(IBodyProducer)
@@ -358,7 +343,7 @@ class UpstreamClient:
 
         @param message: The message.
         @return: The body (JSON, UTF-8).
-        @raise relayd.message.MessageRejected: When the dialect cannot
+        @raise relayd.reply.Refused: When the dialect cannot
             carry this message.
         """
         return self._dialect.body(message)
@@ -370,7 +355,7 @@ class UpstreamClient:
         @param message: The message.
         @param token: The client's API token.
         @return: See L{post}.
-        @raise relayd.message.MessageRejected: See L{encode}.
+        @raise relayd.reply.Refused: See L{encode}.
         """
         return await self.post(self.encode(message), token)
 
@@ -394,7 +379,7 @@ class UpstreamClient:
 
         @param body: The request body, from L{encode}.
         @param token: The client's API token, sent to the upstream as is.
-        @return: L{Accepted} or L{Failed}; network problems never raise.
+        @return: L{Accepted} or L{Reply}; network problems never raise.
         """
         exchange = _Exchange()
         start = self._reactor.seconds()

@@ -46,7 +46,9 @@ def worker_count(configured: int) -> int:
     """
     if configured > 0:
         return configured
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    return max(
+        1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
 
 
 def accept_one_at_a_time(port: Any) -> None:

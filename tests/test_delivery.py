@@ -14,8 +14,7 @@ from zope.interface.verify import verifyObject
 from relayd.config import HeadersConfig, UpstreamConfig
 from relayd.delivery import IStreamingMessage, Pipeline, RelayDelivery
 from relayd.dialects import get_dialect
-from relayd.message import MessageRejected
-from relayd.smtp import Reply
+from relayd.reply import Refused, Reply
 from relayd.testing import FakeUpstream
 from relayd.tokens import TokenPolicy
 from relayd.upstream import UpstreamClient
@@ -36,7 +35,9 @@ class DeliveryTests(SynchronousTestCase):
             get_dialect("native"),
             http=StubTreq(self.upstream),
         )
-        self.pipeline = Pipeline(client, HeadersConfig(streams=("outbound", "broadcast")), self.clock)
+        self.pipeline = Pipeline(
+            client, HeadersConfig(streams=("outbound", "broadcast")), self.clock
+        )
 
     def avatar(self, **policy: object) -> RelayDelivery:
         return RelayDelivery("tok-123", TokenPolicy("web", **policy), self.pipeline)  # type: ignore[arg-type]
@@ -61,37 +62,52 @@ class DeliveryTests(SynchronousTestCase):
         carries the whole envelope, and the reply has the upstream's id.
         """
         self.upstream.enqueue(200, {"id": "msg-7"})
-        reply = self.transact(self.avatar(), ["bob@example.net", "cy@example.org", "dee@example.com"])
+        reply = self.transact(
+            self.avatar(), ["bob@example.net", "cy@example.org", "dee@example.com"]
+        )
         self.assertEqual(reply, Reply(250, "2.0.0", "Ok: queued as msg-7"))
         (request,) = self.upstream.requests
         self.assertEqual(request.header("authorization"), "Bearer tok-123")
         self.assertEqual(
             request.json["envelope"],
-            {"mail_from": "ann@example.com", "rcpt_to": ["bob@example.net", "cy@example.org", "dee@example.com"]},
+            {
+                "mail_from": "ann@example.com",
+                "rcpt_to": ["bob@example.net", "cy@example.org", "dee@example.com"],
+            },
         )
         self.assertEqual(request.json["bcc"], ["dee@example.com"])
         self.assertEqual(request.json["stream"], "broadcast")
 
     def test_sender_not_allowed_at_mail_from(self) -> None:
         avatar = self.avatar(senders=("example.org",))
-        e = self.assertRaises(MessageRejected, avatar.validateFrom, None, "ann@example.com")
-        self.assertEqual((e.code, e.status, e.text), (550, "5.7.1", "Sender not allowed"))
+        e = self.assertRaises(Refused, avatar.validateFrom, None, "ann@example.com")
+        self.assertEqual(
+            (e.reply.code, e.reply.status, e.reply.text), (550, "5.7.1", "Sender not allowed")
+        )
 
     def test_from_header_not_allowed(self) -> None:
         avatar = self.avatar(senders=("ann@example.com",))
         data = MESSAGE.replace(b"From: Ann <ann@example.com>", b"From: eve@example.com")
-        self.assertEqual(self.transact(avatar, ["bob@example.net"], data), Reply(550, "5.7.1", "Sender not allowed"))
+        self.assertEqual(
+            self.transact(avatar, ["bob@example.net"], data),
+            Reply(550, "5.7.1", "Sender not allowed"),
+        )
         self.assertEqual(self.upstream.requests, [])
 
     def test_stream_not_allowed_for_token(self) -> None:
         avatar = self.avatar(streams=("outbound",))
         reply = self.transact(avatar, ["bob@example.net"])
-        self.assertEqual(reply, Reply(550, "5.7.1", "Stream 'broadcast' not allowed for this token"))
+        self.assertEqual(
+            reply, Reply(550, "5.7.1", "Stream 'broadcast' not allowed for this token")
+        )
         self.assertEqual(self.upstream.requests, [])
 
     def test_unknown_stream(self) -> None:
         data = MESSAGE.replace(b"X-Stream: broadcast", b"X-Stream: spam")
-        self.assertEqual(self.transact(self.avatar(), ["bob@example.net"], data), Reply(550, "5.7.1", "unknown stream 'spam'"))
+        self.assertEqual(
+            self.transact(self.avatar(), ["bob@example.net"], data),
+            Reply(550, "5.7.1", "unknown stream 'spam'"),
+        )
 
     def test_message_without_from(self) -> None:
         reply = self.transact(self.avatar(), ["bob@example.net"], b"Subject: x\r\n\r\nbody\r\n")
@@ -140,14 +156,20 @@ class ThreadedParseTests(SynchronousTestCase):
         """
         clock = Clock()
         upstream = FakeUpstream()
-        client = UpstreamClient(clock, UpstreamConfig(), get_dialect("native"), http=StubTreq(upstream))
+        client = UpstreamClient(
+            clock, UpstreamConfig(), get_dialect("native"), http=StubTreq(upstream)
+        )
         threads = _Threads()
         pipeline = Pipeline(client, HeadersConfig(), clock, threads=threads)
         avatar = RelayDelivery("t", TokenPolicy("web"), pipeline)
         for size in (1000, 5 * 1024 * 1024):
             avatar.validateFrom(None, "ann@example.com")
             message = avatar.validateTo("bob@example.net")()
-            message.bodyReceived(MESSAGE.replace(b"body\r\n", b"x" * 70 + b"\r\n") + b"y" * 70 * (size // 72) + b"\r\n")
+            message.bodyReceived(
+                MESSAGE.replace(b"body\r\n", b"x" * 70 + b"\r\n")
+                + b"y" * 70 * (size // 72)
+                + b"\r\n"
+            )
             reply = self.successResultOf(message.eomReceived())
             self.assertEqual(reply.code, 250)
         self.assertEqual(threads.pool.calls, 1)
@@ -158,11 +180,15 @@ class DuplicateRecipientTests(SynchronousTestCase):
     def test_repeated_rcpt_is_one_recipient(self) -> None:
         clock = Clock()
         upstream = FakeUpstream()
-        client = UpstreamClient(clock, UpstreamConfig(), get_dialect("native"), http=StubTreq(upstream))
+        client = UpstreamClient(
+            clock, UpstreamConfig(), get_dialect("native"), http=StubTreq(upstream)
+        )
         avatar = RelayDelivery("t", TokenPolicy("web"), Pipeline(client, HeadersConfig(), clock))
         avatar.validateFrom(None, "ann@example.com")
         for rcpt in ("bob@example.net", "Bob@Example.net", "cy@example.org"):
             message = avatar.validateTo(rcpt)()
         message.bodyReceived(MESSAGE)
         self.assertEqual(self.successResultOf(message.eomReceived()).code, 250)
-        self.assertEqual(upstream.requests[0].json["envelope"]["rcpt_to"], ["bob@example.net", "cy@example.org"])
+        self.assertEqual(
+            upstream.requests[0].json["envelope"]["rcpt_to"], ["bob@example.net", "cy@example.org"]
+        )

@@ -17,12 +17,11 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from relayd.config import UpstreamConfig
 from relayd.devupstream import make_site
+from relayd.reply import Reply
 from relayd.testing import async_test, sample_message
-from relayd.upstream import Accepted, Failed, make_client
+from relayd.upstream import Accepted, make_client
 
 TOKEN = "dev-token-SECRET"
-
-
 
 
 def native(**changes: object) -> dict:
@@ -191,5 +190,5 @@ class DevUpstreamTests(TestCase):
         self.addCleanup(wrong_header.close)
         self.assertEqual(
             await wrong_header.send(sample_message(), TOKEN),
-            Failed(554, "5.7.1", "Missing API token"),
+            Reply(554, "5.7.1", "Missing API token"),
         )

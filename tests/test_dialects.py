@@ -29,13 +29,14 @@ from relayd.dialects.mailpace import MailPaceDialect
 from relayd.dialects.native import NativeDialect
 from relayd.dialects.postmark import PostmarkDialect
 from relayd.dialects.raw import RawDialect
-from relayd.message import Attachment, Envelope, MessageRejected
+from relayd.message import Attachment, Envelope
+from relayd.reply import Refused, Reply
 from relayd.testing import sample_message
-from relayd.upstream import Accepted, Failed
+from relayd.upstream import Accepted
 
-TEMPORARY = Failed(451, "4.3.0", "Temporary failure, try again later")
-RATE = Failed(451, "4.7.1", "Upstream rate limit reached, try again later")
-TOO_BIG = Failed(552, "5.3.4", "Message too big")
+TEMPORARY = Reply(451, "4.3.0", "Temporary failure, try again later")
+RATE = Reply(451, "4.7.1", "Upstream rate limit reached, try again later")
+TOO_BIG = Reply(552, "5.3.4", "Message too big")
 
 
 def body_of(dialect: object, **changes: object) -> dict:
@@ -397,12 +398,11 @@ class MailPaceBodyTests(SynchronousTestCase):
         A signed or encrypted message cannot go through MailPace, which
         rebuilds the MIME structure: C{554 5.6.0}.
         """
-        error = self.assertRaises(
-            MessageRejected, MailPaceDialect().body, sample_message(raw_only=True)
-        )
-        self.assertEqual((error.code, error.status), (554, "5.6.0"))
+        error = self.assertRaises(Refused, MailPaceDialect().body, sample_message(raw_only=True))
+        self.assertEqual((error.reply.code, error.reply.status), (554, "5.6.0"))
         self.assertEqual(
-            error.text, "Signed or encrypted messages cannot be relayed through the mailpace API"
+            error.reply.text,
+            "Signed or encrypted messages cannot be relayed through the mailpace API",
         )
 
     def test_no_to_address_uses_the_envelope(self) -> None:
@@ -426,7 +426,10 @@ class MailPaceBodyTests(SynchronousTestCase):
             cc=("bob@example.org",),
             bcc=(),
         )
-        for dialect, fields in ((MailPaceDialect(), ("to", "cc", "bcc")), (PostmarkDialect(), ("To", "Cc", "Bcc"))):
+        for dialect, fields in (
+            (MailPaceDialect(), ("to", "cc", "bcc")),
+            (PostmarkDialect(), ("To", "Cc", "Bcc")),
+        ):
             document = json.loads(dialect.body(message))
             self.assertEqual(document[fields[0]], "Ann <ann@example.net>")
             self.assertFalse(document.get(fields[1]))
@@ -557,11 +560,9 @@ class PostmarkBodyTests(SynchronousTestCase):
         """
         Postmark cannot carry a signed message: C{554 5.6.0}.
         """
-        error = self.assertRaises(
-            MessageRejected, PostmarkDialect().body, sample_message(raw_only=True)
-        )
-        self.assertEqual((error.code, error.status), (554, "5.6.0"))
-        self.assertIn("postmark", error.text)
+        error = self.assertRaises(Refused, PostmarkDialect().body, sample_message(raw_only=True))
+        self.assertEqual((error.reply.code, error.reply.status), (554, "5.6.0"))
+        self.assertIn("postmark", error.reply.text)
 
 
 class StatusMappingTests(SynchronousTestCase):
@@ -576,10 +577,10 @@ class StatusMappingTests(SynchronousTestCase):
         """
         native = NativeDialect()
         cases = {
-            400: Failed(550, "5.6.0", "Message rejected by upstream"),
-            422: Failed(550, "5.6.0", "Message rejected by upstream"),
-            401: Failed(554, "5.7.1", "Upstream refused the API token"),
-            403: Failed(554, "5.7.1", "Upstream refused the API token"),
+            400: Reply(550, "5.6.0", "Message rejected by upstream"),
+            422: Reply(550, "5.6.0", "Message rejected by upstream"),
+            401: Reply(554, "5.7.1", "Upstream refused the API token"),
+            403: Reply(554, "5.7.1", "Upstream refused the API token"),
             413: TOO_BIG,
             429: RATE,
             301: TEMPORARY,
@@ -602,15 +603,15 @@ class StatusMappingTests(SynchronousTestCase):
         native = NativeDialect()
         self.assertEqual(
             native.result(422, answer({"error": "Invalid\r\nsender\tdomain"})),
-            Failed(550, "5.6.0", "Invalid sender domain"),
+            Reply(550, "5.6.0", "Invalid sender domain"),
         )
         self.assertEqual(
             native.result(400, answer({"message": "Adresse refusée"})),
-            Failed(550, "5.6.0", "Adresse refusee"),
+            Reply(550, "5.6.0", "Adresse refusee"),
         )
         self.assertEqual(
             native.result(403, answer({"error": "Token revoked"})),
-            Failed(554, "5.7.1", "Token revoked"),
+            Reply(554, "5.7.1", "Token revoked"),
         )
 
     def test_server_error_text_is_not_echoed(self) -> None:
@@ -625,7 +626,7 @@ class StatusMappingTests(SynchronousTestCase):
         Upstream text is cut to 200 characters.
         """
         result = NativeDialect().result(422, answer({"error": "x" * 5000}))
-        assert isinstance(result, Failed)
+        assert isinstance(result, Reply)
         self.assertEqual(result.text, "x" * 200)
 
     def test_deeply_nested_error_uses_fallback(self) -> None:
@@ -635,7 +636,7 @@ class StatusMappingTests(SynchronousTestCase):
         for depth in (100, 900, 5000):
             body = b'{"error":' + b"[" * depth + b'"x"' + b"]" * depth + b"}"
             result = NativeDialect().result(422, body)
-            assert isinstance(result, Failed)
+            assert isinstance(result, Reply)
             self.assertEqual((result.code, result.status), (550, "5.6.0"))
 
     def test_unreadable_error_body_uses_fallback(self) -> None:
@@ -644,7 +645,7 @@ class StatusMappingTests(SynchronousTestCase):
         """
         self.assertEqual(
             NativeDialect().result(422, b"\x00\xff not json"),
-            Failed(550, "5.6.0", "Message rejected by upstream"),
+            Reply(550, "5.6.0", "Message rejected by upstream"),
         )
 
 
@@ -696,17 +697,17 @@ class MailPaceAnswerTests(SynchronousTestCase):
         cases = [
             (200, {"id": 12345, "status": "pending"}, Accepted("12345")),
             (200, {"id": 12345, "status": "queued"}, Accepted("12345")),
-            (400, {"error": "Invalid API Token"}, Failed(554, "5.7.1", "Invalid API Token")),
+            (400, {"error": "Invalid API Token"}, Reply(554, "5.7.1", "Invalid API Token")),
             (
                 400,
                 {"error": "Email from address not parseable"},
-                Failed(550, "5.6.0", "Email from address not parseable"),
+                Reply(550, "5.6.0", "Email from address not parseable"),
             ),
-            (400, {"errors": {"to": ["is invalid"]}}, Failed(550, "5.6.0", "to: is invalid")),
+            (400, {"errors": {"to": ["is invalid"]}}, Reply(550, "5.6.0", "to: is invalid")),
             (
                 400,
                 {"errors": {"to": ["contains a blocked address"], "cc": ["is invalid"]}},
-                Failed(550, "5.6.0", "to: contains a blocked address; cc: is invalid"),
+                Reply(550, "5.6.0", "to: contains a blocked address; cc: is invalid"),
             ),
             (
                 400,
@@ -717,17 +718,17 @@ class MailPaceAnswerTests(SynchronousTestCase):
                         ]
                     }
                 },
-                Failed(
+                Reply(
                     550,
                     "5.6.0",
                     "attachments.name: Extension file type blocked, see Docs for full list of allowed file types",
                 ),
             ),
-            (401, {"error": "Missing API Token"}, Failed(554, "5.7.1", "Missing API Token")),
+            (401, {"error": "Missing API Token"}, Reply(554, "5.7.1", "Missing API Token")),
             (
                 403,
                 {"error": "Domain DKIM DNS not verified, please complete DKIM Verification"},
-                Failed(
+                Reply(
                     554, "5.7.1", "Domain DKIM DNS not verified, please complete DKIM Verification"
                 ),
             ),
@@ -761,27 +762,27 @@ class PostmarkAnswerTests(SynchronousTestCase):
             (
                 422,
                 {"ErrorCode": 300, "Message": "Invalid 'To' address: 'nobody'."},
-                Failed(550, "5.6.0", "Invalid 'To' address: 'nobody'."),
+                Reply(550, "5.6.0", "Invalid 'To' address: 'nobody'."),
             ),
             (
                 422,
                 {"ErrorCode": 400, "Message": "Sender signature not found"},
-                Failed(550, "5.6.0", "Sender signature not found"),
+                Reply(550, "5.6.0", "Sender signature not found"),
             ),
             (
                 401,
                 {"ErrorCode": 10, "Message": "Bad or missing API token"},
-                Failed(554, "5.7.1", "Bad or missing API token"),
+                Reply(554, "5.7.1", "Bad or missing API token"),
             ),
             (
                 422,
                 {"ErrorCode": 10, "Message": "Bad or missing API token"},
-                Failed(554, "5.7.1", "Bad or missing API token"),
+                Reply(554, "5.7.1", "Bad or missing API token"),
             ),
             (
                 422,
                 {"ErrorCode": 405, "Message": "Not allowed to send"},
-                Failed(451, "4.3.0", "Not allowed to send"),
+                Reply(451, "4.3.0", "Not allowed to send"),
             ),
             (
                 422,
@@ -789,7 +790,7 @@ class PostmarkAnswerTests(SynchronousTestCase):
                     "ErrorCode": 406,
                     "Message": "You tried to send to a recipient that has been marked as inactive.",
                 },
-                Failed(
+                Reply(
                     550,
                     "5.1.1",
                     "You tried to send to a recipient that has been marked as inactive.",
@@ -835,7 +836,7 @@ class CleaningProperties(SynchronousTestCase):
             if 200 <= status < 300:
                 self.assertIsInstance(result, Accepted)
             else:
-                assert isinstance(result, Failed)
+                assert isinstance(result, Reply)
                 self.assertIn(result.code, (451, 550, 552, 554))
                 self.assertEqual(str(result.code)[0], result.status[0])
 
@@ -857,4 +858,4 @@ class CleaningProperties(SynchronousTestCase):
     def test_any_json_answer_is_read(self, document: object, status: int) -> None:
         for name in DIALECTS:
             result = get_dialect(name).result(status, answer(document))
-            self.assertIsInstance(result, (Accepted, Failed))
+            self.assertIsInstance(result, (Accepted, Reply))

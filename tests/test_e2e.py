@@ -135,8 +135,15 @@ timeout = 5
         self.log = open(self.dir / "relayd.log", "wb")
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "twisted", "--log-format=text", "relayd",
-             "--config", str(self.dir / "relayd.toml")],
+            [
+                sys.executable,
+                "-m",
+                "twisted",
+                "--log-format=text",
+                "relayd",
+                "--config",
+                str(self.dir / "relayd.toml"),
+            ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             cwd=str(self.dir),
@@ -163,7 +170,9 @@ timeout = 5
         return ssl.create_default_context(cafile=self.cert)
 
     def starttls(self) -> smtplib.SMTP:
-        client = smtplib.SMTP("127.0.0.1", self.starttls_port, local_hostname="client.test", timeout=10)
+        client = smtplib.SMTP(
+            "127.0.0.1", self.starttls_port, local_hostname="client.test", timeout=10
+        )
         client.starttls(context=self.tls_context())
         return client
 
@@ -171,8 +180,11 @@ timeout = 5
         context = self.tls_context()
         context.check_hostname = False  # connecting by IP; the CA pins it
         return smtplib.SMTP_SSL(
-            "127.0.0.1", self.implicit_port, local_hostname="client.test",
-            context=context, timeout=10,
+            "127.0.0.1",
+            self.implicit_port,
+            local_hostname="client.test",
+            context=context,
+            timeout=10,
         )
 
     def stop(self) -> None:
@@ -281,7 +293,8 @@ class EndToEndTests(unittest.TestCase):
                     client.login(user, TOKEN)
                 else:
                     code, _ = client.docmd(
-                        "AUTH", "PLAIN " + __import__("base64").b64encode(f"\0\0{TOKEN}".encode()).decode()
+                        "AUTH",
+                        "PLAIN " + __import__("base64").b64encode(f"\0\0{TOKEN}".encode()).decode(),
                     )
                     self.assertEqual(code, 235)
                 refused = client.sendmail("a@example.com", ["b@example.net"], SIMPLE)
@@ -305,7 +318,9 @@ class EndToEndTests(unittest.TestCase):
             self.assertTrue(client.has_extn("starttls"))
             code, reply = client.docmd("AUTH", "PLAIN AGFwaWtleQB4")
             self.assertEqual(code, 538)
-            self.assertEqual(reply, b"5.7.11 Encryption required for requested authentication mechanism")
+            self.assertEqual(
+                reply, b"5.7.11 Encryption required for requested authentication mechanism"
+            )
 
     def test_upstream_answers_become_smtp_replies(self) -> None:
         """
@@ -362,7 +377,9 @@ class EndToEndTests(unittest.TestCase):
         with self.daemon.implicit() as client:
             client.login("apikey", TOKEN)
             client.sendmail(
-                "jörg@bücher.example", ["用户@例子.广告"], data.encode("utf-8"),
+                "jörg@bücher.example",
+                ["用户@例子.广告"],
+                data.encode("utf-8"),
                 mail_options=["SMTPUTF8"],
             )
         body = self.upstream.requests[0]["json"]
@@ -443,14 +460,18 @@ class EndToEndTests(unittest.TestCase):
                 client.rcpt("rcpt@example.net")
                 code, reply = client.data(data)
             if isinstance(expected, Rejected):
-                self.assertEqual((code, reply.decode()), (550, f"{expected.status} {expected.text}"), name)
+                self.assertEqual(
+                    (code, reply.decode()), (550, f"{expected.status} {expected.text}"), name
+                )
                 self.assertEqual(len(self.upstream.requests), before, name)
                 continue
             self.assertEqual(code, 250, (name, reply))
             self.assertEqual(len(self.upstream.requests), before + 1, name)
             body = self.upstream.requests[-1]["json"]
             self.assertEqual(body["subject"], expected.subject, name)
-            self.assertTrue(body["from"].endswith(expected.sender) or expected.sender in body["from"], name)
+            self.assertTrue(
+                body["from"].endswith(expected.sender) or expected.sender in body["from"], name
+            )
             for kind in ("text", "html"):
                 want = getattr(expected, kind)
                 if want is None:
@@ -472,11 +493,27 @@ class EndToEndTests(unittest.TestCase):
         ):
             for mech in ("PLAIN", "LOGIN"):
                 out = subprocess.run(
-                    ["swaks", *args, "--auth", mech, "--auth-user", "apikey",
-                     "--auth-password", TOKEN, "--from", "a@example.com",
-                     "--to", "b@example.net", "--header", "Subject: via swaks",
-                     "--body", "hello from swaks"],
-                    capture_output=True, text=True, timeout=30,
+                    [
+                        "swaks",
+                        *args,
+                        "--auth",
+                        mech,
+                        "--auth-user",
+                        "apikey",
+                        "--auth-password",
+                        TOKEN,
+                        "--from",
+                        "a@example.com",
+                        "--to",
+                        "b@example.net",
+                        "--header",
+                        "Subject: via swaks",
+                        "--body",
+                        "hello from swaks",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
                 )
                 self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
                 self.assertRegex(out.stdout, r"<~  250 2\.0\.0 Ok: queued as up-\d+")
@@ -487,11 +524,26 @@ class EndToEndTests(unittest.TestCase):
             self.skipTest("curl not installed")
         message = b"From: a@example.com\r\nTo: b@example.net\r\nSubject: via curl\r\n\r\nhello from curl\r\n"
         out = subprocess.run(
-            ["curl", "-sS", "--ssl-reqd", "--cacert", self.daemon.cert,
-             "--url", f"smtp://localhost:{self.daemon.starttls_port}",
-             "--user", f"apikey:{TOKEN}", "--mail-from", "a@example.com",
-             "--mail-rcpt", "b@example.net", "--upload-file", "-"],
-            input=message, capture_output=True, timeout=30,
+            [
+                "curl",
+                "-sS",
+                "--ssl-reqd",
+                "--cacert",
+                self.daemon.cert,
+                "--url",
+                f"smtp://localhost:{self.daemon.starttls_port}",
+                "--user",
+                f"apikey:{TOKEN}",
+                "--mail-from",
+                "a@example.com",
+                "--mail-rcpt",
+                "b@example.net",
+                "--upload-file",
+                "-",
+            ],
+            input=message,
+            capture_output=True,
+            timeout=30,
         )
         self.assertEqual(out.returncode, 0, out.stderr)
         (request,) = self.upstream.requests
@@ -546,12 +598,17 @@ class WorkerTests(unittest.TestCase):
             for _ in range(6):
                 with daemon.implicit() as client:
                     client.login("apikey", TOKEN)
-                    self.assertEqual(client.sendmail("a@example.com", ["b@example.net"], SIMPLE), {})
+                    self.assertEqual(
+                        client.sendmail("a@example.com", ["b@example.net"], SIMPLE), {}
+                    )
             self.assertEqual(len(upstream.requests), 6)
         finally:
             daemon.stop()
             upstream.stop()
-        self.assertFalse(Path(f"/proc/{worker}").exists() and "Z" not in Path(f"/proc/{worker}/stat").read_text().split()[2])
+        self.assertFalse(
+            Path(f"/proc/{worker}").exists()
+            and "Z" not in Path(f"/proc/{worker}/stat").read_text().split()[2]
+        )
 
 
 class IdleTests(unittest.TestCase):
@@ -577,7 +634,9 @@ class ConfigErrorTests(unittest.TestCase):
             path.write_text('[upstream]\ntimeout = "soon"\n')
             out = subprocess.run(
                 [sys.executable, "-m", "twisted", "relayd", "--config", str(path)],
-                capture_output=True, text=True, timeout=60,
+                capture_output=True,
+                text=True,
+                timeout=60,
                 env=dict(os.environ, PYTHONPATH=str(ROOT)),
             )
         self.assertEqual(out.returncode, 78, out.stderr)
@@ -599,9 +658,20 @@ class TwistdTests(unittest.TestCase):
         daemon.process.wait(10)
         log = open(daemon.dir / "twistd.log", "wb")
         process = subprocess.Popen(
-            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-             "-n", "--pidfile=", "--logfile=-", "relayd", "--config", str(daemon.dir / "relayd.toml")],
-            stdout=log, stderr=subprocess.STDOUT, cwd=str(daemon.dir),
+            [
+                sys.executable,
+                "-c",
+                "from twisted.scripts.twistd import run; run()",
+                "-n",
+                "--pidfile=",
+                "--logfile=-",
+                "relayd",
+                "--config",
+                str(daemon.dir / "relayd.toml"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=str(daemon.dir),
             env=dict(os.environ, PYTHONPATH=str(ROOT)),
         )
         try:

@@ -31,11 +31,11 @@ from relayd.message import (
     MAX_PARTS,
     Attachment,
     Envelope,
-    MessageRejected,
     OutboundMessage,
     decode_text,
     parse_message,
 )
+from relayd.reply import Refused
 
 FROM = "From: Alice Example <alice@example.com>\n"
 ALTERNATIVE = "Content-Type: multipart/alternative; boundary=alt\n"
@@ -96,9 +96,11 @@ class RejectionAssertions(SynchronousTestCase):
 
     def assertRejected(
         self, data: bytes, code: int, status: str, text: str, **kwargs: object
-    ) -> MessageRejected:
-        error = self.assertRaises(MessageRejected, parse, data, **kwargs)
-        self.assertEqual((error.code, error.status, error.text), (code, status, text))
+    ) -> Refused:
+        error = self.assertRaises(Refused, parse, data, **kwargs)
+        self.assertEqual(
+            (error.reply.code, error.reply.status, error.reply.text), (code, status, text)
+        )
         return error
 
 
@@ -984,7 +986,7 @@ class HeaderPolicyTests(RejectionAssertions):
             "unknown stream 'Gr??e  x" + "y" * 56 + "...'",
             policy=policy,
         )
-        self.assertTrue(error.text.isascii() and error.text.isprintable())
+        self.assertTrue(error.reply.text.isascii() and error.reply.text.isprintable())
 
     def test_tracking(self) -> None:
         """
@@ -1493,14 +1495,16 @@ class PropertyTests(SynchronousTestCase):
     def test_any_bytes_parse_or_are_rejected(self, data: bytes) -> None:
         """
         Whatever the bytes, parsing returns a message or raises
-        L{MessageRejected} with a printable ASCII text, never anything else.
+        L{Refused} with a printable ASCII text, never anything else.
         """
         policy = HeadersConfig(streams=("s",), required={})
         try:
             result = parse(data, policy)
-        except MessageRejected as error:
-            self.assertIn(error.status, ("5.6.0", "5.7.1"))
-            self.assertTrue(error.text.isascii() and error.text.isprintable(), error.text)
+        except Refused as error:
+            self.assertIn(error.reply.status, ("5.6.0", "5.7.1"))
+            self.assertTrue(
+                error.reply.text.isascii() and error.reply.text.isprintable(), error.reply.text
+            )
             return
         for text in (result.subject, result.from_, *result.to, *(v for _, v in result.headers)):
             self.assertFalse(set(text) & {"\r", "\n", "\0"})
@@ -1994,9 +1998,10 @@ class CorpusTests(SynchronousTestCase):
         expected = CORPUS_TABLE[name]
         data = self.read(name)
         if isinstance(expected, Rejected):
-            error = self.assertRaises(MessageRejected, parse, data)
+            error = self.assertRaises(Refused, parse, data)
             self.assertEqual(
-                (error.code, error.status, error.text), (550, expected.status, expected.text)
+                (error.reply.code, error.reply.status, error.reply.text),
+                (550, expected.status, expected.text),
             )
             return
         result = parse(data)

@@ -55,14 +55,20 @@ class ServiceTests(SynchronousTestCase):
         Each listener is bound as configured; the implicit-TLS one is
         wrapped in TLS on the factory, the STARTTLS one is not.
         """
-        path = write_config(self.folder, "[dev_upstream]\nenabled = true\nendpoint = \"tcp:port=8025:interface=127.0.0.1\"")
+        path = write_config(
+            self.folder,
+            '[dev_upstream]\nenabled = true\nendpoint = "tcp:port=8025:interface=127.0.0.1"',
+        )
         config = parse_config(Path(path).read_text(), path)
         reactor = MemoryReactorClock()
         service = make_service(config, reactor)
         service.privilegedStartService()
         service.startService()
         ports = [(port, factory, interface) for port, factory, _, interface in reactor.tcpServers]
-        self.assertEqual([(p, i) for p, _, i in ports], [(2525, "127.0.0.1"), (4650, "127.0.0.1"), (8025, "127.0.0.1")])
+        self.assertEqual(
+            [(p, i) for p, _, i in ports],
+            [(2525, "127.0.0.1"), (4650, "127.0.0.1"), (8025, "127.0.0.1")],
+        )
         starttls, implicit = ports[0][1], ports[1][1]
         self.assertIsInstance(starttls, RelaySMTPFactory)
         self.assertFalse(starttls.implicit_tls)
@@ -110,11 +116,18 @@ class ConfigCheckTests(SynchronousTestCase):
         )
 
     def test_zero_limit_is_refused(self) -> None:
-        e = self.assertRaises(ConfigError, parse_config, self.base("[limits]\nmax_errors = 0\n"), "r.toml")
+        e = self.assertRaises(
+            ConfigError, parse_config, self.base("[limits]\nmax_errors = 0\n"), "r.toml"
+        )
         self.assertEqual(str(e), "r.toml: limits.max_errors: expected at least 1")
 
     def test_non_ascii_hostname_is_refused(self) -> None:
-        e = self.assertRaises(ConfigError, parse_config, '[server]\nhostname = "mäil.example"\n' + self.base(), "r.toml")
+        e = self.assertRaises(
+            ConfigError,
+            parse_config,
+            '[server]\nhostname = "mäil.example"\n' + self.base(),
+            "r.toml",
+        )
         self.assertIn("server.hostname", str(e))
 
     def test_duplicate_listener_names(self) -> None:
@@ -124,13 +137,20 @@ class ConfigCheckTests(SynchronousTestCase):
 
     def test_haproxy_needs_one_worker(self) -> None:
         listeners = '[[listeners]]\nendpoint = "haproxy:tcp:25"\n'
-        e = self.assertRaises(ConfigError, parse_config, '[server]\nworkers = 2\n' + self.base(listeners=listeners), "r.toml")
+        e = self.assertRaises(
+            ConfigError,
+            parse_config,
+            "[server]\nworkers = 2\n" + self.base(listeners=listeners),
+            "r.toml",
+        )
         self.assertIn("server.workers = 1", str(e))
 
     def test_bad_endpoint_is_a_config_error(self) -> None:
         folder = Path(tempfile.mkdtemp())
         path = write_config(folder)
-        config = parse_config(Path(path).read_text().replace("tcp:port=2525:", "nosuch:port=2525:"), path)
+        config = parse_config(
+            Path(path).read_text().replace("tcp:port=2525:", "nosuch:port=2525:"), path
+        )
         e = self.assertRaises(ConfigError, make_service, config, MemoryReactorClock())
         self.assertIn("listeners[0].endpoint", str(e))
 

@@ -176,7 +176,9 @@ class AuthTests(SynchronousTestCase):
     def test_mail_without_auth_gets_530(self) -> None:
         s = Session(implicit=True)
         s.send("EHLO c\r\n")
-        self.assertEqual(s.send("MAIL FROM:<a@example.com>\r\n"), ["530 5.7.0 Authentication required"])
+        self.assertEqual(
+            s.send("MAIL FROM:<a@example.com>\r\n"), ["530 5.7.0 Authentication required"]
+        )
 
     def _secure(self) -> Session:
         s = Session(implicit=True)
@@ -197,7 +199,9 @@ class AuthTests(SynchronousTestCase):
         """
         s = self._secure()
         self.assertEqual(s.send("AUTH PLAIN\r\n"), ["334 "])
-        self.assertEqual(s.send(plain("apikey", TOKEN) + "\r\n"), ["235 2.7.0 Authentication successful"])
+        self.assertEqual(
+            s.send(plain("apikey", TOKEN) + "\r\n"), ["235 2.7.0 Authentication successful"]
+        )
 
     def test_plain_with_authzid_equal_to_user(self) -> None:
         s = self._secure()
@@ -224,16 +228,30 @@ class AuthTests(SynchronousTestCase):
 
     def test_malformed_auth_gets_501_and_session_goes_on(self) -> None:
         s = self._secure()
-        self.assertEqual(s.send("AUTH PLAIN !!notbase64\r\n"), ["501 5.5.2 Cannot decode AUTH response"])
+        self.assertEqual(
+            s.send("AUTH PLAIN !!notbase64\r\n"), ["501 5.5.2 Cannot decode AUTH response"]
+        )
         bad = base64.b64encode(b"only-one-field").decode()
-        self.assertEqual(s.send(f"AUTH PLAIN {bad}\r\n"), ["501 5.5.2 Malformed AUTH PLAIN response"])
-        self.assertEqual(s.send("AUTH\r\n"), ["501 5.5.4 Syntax: AUTH mechanism [initial-response]"])
-        self.assertEqual(s.send("AUTH CRAM-MD5\r\n"), ["504 5.5.4 Unrecognized authentication type"])
+        self.assertEqual(
+            s.send(f"AUTH PLAIN {bad}\r\n"), ["501 5.5.2 Malformed AUTH PLAIN response"]
+        )
+        self.assertEqual(
+            s.send("AUTH\r\n"), ["501 5.5.4 Syntax: AUTH mechanism [initial-response]"]
+        )
+        self.assertEqual(
+            s.send("AUTH CRAM-MD5\r\n"), ["504 5.5.4 Unrecognized authentication type"]
+        )
         self.assertEqual(s.send("AUTH PLAIN\r\n"), ["334 "])
         self.assertEqual(s.send("*\r\n"), ["501 5.7.0 Authentication aborted"])
         self.assertEqual(s.send("NOOP\r\n"), ["250 2.0.0 Ok"])
-        self.assertEqual(s.send(f"AUTH PLAIN {plain('apikey', TOKEN)}\r\n"), ["235 2.7.0 Authentication successful"])
-        self.assertEqual(s.send(f"AUTH PLAIN {plain('apikey', TOKEN)}\r\n"), ["503 5.5.1 Error: already authenticated"])
+        self.assertEqual(
+            s.send(f"AUTH PLAIN {plain('apikey', TOKEN)}\r\n"),
+            ["235 2.7.0 Authentication successful"],
+        )
+        self.assertEqual(
+            s.send(f"AUTH PLAIN {plain('apikey', TOKEN)}\r\n"),
+            ["503 5.5.1 Error: already authenticated"],
+        )
 
     def test_three_failures_close_the_session(self) -> None:
         s = self._secure()
@@ -242,7 +260,9 @@ class AuthTests(SynchronousTestCase):
         s.send(f"AUTH PLAIN {plain('apikey', 'x')}\r\n")
         s.clock.advance(10)
         s.replies()
-        lines = s.send(f"AUTH PLAIN {plain('apikey', 'x')}\r\n") + (s.clock.advance(10) or s.replies())
+        lines = s.send(f"AUTH PLAIN {plain('apikey', 'x')}\r\n") + (
+            s.clock.advance(10) or s.replies()
+        )
         self.assertEqual(
             lines,
             [
@@ -261,7 +281,10 @@ class AuthTests(SynchronousTestCase):
         first = Session(implicit=True, clock=clock, limits=LimitsConfig(auth_failures_per_ip=3))
         factory = first.factory
         first.send("EHLO c\r\n")
-        self.assertEqual(first.send(f"AUTH PLAIN {plain('', 'x')}\r\n"), ["535 5.7.8 Authentication credentials invalid"])
+        self.assertEqual(
+            first.send(f"AUTH PLAIN {plain('', 'x')}\r\n"),
+            ["535 5.7.8 Authentication credentials invalid"],
+        )
         second = Session(implicit=True, clock=clock, factory=factory)
         second.send("EHLO c\r\n")
         self.assertEqual(second.send(f"AUTH PLAIN {plain('', 'x')}\r\n"), [])
@@ -278,11 +301,17 @@ class AuthTests(SynchronousTestCase):
         )
         other = Session(implicit=True, clock=clock, factory=factory, ip="198.51.100.7")
         other.send("EHLO c\r\n")
-        self.assertEqual(other.send(f"AUTH PLAIN {plain('', TOKEN)}\r\n"), ["235 2.7.0 Authentication successful"])
+        self.assertEqual(
+            other.send(f"AUTH PLAIN {plain('', TOKEN)}\r\n"),
+            ["235 2.7.0 Authentication successful"],
+        )
         clock.advance(901)
         fourth = Session(implicit=True, clock=clock, factory=factory)
         fourth.send("EHLO c\r\n")
-        self.assertEqual(fourth.send(f"AUTH PLAIN {plain('', TOKEN)}\r\n"), ["235 2.7.0 Authentication successful"])
+        self.assertEqual(
+            fourth.send(f"AUTH PLAIN {plain('', TOKEN)}\r\n"),
+            ["235 2.7.0 Authentication successful"],
+        )
 
 
 class StartTLSTests(SynchronousTestCase):
@@ -293,9 +322,13 @@ class StartTLSTests(SynchronousTestCase):
         """
         s = Session()
         s.send("EHLO c\r\n")
-        lines = s.send(f"STARTTLS\r\nAUTH PLAIN {plain('apikey', TOKEN)}\r\nMAIL FROM:<a@example.com>\r\n")
+        lines = s.send(
+            f"STARTTLS\r\nAUTH PLAIN {plain('apikey', TOKEN)}\r\nMAIL FROM:<a@example.com>\r\n"
+        )
         self.assertEqual(lines, ["220 2.0.0 Ready to start TLS"])
-        self.assertEqual(s.send("MAIL FROM:<a@example.com>\r\n"), ["503 5.5.1 Error: send HELO/EHLO first"])
+        self.assertEqual(
+            s.send("MAIL FROM:<a@example.com>\r\n"), ["503 5.5.1 Error: send HELO/EHLO first"]
+        )
 
     def test_session_restarts_after_starttls(self) -> None:
         s = Session()
@@ -316,7 +349,9 @@ class MailTests(SynchronousTestCase):
         self.assertEqual(s.send("RCPT TO:<b@example.net>\r\n"), ["250 2.1.5 Ok"])
         self.assertEqual(s.send("RCPT TO:<c@example.net>\r\n"), ["250 2.1.5 Ok"])
         self.assertEqual(s.send("DATA\r\n"), ["354 End data with <CR><LF>.<CR><LF>"])
-        self.assertEqual(s.send("Subject: hi\r\n\r\nbody\r\n..dot\r\n.\r\n"), ["250 2.0.0 Ok: queued as fake-1"])
+        self.assertEqual(
+            s.send("Subject: hi\r\n\r\nbody\r\n..dot\r\n.\r\n"), ["250 2.0.0 Ok: queued as fake-1"]
+        )
         (sent,) = s.delivery.sent
         self.assertEqual(sent.mail_from, "a@example.com")
         self.assertEqual(sent.rcpt_to, ["b@example.net", "c@example.net"])
@@ -328,23 +363,39 @@ class MailTests(SynchronousTestCase):
             s.send("MAIL FROM:<a@example.com> SIZE=999999999\r\n"),
             ["552 5.3.4 Message size exceeds fixed maximum message size"],
         )
-        self.assertEqual(s.send("MAIL FROM:<a@example.com> SIZE=big\r\n"), ["501 5.5.4 Bad SIZE parameter"])
-        self.assertEqual(s.send("MAIL FROM:<a@example.com> SIZE=1000 BODY=8BITMIME\r\n"), ["250 2.1.0 Ok"])
+        self.assertEqual(
+            s.send("MAIL FROM:<a@example.com> SIZE=big\r\n"), ["501 5.5.4 Bad SIZE parameter"]
+        )
+        self.assertEqual(
+            s.send("MAIL FROM:<a@example.com> SIZE=1000 BODY=8BITMIME\r\n"), ["250 2.1.0 Ok"]
+        )
 
     def test_unknown_parameters_get_555(self) -> None:
         s = self.s
-        self.assertEqual(s.send("MAIL FROM:<a@example.com> RET=FULL\r\n"), ["555 5.5.4 Unsupported parameter RET"])
+        self.assertEqual(
+            s.send("MAIL FROM:<a@example.com> RET=FULL\r\n"),
+            ["555 5.5.4 Unsupported parameter RET"],
+        )
         s.send("MAIL FROM:<a@example.com>\r\n")
-        self.assertEqual(s.send("RCPT TO:<b@example.com> NOTIFY=NEVER\r\n"), ["555 5.5.4 Unsupported parameter NOTIFY"])
+        self.assertEqual(
+            s.send("RCPT TO:<b@example.com> NOTIFY=NEVER\r\n"),
+            ["555 5.5.4 Unsupported parameter NOTIFY"],
+        )
 
     def test_body_parameter(self) -> None:
         self.assertEqual(self.s.send("MAIL FROM:<a@example.com> BODY=7BIT\r\n"), ["250 2.1.0 Ok"])
         self.s.send("RSET\r\n")
-        self.assertEqual(self.s.send("MAIL FROM:<a@example.com> BODY=BINARYMIME\r\n"), ["501 5.5.4 Unsupported BODY parameter"])
+        self.assertEqual(
+            self.s.send("MAIL FROM:<a@example.com> BODY=BINARYMIME\r\n"),
+            ["501 5.5.4 Unsupported BODY parameter"],
+        )
 
     def test_smtputf8(self) -> None:
         s = self.s
-        self.assertEqual(s.send("MAIL FROM:<jörg@example.com>\r\n"), ["553 5.6.7 Non-ASCII address requires SMTPUTF8"])
+        self.assertEqual(
+            s.send("MAIL FROM:<jörg@example.com>\r\n"),
+            ["553 5.6.7 Non-ASCII address requires SMTPUTF8"],
+        )
         self.assertEqual(s.send("MAIL FROM:<jörg@example.com> SMTPUTF8\r\n"), ["250 2.1.0 Ok"])
         self.assertEqual(s.send("RCPT TO:<用户@例子.广告>\r\n"), ["250 2.1.5 Ok"])
         s.send("DATA\r\n")
@@ -353,16 +404,24 @@ class MailTests(SynchronousTestCase):
 
     def test_sequence_errors(self) -> None:
         s = self.s
-        self.assertEqual(s.send("RCPT TO:<b@example.com>\r\n"), ["503 5.5.1 Error: need MAIL command"])
+        self.assertEqual(
+            s.send("RCPT TO:<b@example.com>\r\n"), ["503 5.5.1 Error: need MAIL command"]
+        )
         self.assertEqual(s.send("DATA\r\n"), ["503 5.5.1 Error: need MAIL command"])
         s.send("MAIL FROM:<a@example.com>\r\n")
-        self.assertEqual(s.send("MAIL FROM:<a@example.com>\r\n"), ["503 5.5.1 Error: nested MAIL command"])
+        self.assertEqual(
+            s.send("MAIL FROM:<a@example.com>\r\n"), ["503 5.5.1 Error: nested MAIL command"]
+        )
         self.assertEqual(s.send("DATA\r\n"), ["554 5.5.1 Error: no valid recipients"])
 
     def test_bad_addresses(self) -> None:
         s = self.s
-        self.assertEqual(s.send("MAIL FROM a@example.com\r\n"), ["501 5.5.4 Syntax: MAIL FROM:<address>"])
-        self.assertEqual(s.send("MAIL FROM:<not an address>\r\n"), ["501 5.1.7 Bad sender address syntax"])
+        self.assertEqual(
+            s.send("MAIL FROM a@example.com\r\n"), ["501 5.5.4 Syntax: MAIL FROM:<address>"]
+        )
+        self.assertEqual(
+            s.send("MAIL FROM:<not an address>\r\n"), ["501 5.1.7 Bad sender address syntax"]
+        )
         self.assertEqual(s.send("MAIL FROM:<a@@b>\r\n"), ["501 5.1.7 Bad sender address syntax"])
         self.assertEqual(s.send("MAIL FROM:<>\r\n"), ["250 2.1.0 Ok"])
         self.assertEqual(s.send("RCPT TO:<>\r\n"), ["501 5.1.3 Bad recipient address syntax"])
@@ -377,13 +436,17 @@ class MailTests(SynchronousTestCase):
 
     def test_rejected_sender(self) -> None:
         self.s.delivery.allowed_senders = ("ok@example.com",)
-        self.assertEqual(self.s.send("MAIL FROM:<a@example.com>\r\n"), ["550 5.7.1 Sender not allowed"])
+        self.assertEqual(
+            self.s.send("MAIL FROM:<a@example.com>\r\n"), ["550 5.7.1 Sender not allowed"]
+        )
         self.assertEqual(self.s.send("MAIL FROM:<ok@example.com>\r\n"), ["250 2.1.0 Ok"])
 
     def test_upstream_failure_reply_is_passed_on(self) -> None:
         self.s.delivery.result = ("451", "4.3.0", "Temporary failure, try again later")
         self.s.send("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
-        self.assertEqual(self.s.send("x\r\n.\r\n"), ["451 4.3.0 Temporary failure, try again later"])
+        self.assertEqual(
+            self.s.send("x\r\n.\r\n"), ["451 4.3.0 Temporary failure, try again later"]
+        )
 
     def test_messages_per_connection_cap(self) -> None:
         s = Session(implicit=True, limits=LimitsConfig(max_messages_per_connection=1))
@@ -426,7 +489,9 @@ class PipeliningTests(SynchronousTestCase):
         s.send("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
         self.assertEqual(s.send("x\r\n.\r\nNOOP\r\nQUIT\r\n"), [])
         s.delivery.release_eom()
-        self.assertEqual(s.replies(), ["250 2.0.0 Ok: queued as fake-1", "250 2.0.0 Ok", "221 2.0.0 Bye"])
+        self.assertEqual(
+            s.replies(), ["250 2.0.0 Ok: queued as fake-1", "250 2.0.0 Ok", "221 2.0.0 Bye"]
+        )
 
 
 class FramingTests(SynchronousTestCase):
@@ -448,7 +513,11 @@ class FramingTests(SynchronousTestCase):
             s = Session(implicit=True)
             s.login()
             self.start(s)
-            smuggled = b"x" + sep + b"MAIL FROM:<evil@example.com>\r\nRCPT TO:<v@example.com>\r\nDATA\r\nevil\r\n"
+            smuggled = (
+                b"x"
+                + sep
+                + b"MAIL FROM:<evil@example.com>\r\nRCPT TO:<v@example.com>\r\nDATA\r\nevil\r\n"
+            )
             lines = s.send(smuggled + b"\r\n.\r\n")
             self.assertEqual(lines, ["250 2.0.0 Ok: queued as fake-1"], sep)
             self.assertEqual(len(s.delivery.sent), 1)
@@ -457,7 +526,9 @@ class FramingTests(SynchronousTestCase):
     def test_bare_lf_is_normalized(self) -> None:
         self.start()
         self.s.send(b"Subject: a\nX: b\r\n\nline\rmore\r\n.\r\n")
-        self.assertEqual(self.s.delivery.sent[0].data, b"Subject: a\r\nX: b\r\n\r\nline\r\nmore\r\n")
+        self.assertEqual(
+            self.s.delivery.sent[0].data, b"Subject: a\r\nX: b\r\n\r\nline\r\nmore\r\n"
+        )
 
     def test_bare_lf_rejected_when_configured(self) -> None:
         s = Session(implicit=True, limits=LimitsConfig(bare_newline="reject"))
@@ -475,7 +546,9 @@ class FramingTests(SynchronousTestCase):
         self.start(s)
         for _ in range(100):
             s.send(b"y" * 70 + b"\r\n")
-        self.assertEqual(s.send(b".\r\n"), ["552 5.3.4 Message size exceeds fixed maximum message size"])
+        self.assertEqual(
+            s.send(b".\r\n"), ["552 5.3.4 Message size exceeds fixed maximum message size"]
+        )
         self.assertEqual(s.delivery.sent, [])
         self.assertLess(sum(map(len, s.proto._data_parts)), 2000)
         self.assertEqual(s.send("NOOP\r\n"), ["250 2.0.0 Ok"])
@@ -487,17 +560,22 @@ class FramingTests(SynchronousTestCase):
         """
         self.start()
         lines = self.s.send(
-            b"a" * 16384 + b"\r\nMAIL FROM:<evil@example.com>\r\nRCPT TO:<v@example.com>\r\nDATA\r\nevil\r\n"
+            b"a" * 16384
+            + b"\r\nMAIL FROM:<evil@example.com>\r\nRCPT TO:<v@example.com>\r\nDATA\r\nevil\r\n"
         )
         self.assertEqual(lines, [])
-        self.assertEqual(self.s.send(b"\r\n.\r\n"), ["552 5.3.4 Message line too long (limit 998 octets)"])
+        self.assertEqual(
+            self.s.send(b"\r\n.\r\n"), ["552 5.3.4 Message line too long (limit 998 octets)"]
+        )
         self.assertEqual(self.s.delivery.sent, [])
 
     def test_long_line_split_over_packets(self) -> None:
         self.start()
         for _ in range(20):
             self.s.send(b"b" * 1000)
-        self.assertEqual(self.s.send(b"\r\n.\r\n"), ["552 5.3.4 Message line too long (limit 998 octets)"])
+        self.assertEqual(
+            self.s.send(b"\r\n.\r\n"), ["552 5.3.4 Message line too long (limit 998 octets)"]
+        )
 
     def test_998_octet_lines_pass(self) -> None:
         self.start()
@@ -514,7 +592,13 @@ class FramingTests(SynchronousTestCase):
             lines += self.s.send(b"z" * 65536)
             if self.s.transport.disconnecting:
                 break
-        self.assertEqual(lines, ["500 5.5.2 Line too long", "421 4.7.0 mx.example.test Line too long, closing connection"])
+        self.assertEqual(
+            lines,
+            [
+                "500 5.5.2 Line too long",
+                "421 4.7.0 mx.example.test Line too long, closing connection",
+            ],
+        )
         self.assertLess(len(self.s.proto._inbuf), 1024)
 
     def test_nul_in_command_gets_501(self) -> None:
@@ -538,7 +622,9 @@ class LimitTests(SynchronousTestCase):
         s.clock.advance(299)
         self.assertEqual(s.replies(), [])
         s.clock.advance(2)
-        self.assertEqual(s.replies(), ["421 4.4.2 mx.example.test Timeout exceeded, closing connection"])
+        self.assertEqual(
+            s.replies(), ["421 4.4.2 mx.example.test Timeout exceeded, closing connection"]
+        )
         self.assertTrue(s.transport.disconnecting)
 
     def test_session_lifetime(self) -> None:
@@ -554,7 +640,9 @@ class LimitTests(SynchronousTestCase):
         first = Session(clock=clock, limits=LimitsConfig(max_connections_per_ip=2))
         Session(clock=clock, factory=first.factory)
         third = Session(clock=clock, factory=first.factory)
-        self.assertEqual(third.replies(), ["421 4.7.0 mx.example.test Too many connections, try again later"])
+        self.assertEqual(
+            third.replies(), ["421 4.7.0 mx.example.test Too many connections, try again later"]
+        )
         other = Session(clock=clock, factory=first.factory, ip="198.51.100.1")
         self.assertTrue(other.replies()[0].startswith("220 "))
         first.close()
@@ -595,15 +683,31 @@ class PropertyTests(SynchronousTestCase):
     @given(
         st.lists(
             st.sampled_from(
-                [b"\r\n", b"\n", b"\r", b".", b"\r\n.\r\n", b"MAIL FROM:<e@x.com>\r\n",
-                 b"RCPT TO:<v@x.com>\r\n", b"DATA\r\n", b"QUIT\r\n", b"RSET\r\n", b"x" * 300,
-                 b"\0", b"..", b"STARTTLS\r\n", b"\xff"]
+                [
+                    b"\r\n",
+                    b"\n",
+                    b"\r",
+                    b".",
+                    b"\r\n.\r\n",
+                    b"MAIL FROM:<e@x.com>\r\n",
+                    b"RCPT TO:<v@x.com>\r\n",
+                    b"DATA\r\n",
+                    b"QUIT\r\n",
+                    b"RSET\r\n",
+                    b"x" * 300,
+                    b"\0",
+                    b"..",
+                    b"STARTTLS\r\n",
+                    b"\xff",
+                ]
             ),
             max_size=40,
         ),
         st.lists(st.integers(min_value=1, max_value=64), max_size=20),
     )
-    def test_random_streams_never_start_a_second_transaction(self, pieces: list[bytes], cuts: list[int]) -> None:
+    def test_random_streams_never_start_a_second_transaction(
+        self, pieces: list[bytes], cuts: list[int]
+    ) -> None:
         """
         Whatever follows DATA, split at random points, at most one message
         is delivered (the one DATA started), nothing raises, and nothing is
@@ -660,8 +764,12 @@ class TokenLimitTests(SynchronousTestCase):
         s.delivery.max_recipients = 2  # type: ignore[assignment]
         s.login()
         s.send("MAIL FROM:<a@example.com>\r\n")
-        lines = s.send("RCPT TO:<a@b.example>\r\nRCPT TO:<c@b.example>\r\nRCPT TO:<d@b.example>\r\n")
-        self.assertEqual(lines, ["250 2.1.5 Ok", "250 2.1.5 Ok", "452 4.5.3 Error: too many recipients"])
+        lines = s.send(
+            "RCPT TO:<a@b.example>\r\nRCPT TO:<c@b.example>\r\nRCPT TO:<d@b.example>\r\n"
+        )
+        self.assertEqual(
+            lines, ["250 2.1.5 Ok", "250 2.1.5 Ok", "452 4.5.3 Error: too many recipients"]
+        )
 
 
 class AuthParameterTests(SynchronousTestCase):

@@ -24,8 +24,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from relayd.config import LimitsConfig
-from relayd.message import MessageRejected
-from relayd.smtp import AuthThrottle, RelaySMTPFactory, Reply
+from relayd.reply import Refused, Reply
+from relayd.smtp import AuthThrottle, RelaySMTPFactory
 from relayd.testing import TOKEN, FakeDelivery, TLSStringTransport, make_fake_portal
 from tests.test_smtp import b64, plain
 
@@ -1614,7 +1614,7 @@ class _RaisingFactoryDelivery(FakeDelivery):
 
 class _MultiLineRejectDelivery(FakeDelivery):
     def validateFrom(self, helo: Any, origin: str, smtputf8: bool = False) -> Any:
-        raise MessageRejected(550, "5.7.1", "Sender not allowed\r\n250 2.1.0 Ok")
+        raise Refused(Reply(550, "5.7.1", "Sender not allowed\r\n250 2.1.0 Ok"))
 
 
 class FixedDefectRegressions(SynchronousTestCase, WireChecks):

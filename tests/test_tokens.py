@@ -549,7 +549,9 @@ class CommandTests(SynchronousTestCase):
         self.patch(sys, "stdin", io.StringIO("provider-server-token\n"))
         status, out, err = self.run_command("add", "website", "--token-stdin")
         self.assertEqual((status, out), (0, ""))
-        self.assertEqual(TokenStore.load(self.path).lookup("provider-server-token"), TokenPolicy("website"))
+        self.assertEqual(
+            TokenStore.load(self.path).lookup("provider-server-token"), TokenPolicy("website")
+        )
         self.assertNotIn("provider-server-token", self.read())
 
     def test_add_never_stores_the_token(self) -> None:

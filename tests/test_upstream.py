@@ -23,21 +23,19 @@ from zope.interface.verify import verifyObject
 from relayd import __version__
 from relayd.config import UpstreamConfig
 from relayd.dialects import get_dialect
-from relayd.message import Attachment, MessageRejected
+from relayd.message import Attachment
+from relayd.reply import Refused, Reply
 from relayd.testing import FakeUpstream, async_test, sample_message
 from relayd.upstream import (
     MAX_ANSWER,
     TEMPORARY_FAILURE,
     Accepted,
     BytesProducer,
-    Failed,
     UpstreamClient,
     make_client,
 )
 
 TOKEN = "tok-3f9a-SECRET"
-
-
 
 
 class _Consumer:
@@ -137,8 +135,8 @@ class StubbedClientTests(SynchronousTestCase):
         """
         Each answer status becomes the documented result.
         """
-        rejected = Failed(550, "5.6.0", "Message rejected by upstream")
-        token = Failed(554, "5.7.1", "Upstream refused the API token")
+        rejected = Reply(550, "5.6.0", "Message rejected by upstream")
+        token = Reply(554, "5.7.1", "Upstream refused the API token")
         cases = {
             200: Accepted("m"),
             201: Accepted("m"),
@@ -147,8 +145,8 @@ class StubbedClientTests(SynchronousTestCase):
             422: rejected,
             401: token,
             403: token,
-            413: Failed(552, "5.3.4", "Message too big"),
-            429: Failed(451, "4.7.1", "Upstream rate limit reached, try again later"),
+            413: Reply(552, "5.3.4", "Message too big"),
+            429: Reply(451, "4.7.1", "Upstream rate limit reached, try again later"),
             404: TEMPORARY_FAILURE,
             405: TEMPORARY_FAILURE,
             500: TEMPORARY_FAILURE,
@@ -167,7 +165,7 @@ class StubbedClientTests(SynchronousTestCase):
         """
         self.upstream.enqueue(422, {"error": "Sender domain not verified"})
         self.assertEqual(
-            self.send(self.client()), Failed(550, "5.6.0", "Sender domain not verified")
+            self.send(self.client()), Reply(550, "5.6.0", "Sender domain not verified")
         )
 
     def test_2xx_without_json(self) -> None:
@@ -194,7 +192,7 @@ class StubbedClientTests(SynchronousTestCase):
         """
         self.upstream.enqueue(422, {"error": "x" * (MAX_ANSWER * 2)})
         self.assertEqual(
-            self.send(self.client()), Failed(550, "5.6.0", "Message rejected by upstream")
+            self.send(self.client()), Reply(550, "5.6.0", "Message rejected by upstream")
         )
 
     def test_timeout(self) -> None:
@@ -218,12 +216,12 @@ class StubbedClientTests(SynchronousTestCase):
 
     def test_dialect_refusal_propagates(self) -> None:
         """
-        L{MessageRejected} from the dialect propagates; nothing is sent.
+        L{Refused} from the dialect propagates; nothing is sent.
         """
         client = self.client("postmark")
         d = Deferred.fromCoroutine(client.send(sample_message(raw_only=True), TOKEN))
-        failure = self.failureResultOf(d, MessageRejected)
-        self.assertEqual(failure.value.code, 554)
+        failure = self.failureResultOf(d, Refused)
+        self.assertEqual(failure.value.reply.code, 554)
         self.assertEqual(self.upstream.requests, [])
 
     def test_logs_status_and_elapsed_never_token_or_body(self) -> None:
@@ -407,7 +405,7 @@ class RealSocketTests(TestCase):
         client = self.client(url)
         self.assertEqual(
             await client.send(sample_message(), TOKEN),
-            Failed(550, "5.6.0", "Message rejected by upstream"),
+            Reply(550, "5.6.0", "Message rejected by upstream"),
         )
 
     @async_test
@@ -436,7 +434,7 @@ class RealSocketTests(TestCase):
         upstream.enqueue(401, {"error": "Unknown token"})
         client = self.client(url)
         self.assertEqual(
-            await client.send(sample_message(), TOKEN), Failed(554, "5.7.1", "Unknown token")
+            await client.send(sample_message(), TOKEN), Reply(554, "5.7.1", "Unknown token")
         )
         self.assertEqual(json.loads(upstream.last.body)["subject"], "Café order #42")
 

@@ -38,8 +38,9 @@ from typing import Any
 from zope.interface import Attribute, Interface, implementer
 
 from relayd.config import ConfigError
-from relayd.message import Attachment, MessageRejected, OutboundMessage, address_key
-from relayd.upstream import Accepted, Failed, UpstreamResult
+from relayd.message import Attachment, OutboundMessage, address_key
+from relayd.reply import Refused, Reply
+from relayd.upstream import Accepted, UpstreamResult
 
 __all__ = [
     "DIALECTS",
@@ -102,7 +103,7 @@ class IDialect(Interface):
 
         @param message: The message to relay.
         @return: The UTF-8 encoded JSON document.
-        @raise relayd.message.MessageRejected: When this upstream cannot
+        @raise relayd.message.Refused: When this upstream cannot
             carry the message (for example a signed message through an API
             that rebuilds the MIME structure).
         """
@@ -114,7 +115,7 @@ class IDialect(Interface):
         @param status: The HTTP status code of the answer.
         @param body: The answer's body (possibly truncated, possibly not
             JSON at all).
-        @return: L{Accepted} or L{Failed}; never raises.
+        @return: L{Accepted} or L{Reply}; never raises.
         """
 
 
@@ -261,13 +262,15 @@ def refuse_raw_only(name: str, message: OutboundMessage) -> None:
 
     @param name: The dialect's name, for the reply text.
     @param message: The message.
-    @raise MessageRejected: C{554 5.6.0} when C{message.raw_only}.
+    @raise Refused: C{554 5.6.0} when C{message.raw_only}.
     """
     if message.raw_only:
-        raise MessageRejected(
-            554,
-            "5.6.0",
-            f"Signed or encrypted messages cannot be relayed through the {name} API",
+        raise Refused(
+            Reply(
+                554,
+                "5.6.0",
+                f"Signed or encrypted messages cannot be relayed through the {name} API",
+            )
         )
 
 
@@ -311,10 +314,10 @@ def require_to(name: str, to: tuple[str, ...]) -> None:
 
     @param name: The dialect's name, for the reply text.
     @param to: The To addresses to send (from L{envelope_recipients}).
-    @raise MessageRejected: C{550 5.6.0} when C{to} is empty.
+    @raise Refused: C{550 5.6.0} when C{to} is empty.
     """
     if not to:
-        raise MessageRejected(550, "5.6.0", f"The {name} API needs at least one To address")
+        raise Refused(Reply(550, "5.6.0", f"The {name} API needs at least one To address"))
 
 
 def header_value(message: OutboundMessage, name: str) -> str | None:
@@ -333,7 +336,7 @@ def header_value(message: OutboundMessage, name: str) -> str | None:
     return found
 
 
-def failure_for_status(status: int, text: str = "") -> Failed:
+def failure_for_status(status: int, text: str = "") -> Reply:
     """
     Map a non-2xx HTTP status to the SMTP reply given to the client.
 
@@ -359,14 +362,14 @@ def failure_for_status(status: int, text: str = "") -> Failed:
     @return: The reply.
     """
     if status in (400, 422):
-        return Failed(550, "5.6.0", text or FALLBACK_REJECTED)
+        return Reply(550, "5.6.0", text or FALLBACK_REJECTED)
     if status in (401, 403):
-        return Failed(554, "5.7.1", text or FALLBACK_TOKEN)
+        return Reply(554, "5.7.1", text or FALLBACK_TOKEN)
     if status == 413:
-        return Failed(552, "5.3.4", FALLBACK_TOO_BIG)
+        return Reply(552, "5.3.4", FALLBACK_TOO_BIG)
     if status == 429:
-        return Failed(451, "4.7.1", FALLBACK_RATE)
-    return Failed(451, "4.3.0", FALLBACK_TEMPORARY)
+        return Reply(451, "4.7.1", FALLBACK_RATE)
+    return Reply(451, "4.3.0", FALLBACK_TEMPORARY)
 
 
 def _texts(value: object) -> Iterable[str]:
@@ -421,7 +424,7 @@ class JSONDialect:
 
         @param message: The message to relay.
         @return: JSON-compatible data, with L{Base64} for binary values.
-        @raise relayd.message.MessageRejected: When this upstream cannot
+        @raise relayd.message.Refused: When this upstream cannot
             carry the message.
         """
         raise NotImplementedError
@@ -474,7 +477,7 @@ class JSONDialect:
                     return text
         return ""
 
-    def failure(self, status: int, answer: object) -> Failed:
+    def failure(self, status: int, answer: object) -> Reply:
         """
         Map an error answer to the SMTP reply (see L{failure_for_status}).
 

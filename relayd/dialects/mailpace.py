@@ -25,7 +25,7 @@ from relayd.dialects import (
     require_to,
 )
 from relayd.message import Attachment, OutboundMessage
-from relayd.upstream import Failed
+from relayd.reply import Reply
 
 __all__ = ["MailPaceDialect"]
 
@@ -69,7 +69,7 @@ class MailPaceDialect(JSONDialect):
         """
         See L{JSONDialect.payload}.
 
-        @raise MessageRejected: For a C{raw_only} message (C{554 5.6.0}) or
+        @raise Refused: For a C{raw_only} message (C{554 5.6.0}) or
             one without a To address (C{550 5.6.0}).
         """
         refuse_raw_only(self.name, message)
@@ -97,12 +97,12 @@ class MailPaceDialect(JSONDialect):
         document.update((k, v) for k, v in optional.items() if v)
         return document
 
-    def failure(self, status: int, answer: object) -> Failed:
+    def failure(self, status: int, answer: object) -> Reply:
         """
         See L{JSONDialect.failure}; a 400 naming the API token is a token
         failure.
         """
         text = self.error_text(answer)
         if status == 400 and "api token" in text.lower():
-            return Failed(554, "5.7.1", text or FALLBACK_TOKEN)
+            return Reply(554, "5.7.1", text or FALLBACK_TOKEN)
         return super().failure(status, answer)

@@ -24,7 +24,7 @@ from relayd.dialects import (
     require_to,
 )
 from relayd.message import Attachment, OutboundMessage
-from relayd.upstream import Failed
+from relayd.reply import Reply
 
 __all__ = ["PostmarkDialect"]
 
@@ -79,7 +79,7 @@ class PostmarkDialect(JSONDialect):
         """
         See L{JSONDialect.payload}.
 
-        @raise relayd.message.MessageRejected: For a C{raw_only} message
+        @raise relayd.message.Refused: For a C{raw_only} message
             (C{554 5.6.0}) or one without a To address (C{550 5.6.0}).
         """
         refuse_raw_only(self.name, message)
@@ -115,7 +115,7 @@ class PostmarkDialect(JSONDialect):
             document["TrackLinks"] = "HtmlAndText" if message.track else "None"
         return document
 
-    def failure(self, status: int, answer: object) -> Failed:
+    def failure(self, status: int, answer: object) -> Reply:
         """
         See L{JSONDialect.failure}; some C{ErrorCode} values have their own
         reply (see the class docstring).
@@ -123,9 +123,9 @@ class PostmarkDialect(JSONDialect):
         text = self.error_text(answer)
         code = answer.get("ErrorCode") if isinstance(answer, Mapping) else None
         if code == BAD_TOKEN:
-            return Failed(554, "5.7.1", text or FALLBACK_TOKEN)
+            return Reply(554, "5.7.1", text or FALLBACK_TOKEN)
         if code == NOT_ALLOWED_TO_SEND:
-            return Failed(451, "4.3.0", text or FALLBACK_TEMPORARY)
+            return Reply(451, "4.3.0", text or FALLBACK_TEMPORARY)
         if code == INACTIVE_RECIPIENT and status in (400, 422):
-            return Failed(550, "5.1.1", text or FALLBACK_REJECTED)
+            return Reply(550, "5.1.1", text or FALLBACK_REJECTED)
         return super().failure(status, answer)
