@@ -90,19 +90,43 @@ class ListenerConfig:
 @frozen
 class TLSConfig:
     """
-    The C{[tls]} table: PEM files for the server certificate.
+    The C{[tls]} table: PEM files for the server certificate and the TLS
+    policy of both STARTTLS and implicit TLS listeners.
+
+    The policy defaults to Mozilla's "intermediate" server-side TLS profile
+    (version 5.7, U{https://wiki.mozilla.org/Security/Server_Side_TLS}):
+    TLS 1.2 and 1.3, forward secrecy and AEAD cipher suites only, key
+    exchange groups X25519, P-256 and P-384.  Names are checked against
+    OpenSSL when the daemon starts (L{relayd.tls}).
 
     @ivar certificate: Path of the PEM certificate chain (leaf first).
     @ivar key: Path of the PEM private key.
     @ivar generate_self_signed: Create a self-signed certificate and key at
         those paths on start-up when they do not exist (development only).
     @ivar minimum_version: Lowest TLS version offered: C{"1.2"} or C{"1.3"}.
+    @ivar ciphers: The cipher suites offered, in OpenSSL's names: TLS 1.3
+        suites (C{TLS_AES_128_GCM_SHA256}, the names that start with
+        C{TLS_}) and TLS 1.2 suites (C{ECDHE-ECDSA-AES128-GCM-SHA256}).
+    @ivar groups: The key exchange groups (elliptic curves) offered, in
+        OpenSSL's names (C{X25519}, C{prime256v1}, C{secp384r1}).
     """
 
     certificate: str = ""
     key: str = ""
     generate_self_signed: bool = False
     minimum_version: Literal["1.2", "1.3"] = "1.2"
+    ciphers: tuple[str, ...] = (
+        "TLS_AES_128_GCM_SHA256",
+        "TLS_AES_256_GCM_SHA384",
+        "TLS_CHACHA20_POLY1305_SHA256",
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+    )
+    groups: tuple[str, ...] = ("X25519", "prime256v1", "secp384r1")
 
 
 @frozen

@@ -25,7 +25,7 @@ from relayd.auth import make_portal
 from relayd.config import Config, ConfigError
 from relayd.delivery import Pipeline, make_avatar_factory
 from relayd.smtp import AuthThrottle, ConnectionLimiter, DeliveryTracker, RelaySMTPFactory
-from relayd.tls import ensure_self_signed, implicit_tls_factory, server_context_factory
+from relayd.tls import ServerTLS, ensure_self_signed, implicit_tls_factory
 from relayd.tokens import TokenStore
 from relayd.upstream import make_client
 from relayd.workers import AdoptedPortService, WorkerPool, worker_argv, worker_count
@@ -37,21 +37,30 @@ log = Logger()
 
 class TokensReloader(Service):
     """
-    Re-reads the tokens file on C{SIGHUP} (C{systemctl reload relayd}).
+    Re-reads the tokens file, and the TLS certificate and key when C{tls}
+    is given, on C{SIGHUP} (C{systemctl reload relayd}).
 
-    The file is read on the reactor thread: it is small, and read only when
-    the operator asks.  An invalid file keeps the tokens already loaded.
+    The files are read on the reactor thread: they are small, and read only
+    when the operator asks.  An invalid file keeps what was already loaded.
     """
 
-    def __init__(self, store: TokenStore, reactor: Any, pool: WorkerPool | None = None) -> None:
+    def __init__(
+        self,
+        store: TokenStore,
+        reactor: Any,
+        pool: WorkerPool | None = None,
+        tls: ServerTLS | None = None,
+    ) -> None:
         self.store = store
         self.reactor = reactor
         self.pool = pool
+        self.tls = tls
         self._previous: Any = None
 
     def reload(self) -> None:
         """
-        Re-read the tokens file now; log the outcome, never raise.
+        Re-read the tokens file (and the TLS files) now; log the outcome,
+        never raise.
         """
         try:
             self.store.reload()
@@ -59,6 +68,8 @@ class TokensReloader(Service):
             log.error("tokens file not reloaded: {error}", error=str(e))
         else:
             log.info("tokens file reloaded")
+        if self.tls is not None:
+            self.tls.reload()
         if self.pool is not None:
             self.pool.signal_all(signal.SIGHUP)
 
@@ -138,9 +149,9 @@ def make_service(config: Config, reactor: Any, inherit_fds: tuple[int, ...] = ()
                 "generated a self-signed development certificate at {path}",
                 path=config.tls.certificate,
             )
-    context = server_context_factory(config.tls)
+    context = ServerTLS(config.tls)
     store = TokenStore.load(config.auth.tokens_file)
-    reloader = TokensReloader(store, reactor)
+    reloader = TokensReloader(store, reactor, tls=context)
     reloader.setServiceParent(top)
     if inherit_fds and len(inherit_fds) != len(config.listeners):
         raise ConfigError("server.workers: inherited sockets do not match the listeners")

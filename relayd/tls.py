@@ -1,17 +1,19 @@
 # -*- test-case-name: tests.test_tls -*-
 """
-TLS for relayd's listeners: the server's L{CertificateOptions} loaded from
-PEM files, a wrapper that puts implicit TLS on a protocol factory, and a
-self-signed development certificate.
+TLS for relayd's listeners: the server's certificate, key and TLS policy
+(versions, cipher suites, key exchange groups) loaded from the C{[tls]}
+table, reloadable on C{SIGHUP}; a wrapper that puts implicit TLS on a
+protocol factory; and a self-signed development certificate.
 
-The same L{CertificateOptions} serves both STARTTLS (RFC 3207, passed to
+The same L{ServerTLS} serves both STARTTLS (RFC 3207, passed to
 C{transport.startTLS}) and implicit TLS (RFC 8314 section 3, through
 L{implicit_tls_factory}).  Implicit TLS is put on the factory, not in an
 C{ssl:} endpoint description, so that a listener behind C{haproxy:} or
 C{systemd:} endpoints works the same way.
 
-L{server_context_factory} and L{ensure_self_signed} do blocking file I/O:
-call them at start-up (or on reload), never from a connection's callbacks.
+L{server_context_factory}, L{ServerTLS} and L{ensure_self_signed} do
+blocking file I/O: call them at start-up (or on reload), never from a
+connection's callbacks.
 """
 
 from __future__ import annotations
@@ -28,14 +30,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
-from twisted.internet.interfaces import IProtocolFactory
+from OpenSSL._util import lib as _openssl
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IProtocolFactory
 from twisted.internet.ssl import CertificateOptions, TLSVersion
+from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
 
 from relayd.config import ConfigError, TLSConfig
 
 __all__ = [
     "DEVELOPMENT_ORGANIZATION",
+    "ServerTLS",
     "ensure_self_signed",
     "implicit_tls_factory",
     "server_context_factory",
@@ -56,6 +62,8 @@ _SERVER_KEY_TYPES = (
     ed448.Ed448PrivateKey,
     dsa.DSAPrivateKey,
 )
+
+log = Logger()
 
 #: C{[tls] minimum_version} to the Twisted constant.
 _MINIMUM_VERSIONS = {
@@ -102,6 +110,121 @@ def _public_bytes(key: object) -> bytes:
     )
 
 
+def _tls12_ciphers(names: tuple[str, ...]) -> str:
+    """
+    Check the TLS 1.2 entries of C{[tls] ciphers} and join them into an
+    OpenSSL cipher string.
+
+    Each entry must select at least one cipher suite OpenSSL knows (OpenSSL
+    itself silently skips unknown names in a list).  Entries that start
+    with C{!}, C{-}, C{+} or C{@} modify the list and are not checked
+    alone.  DHE suites are refused: relayd sets no Diffie-Hellman
+    parameters, so OpenSSL would never choose them.
+
+    @param names: The entries that do not start with C{TLS_}.
+    @type names: L{tuple} of L{str}
+    @return: The cipher string for C{SSL_CTX_set_cipher_list}.
+    @rtype: L{str}
+    @raise ConfigError: Naming C{tls.ciphers} and the entry.
+    """
+    for name in names:
+        if name[:1] in ("!", "-", "+", "@"):
+            continue
+        scratch = SSL.Context(SSL.TLS_METHOD)
+        try:
+            scratch.set_cipher_list(name.encode("ascii"))
+        except (SSL.Error, UnicodeEncodeError):
+            raise ConfigError(
+                f"tls.ciphers: {name!r}: not a cipher suite known to OpenSSL"
+            ) from None
+        scratch.set_tls13_ciphersuites(b"")
+        for selected in SSL.Connection(scratch).get_cipher_list():
+            if selected.startswith(("DHE-", "EDH-")):
+                raise ConfigError(
+                    f"tls.ciphers: {name!r}: DHE suites need Diffie-Hellman parameters,"
+                    " which relayd does not set; use the ECDHE suites"
+                )
+    return ":".join(names)
+
+
+def _tls13_ciphersuites(names: tuple[str, ...]) -> str:
+    """
+    Check the TLS 1.3 entries of C{[tls] ciphers} (the names that start
+    with C{TLS_}) and join them for C{SSL_CTX_set_ciphersuites}.
+
+    @param names: The TLS 1.3 entries.
+    @type names: L{tuple} of L{str}
+    @rtype: L{str}
+    @raise ConfigError: Naming C{tls.ciphers} and an entry OpenSSL does not
+        know.
+    """
+    for name in names:
+        try:
+            SSL.Context(SSL.TLS_METHOD).set_tls13_ciphersuites(name.encode("ascii"))
+        except (SSL.Error, UnicodeEncodeError):
+            raise ConfigError(
+                f"tls.ciphers: {name!r}: not a TLS 1.3 cipher suite known to OpenSSL"
+            ) from None
+    return ":".join(names)
+
+
+def _set_groups(context: SSL.Context, groups: tuple[str, ...]) -> None:
+    """
+    Offer only C{groups} for the (EC)DHE key exchange (RFC 8446 section
+    4.2.7, RFC 8422 section 5.1.1).
+
+    pyOpenSSL has no public call for the group list
+    (C{SSL_CTX_set1_groups_list}); its binding of the same function under
+    its older name, C{SSL_CTX_set1_curves_list}, is used.
+
+    @param context: A context no connection has been made from yet.
+    @type context: L{SSL.Context}
+    @param groups: OpenSSL group names (C{X25519}, C{prime256v1}, C{P-384}).
+    @type groups: L{tuple} of L{str}
+    @raise ConfigError: Naming C{tls.groups} and the entry OpenSSL refused.
+    """
+    if not groups:
+        raise ConfigError("tls.groups: at least one group is needed")
+    for name in groups:
+        scratch = SSL.Context(SSL.TLS_METHOD)
+        if not name.isascii() or name in ("", "?") or ":" in name:
+            accepted = 0
+        else:
+            accepted = _openssl.SSL_CTX_set1_curves_list(scratch._context, name.encode("ascii"))
+        if accepted != 1:
+            _openssl.ERR_clear_error()
+            raise ConfigError(f"tls.groups: {name!r}: not a group known to OpenSSL")
+    joined = ":".join(groups).encode("ascii")
+    if _openssl.SSL_CTX_set1_curves_list(context._context, joined) != 1:  # pragma: no cover
+        _openssl.ERR_clear_error()
+        raise ConfigError("tls.groups: OpenSSL refused the list")
+
+
+def _apply_policy(context: SSL.Context, config: TLSConfig) -> None:
+    """
+    Put the cipher suites and groups of C{config} on C{context}.
+
+    @param context: A context no connection has been made from yet.
+    @type context: L{SSL.Context}
+    @param config: The C{[tls]} table.
+    @type config: L{TLSConfig}
+    @raise ConfigError: A name OpenSSL does not know, or no cipher suite
+        left for a TLS version the daemon offers.
+    """
+    tls13 = tuple(c for c in config.ciphers if c.startswith("TLS_"))
+    tls12 = tuple(c for c in config.ciphers if not c.startswith("TLS_"))
+    if not tls13:
+        raise ConfigError("tls.ciphers: no TLS 1.3 cipher suite (names that start with TLS_)")
+    if not tls12 and config.minimum_version == "1.2":
+        raise ConfigError(
+            'tls.ciphers: no TLS 1.2 cipher suite; add one or set tls.minimum_version = "1.3"'
+        )
+    context.set_tls13_ciphersuites(_tls13_ciphersuites(tls13).encode("ascii"))
+    if tls12:
+        context.set_cipher_list(_tls12_ciphers(tls12).encode("ascii"))
+    _set_groups(context, config.groups)
+
+
 def server_context_factory(config: TLSConfig) -> CertificateOptions:
     """
     Build the server's TLS settings from the C{[tls]} table.
@@ -111,7 +234,10 @@ def server_context_factory(config: TLSConfig) -> CertificateOptions:
     one unencrypted PEM private key (PKCS#8 or traditional), which must be
     the leaf certificate's key.  TLS versions below
     C{config.minimum_version} are refused (RFC 8996 deprecates TLS 1.0 and
-    1.1; RFC 8314 section 4.1 asks for at least TLS 1.2).
+    1.1; RFC 8314 section 4.1 asks for at least TLS 1.2).  Only the cipher
+    suites of C{config.ciphers} and the groups of C{config.groups} are
+    offered; the client's order of preference is followed, as Mozilla's
+    intermediate profile says.
 
     @param config: The C{[tls]} table.
     @type config: L{TLSConfig}
@@ -120,8 +246,9 @@ def server_context_factory(config: TLSConfig) -> CertificateOptions:
         STARTTLS).
     @rtype: L{CertificateOptions}
     @raise ConfigError: When a file is missing, unreadable or not PEM, the
-        key is encrypted or does not belong to the certificate, or the
-        minimum version is unknown.  The one-line message names the
+        key is encrypted or does not belong to the certificate, the
+        minimum version is unknown, or a cipher suite or group is unknown
+        to OpenSSL.  The one-line message names the
         setting and the file, for example
         C{"tls.certificate: /etc/relayd/cert.pem: no such file"}.
     """
@@ -173,16 +300,80 @@ def server_context_factory(config: TLSConfig) -> CertificateOptions:
     # key too weak for its security level, say) stops the daemon at
     # start-up rather than failing the first handshake.
     try:
-        options.getContext()
+        context = options.getContext()
     except SSL.Error as e:
         raise ConfigError(
             f"tls.certificate: {config.certificate}: OpenSSL refused the certificate or key: {e}"
         ) from None
+    # The context is cached by CertificateOptions and no connection has
+    # been made from it yet, so it can still be changed.
+    _apply_policy(context, config)
     return options
 
 
+@implementer(IOpenSSLServerConnectionCreator)
+class ServerTLS:
+    """
+    The server's TLS settings for every listener, re-read on demand: a
+    reload swaps the certificate, key and policy for new handshakes, and
+    keeps the previous ones when the new files are unusable.  Connections
+    already made keep the settings they started with.
+
+    Usable wherever Twisted takes an C{IOpenSSLServerConnectionCreator}:
+    C{ITLSTransport.startTLS} (STARTTLS) and L{implicit_tls_factory}.
+
+    @ivar config: The C{[tls]} table whose files are read.
+    @type config: L{TLSConfig}
+    @ivar options: The settings new handshakes use.
+    @type options: L{CertificateOptions}
+    """
+
+    def __init__(self, config: TLSConfig) -> None:
+        """
+        Load the settings once.
+
+        @param config: The C{[tls]} table.
+        @type config: L{TLSConfig}
+        @raise ConfigError: As L{server_context_factory}.
+        """
+        self.config = config
+        self.options = server_context_factory(config)
+
+    def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
+        """
+        Make the OpenSSL connection of one handshake with the current
+        settings.
+
+        @param tlsProtocol: The TLS protocol of the connection.
+        @rtype: L{SSL.Connection}
+        """
+        return self.options.serverConnectionForTLS(tlsProtocol)  # type: ignore[arg-type]
+
+    def reload(self) -> bool:
+        """
+        Re-read the certificate and key files (C{SIGHUP}).  Logs the
+        outcome in one line; never raises.
+
+        @return: C{True} if new handshakes now use the new files, C{False}
+            if the files were unusable and the previous settings are kept
+            (logged as a warning with the reason).
+        @rtype: L{bool}
+        """
+        try:
+            options = server_context_factory(self.config)
+        except ConfigError as e:
+            log.warn(
+                "TLS certificate not reloaded, keeping the previous one: {error}",
+                error=str(e),
+            )
+            return False
+        self.options = options
+        log.info("TLS certificate reloaded from {path}", path=self.config.certificate)
+        return True
+
+
 def implicit_tls_factory(
-    factory: IProtocolFactory, context_factory: CertificateOptions
+    factory: IProtocolFactory, context_factory: ServerTLS | CertificateOptions
 ) -> IProtocolFactory:
     """
     Wrap C{factory} so that each connection is TLS from its first byte:
@@ -195,9 +386,9 @@ def implicit_tls_factory(
 
     @param factory: The factory of the application protocol (SMTP).
     @type factory: L{IProtocolFactory}
-    @param context_factory: The server's TLS settings, usually from
-        L{server_context_factory}.
-    @type context_factory: L{CertificateOptions} or another
+    @param context_factory: The server's TLS settings, usually a
+        L{ServerTLS}.
+    @type context_factory: L{ServerTLS}, L{CertificateOptions} or another
         C{IOpenSSLServerConnectionCreator}
     @return: A factory for the listening endpoint.
     @rtype: L{IProtocolFactory}
