@@ -1,7 +1,9 @@
 """
 Tests for L{relayd.tls}: certificates from PEM files, the minimum TLS
-version, implicit TLS over real loopback connections, and the development
-certificate.
+version, the cipher suite and group policy, reloading (L{ServerTLS}),
+implicit TLS over real loopback connections, and the development
+certificate.  The policy on the wire is scanned in
+L{tests.test_tls_policy}.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from twisted.internet.endpoints import (
     connectProtocol,
     wrapClientTLS,
 )
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.ssl import (
     Certificate,
@@ -33,12 +36,15 @@ from twisted.internet.ssl import (
     TLSVersion,
     optionsForClientTLS,
 )
+from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface.verify import verifyObject
 
-from relayd.config import ConfigError, TLSConfig
+from relayd.config import ConfigError, TLSConfig, parse_config
 from relayd.tls import (
     DEVELOPMENT_ORGANIZATION,
+    ServerTLS,
     ensure_self_signed,
     implicit_tls_factory,
     server_context_factory,
@@ -343,6 +349,202 @@ class ServerContextFactoryTests(SynchronousTestCase):
                 with open(path, "rb") as f:
                     out.write(f.read())
         server_context_factory(TLSConfig(certificate=combined, key=combined))
+
+
+def _offered(options: CertificateOptions) -> list[str]:
+    """
+    The cipher suites a connection made from C{options} offers, TLS 1.3
+    first, in OpenSSL's names.
+    """
+    return [str(c) for c in SSL.Connection(options.getContext()).get_cipher_list()]
+
+
+class PolicyTests(SynchronousTestCase):
+    """
+    Tests for the C{[tls] ciphers} and C{groups} settings.
+    """
+
+    def _error(self, **settings: Any) -> str:
+        base = _self_signed(self)
+        config = TLSConfig(certificate=base.certificate, key=base.key, **settings)
+        return str(self.assertRaises(ConfigError, server_context_factory, config))
+
+    def test_default_is_mozilla_intermediate(self) -> None:
+        """
+        By default exactly the suites of Mozilla's intermediate profile
+        (without DHE) are offered: the three TLS 1.3 suites, then ECDHE
+        with AES-GCM or ChaCha20-Poly1305; no CBC, CCM or RSA key exchange.
+        """
+        self.assertEqual(
+            _offered(server_context_factory(_self_signed(self))),
+            [
+                "TLS_AES_128_GCM_SHA256",
+                "TLS_AES_256_GCM_SHA384",
+                "TLS_CHACHA20_POLY1305_SHA256",
+                "ECDHE-ECDSA-AES128-GCM-SHA256",
+                "ECDHE-RSA-AES128-GCM-SHA256",
+                "ECDHE-ECDSA-AES256-GCM-SHA384",
+                "ECDHE-RSA-AES256-GCM-SHA384",
+                "ECDHE-ECDSA-CHACHA20-POLY1305",
+                "ECDHE-RSA-CHACHA20-POLY1305",
+            ],
+        )
+
+    def test_configured_ciphers(self) -> None:
+        """
+        The configured list replaces the default, TLS 1.3 names and TLS 1.2
+        names each going to their own OpenSSL list.
+        """
+        base = _self_signed(self)
+        config = TLSConfig(
+            certificate=base.certificate,
+            key=base.key,
+            ciphers=("ECDHE-ECDSA-AES256-GCM-SHA384", "TLS_AES_256_GCM_SHA384"),
+        )
+        self.assertEqual(
+            _offered(server_context_factory(config)),
+            ["TLS_AES_256_GCM_SHA384", "ECDHE-ECDSA-AES256-GCM-SHA384"],
+        )
+
+    def test_unknown_cipher(self) -> None:
+        """
+        A TLS 1.2 name OpenSSL does not know is a L{ConfigError} naming it,
+        even among known ones (OpenSSL alone would skip it silently).
+        """
+        self.assertEqual(
+            self._error(ciphers=("TLS_AES_128_GCM_SHA256", "ECDHE-RSA-AES128-GCM-SHA256", "RC5")),
+            "tls.ciphers: 'RC5': not a cipher suite known to OpenSSL",
+        )
+
+    def test_unknown_tls13_suite(self) -> None:
+        """
+        An unknown TLS 1.3 name is a L{ConfigError} naming it.
+        """
+        self.assertEqual(
+            self._error(
+                ciphers=(
+                    "TLS_AES_128_GCM_SHA256",
+                    "TLS_AES_512_GCM_SHA1024",
+                    "ECDHE-RSA-AES128-GCM-SHA256",
+                )
+            ),
+            "tls.ciphers: 'TLS_AES_512_GCM_SHA1024': not a TLS 1.3 cipher suite known to OpenSSL",
+        )
+
+    def test_dhe_refused(self) -> None:
+        """
+        DHE suites are a L{ConfigError}: relayd sets no DH parameters, so
+        OpenSSL would never choose them.
+        """
+        message = self._error(ciphers=("TLS_AES_128_GCM_SHA256", "DHE-RSA-AES128-GCM-SHA256"))
+        self.assertTrue(message.startswith("tls.ciphers: 'DHE-RSA-AES128-GCM-SHA256': DHE"))
+
+    def test_no_tls13_suite(self) -> None:
+        """
+        A list without a TLS 1.3 suite is a L{ConfigError}.
+        """
+        self.assertEqual(
+            self._error(ciphers=("ECDHE-RSA-AES128-GCM-SHA256",)),
+            "tls.ciphers: no TLS 1.3 cipher suite (names that start with TLS_)",
+        )
+
+    def test_no_tls12_suite(self) -> None:
+        """
+        Without a TLS 1.2 suite, C{minimum_version} must be C{"1.3"} (and
+        then only the listed TLS 1.3 suites can be negotiated).
+        """
+        ciphers = ("TLS_AES_128_GCM_SHA256",)
+        self.assertTrue(self._error(ciphers=ciphers).startswith("tls.ciphers: no TLS 1.2"))
+        base = _self_signed(self)
+        config = TLSConfig(
+            certificate=base.certificate, key=base.key, ciphers=ciphers, minimum_version="1.3"
+        )
+        offered = _offered(server_context_factory(config))
+        self.assertEqual([c for c in offered if c.startswith("TLS_")], list(ciphers))
+
+    def test_unknown_group(self) -> None:
+        """
+        A group OpenSSL does not know is a L{ConfigError} naming it.
+        """
+        self.assertEqual(
+            self._error(groups=("X25519", "P-999")),
+            "tls.groups: 'P-999': not a group known to OpenSSL",
+        )
+        self.assertEqual(
+            self._error(groups=("X25519:X448",)),
+            "tls.groups: 'X25519:X448': not a group known to OpenSSL",
+        )
+
+    def test_no_group(self) -> None:
+        """
+        An empty group list is a L{ConfigError}.
+        """
+        self.assertEqual(self._error(groups=()), "tls.groups: at least one group is needed")
+
+    def test_toml_types(self) -> None:
+        """
+        In the file, C{ciphers} and C{groups} are lists of strings.
+        """
+        base = (
+            '[[listeners]]\nendpoint = "tcp:587"\n[auth]\ntokens_file = "t"\n'
+            '[tls]\ncertificate = "c"\nkey = "k"\n'
+        )
+        config = parse_config(base + 'groups = ["X25519"]\nciphers = ["TLS_AES_128_GCM_SHA256"]')
+        self.assertEqual(config.tls.groups, ("X25519",))
+        self.assertEqual(config.tls.ciphers, ("TLS_AES_128_GCM_SHA256",))
+        error = self.assertRaises(ConfigError, parse_config, base + 'ciphers = "HIGH"', "r.toml")
+        self.assertEqual(str(error), "r.toml: tls.ciphers: expected a list of strings")
+
+
+class ServerTLSTests(SynchronousTestCase):
+    """
+    Tests for L{ServerTLS}: the reloadable settings of every listener.
+    """
+
+    def setUp(self) -> None:
+        self.config = _self_signed(self)
+        self.tls = ServerTLS(self.config)
+
+    def _replace(self) -> None:
+        os.unlink(self.config.certificate)
+        ensure_self_signed(self.config.certificate, self.config.key, "localhost")
+
+    def test_interface(self) -> None:
+        """
+        L{ServerTLS} provides C{IOpenSSLServerConnectionCreator}, which both
+        C{startTLS} and L{implicit_tls_factory} take.
+        """
+        self.assertTrue(verifyObject(IOpenSSLServerConnectionCreator, self.tls))
+
+    def test_reload_swaps_certificate(self) -> None:
+        """
+        After a reload, new connections use the new certificate.
+        """
+        before = self.tls.options
+        self._replace()
+        with capturedLogs() as events:
+            self.assertTrue(self.tls.reload())
+        self.assertIsNot(self.tls.options, before)
+        with open(self.config.certificate, "rb") as f:
+            self.assertEqual(self.tls.options.certificate, x509.load_pem_x509_certificate(f.read()))
+        self.assertEqual([e["log_level"] for e in events], [LogLevel.info])
+
+    def test_broken_file_keeps_previous(self) -> None:
+        """
+        When the new files are unusable, the previous settings stay and one
+        warning says why.
+        """
+        before = self.tls.options
+        with open(self.config.certificate, "w") as f:
+            f.write("garbage\n")
+        with capturedLogs() as events:
+            self.assertFalse(self.tls.reload())
+        self.assertIs(self.tls.options, before)
+        (event,) = events
+        self.assertEqual(event["log_level"], LogLevel.warn)
+        self.assertEqual(
+            event["error"], f"tls.certificate: {self.config.certificate}: no PEM certificate found"
+        )
 
 
 class EnsureSelfSignedTests(SynchronousTestCase):

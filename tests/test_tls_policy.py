@@ -282,6 +282,8 @@ class MozillaIntermediateTests(unittest.TestCase):
     type and size, signature, lifetime) run as for a real deployment.
     """
 
+    sslyze: Path
+
     @classmethod
     def setUpClass(cls) -> None:
         cls.sslyze = sslyze_command()
