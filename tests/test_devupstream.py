@@ -18,8 +18,9 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from relayd.config import UpstreamConfig
 from relayd.devupstream import make_site
 from relayd.reply import Reply
+from relayd.result import Accepted
 from relayd.testing import async_test, sample_message
-from relayd.upstream import Accepted, make_client
+from relayd.upstream import make_client
 
 TOKEN = "dev-token-SECRET"
 

@@ -15,24 +15,23 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from relayd.config import ConfigError
-from relayd.dialects import (
-    DIALECTS,
+from relayd.dialects import DIALECTS, get_dialect
+from relayd.dialects.base import (
     Base64,
-    IDialect,
     clean_id,
     clean_text,
     encode_json,
     failure_for_status,
-    get_dialect,
 )
 from relayd.dialects.mailpace import MailPaceDialect
 from relayd.dialects.native import NativeDialect
 from relayd.dialects.postmark import PostmarkDialect
 from relayd.dialects.raw import RawDialect
+from relayd.interfaces import IDialect
 from relayd.message import Attachment, Envelope
 from relayd.reply import Refused, Reply
+from relayd.result import Accepted
 from relayd.testing import sample_message
-from relayd.upstream import Accepted
 
 TEMPORARY = Reply(451, "4.3.0", "Temporary failure, try again later")
 RATE = Reply(451, "4.7.1", "Upstream rate limit reached, try again later")

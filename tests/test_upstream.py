@@ -24,16 +24,10 @@ from relayd import __version__
 from relayd.config import UpstreamConfig
 from relayd.dialects import get_dialect
 from relayd.message import Attachment
-from relayd.reply import Refused, Reply
+from relayd.reply import TEMPORARY_FAILURE, Refused, Reply
+from relayd.result import Accepted
 from relayd.testing import FakeUpstream, async_test, sample_message
-from relayd.upstream import (
-    MAX_ANSWER,
-    TEMPORARY_FAILURE,
-    Accepted,
-    BytesProducer,
-    UpstreamClient,
-    make_client,
-)
+from relayd.upstream import MAX_ANSWER, BytesProducer, UpstreamClient, make_client
 
 TOKEN = "tok-3f9a-SECRET"
 
