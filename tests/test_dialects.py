@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from base64 import b64decode, b64encode
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -38,11 +39,12 @@ RATE = Reply(451, "4.7.1", "Upstream rate limit reached, try again later")
 TOO_BIG = Reply(552, "5.3.4", "Message too big")
 
 
-def body_of(dialect: object, **changes: object) -> dict:
+def body_of(dialect: IDialect, **changes: object) -> dict[str, Any]:
     """
     The JSON document C{dialect} builds for L{sample_message}.
     """
-    return json.loads(dialect.body(sample_message(**changes)))  # type: ignore[attr-defined]
+    document: dict[str, Any] = json.loads(dialect.body(sample_message(**changes)))
+    return document
 
 
 def answer(document: object) -> bytes:
