@@ -17,8 +17,9 @@ run: $(VENV)/.installed
 	$(BIN)/twist --log-format=text relayd --config etc/relayd.dev.toml
 
 lint: $(VENV)/.installed
+	$(BIN)/ruff format --check relayd tests bench twisted
 	$(BIN)/ruff check relayd tests bench twisted
-	$(BIN)/mypy relayd
+	$(BIN)/mypy relayd tests
 
 unit: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -p no:cacheprovider

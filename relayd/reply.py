@@ -79,3 +79,27 @@ class Refused(Exception):
 
 # -- replies of the delivery path and the upstream (relayd.delivery,
 #    relayd.upstream, relayd.dialects) -------------------------------------
+
+# upstream and dialects (relayd.upstream, relayd.dialects)
+
+#: Texts for an upstream error answer that gives no readable reason of its
+#: own (see L{relayd.dialects.base.failure_for_status}).
+FALLBACK_REJECTED = "Message rejected by upstream"
+FALLBACK_TOKEN = "Upstream refused the API token"
+FALLBACK_TOO_BIG = "Message too big"
+FALLBACK_RATE = "Upstream rate limit reached, try again later"
+FALLBACK_TEMPORARY = "Temporary failure, try again later"
+
+#: The answer to everything that is not the upstream's considered verdict
+#: (timeouts, refused connections, TLS errors, garbled HTTP), and to an
+#: HTTP status that says the relay or the upstream is broken (RFC 3463
+#: X.3.0: other or undefined mail system status).
+TEMPORARY_FAILURE = Reply(451, "4.3.0", FALLBACK_TEMPORARY)
+
+#: The upstream answered HTTP 413 (RFC 3463 X.3.4: message too big for
+#: system).
+UPSTREAM_TOO_BIG = Reply(552, "5.3.4", FALLBACK_TOO_BIG)
+
+#: The upstream answered HTTP 429 (RFC 3463 X.7.1, temporary: the client
+#: may retry later).
+UPSTREAM_RATE_LIMITED = Reply(451, "4.7.1", FALLBACK_RATE)

@@ -15,7 +15,6 @@ from __future__ import annotations
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import TYPE_CHECKING, Any
 
-from attrs import frozen
 from hyperlink import EncodedURL
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred, succeed
@@ -29,7 +28,10 @@ from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
 from relayd import __version__
-from relayd.reply import Reply
+from relayd.dialects import get_dialect
+from relayd.interfaces import IDialect
+from relayd.reply import TEMPORARY_FAILURE
+from relayd.result import Accepted, UpstreamResult
 
 try:
     from treq.cookies import IndexableCookieJar as _JarClass
@@ -38,14 +40,14 @@ except ImportError:  # pragma: no cover (older treq)
 
 if TYPE_CHECKING:
     from relayd.config import UpstreamConfig
-    from relayd.dialects import IDialect
     from relayd.message import OutboundMessage
 
 __all__ = [
+    # Accepted and UpstreamResult live in relayd.result; named here too
+    # until relayd.delivery imports them from there.
     "Accepted",
     "BytesProducer",
     "MAX_ANSWER",
-    "TEMPORARY_FAILURE",
     "UpstreamClient",
     "UpstreamResult",
     "make_client",
@@ -63,24 +65,6 @@ MAX_ANSWER = 64 * 1024
 IDLE_CONNECTION_TIMEOUT = 110
 
 USER_AGENT = f"relayd/{__version__}"
-
-
-@frozen
-class Accepted:
-    """
-    The upstream accepted the message.
-
-    @ivar message_id: The upstream's id for it (printable ASCII, bounded).
-    """
-
-    message_id: str
-
-
-UpstreamResult = Accepted | Reply
-
-#: The answer to everything that is not the upstream's considered verdict:
-#: timeouts, refused connections, TLS errors, garbled HTTP.
-TEMPORARY_FAILURE = Reply(451, "4.3.0", "Temporary failure, try again later")
 
 
 @implementer(IBodyProducer)
@@ -370,7 +354,7 @@ class UpstreamClient:
         seconds cover the whole exchange, connecting to reading the answer.
 
           - The answer's status is the upstream's verdict, read by the
-            dialect (L{relayd.dialects.JSONDialect.result}), even when the
+            dialect (L{relayd.dialects.base.JSONDialect.result}), even when the
             answer's body then fails or times out: a 2xx is then
             L{Accepted} with an empty id, since retrying would send the
             message twice.
@@ -379,7 +363,8 @@ class UpstreamClient:
 
         @param body: The request body, from L{encode}.
         @param token: The client's API token, sent to the upstream as is.
-        @return: L{Accepted} or L{Reply}; network problems never raise.
+        @return: L{Accepted} or L{relayd.reply.Reply}; network problems never
+            raise.
         """
         exchange = _Exchange()
         start = self._reactor.seconds()
@@ -471,6 +456,4 @@ def make_client(reactor: Any, config: UpstreamConfig) -> UpstreamClient:
     @return: The client.
     @raise relayd.config.ConfigError: For an unknown dialect.
     """
-    from relayd.dialects import get_dialect  # relayd.dialects imports this module
-
     return UpstreamClient(reactor, config, get_dialect(config.dialect))

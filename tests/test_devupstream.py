@@ -9,28 +9,33 @@ import json
 import os
 import shutil
 import tempfile
+from typing import Any
 
 from treq.client import HTTPClient
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from relayd.config import UpstreamConfig
 from relayd.devupstream import make_site
 from relayd.reply import Reply
+from relayd.result import Accepted
 from relayd.testing import async_test, sample_message
-from relayd.upstream import Accepted, make_client
+from relayd.upstream import make_client
 
 TOKEN = "dev-token-SECRET"
 
 
-def native(**changes: object) -> dict:
+def native(**changes: object) -> dict[str, Any]:
     """
     A valid native request document.
     """
     from relayd.dialects import get_dialect
 
-    return json.loads(get_dialect("native").body(sample_message(**changes)))
+    document: dict[str, Any] = json.loads(get_dialect("native").body(sample_message(**changes)))
+    return document
 
 
 class DevUpstreamTests(TestCase):
@@ -43,16 +48,21 @@ class DevUpstreamTests(TestCase):
     def setUp(self) -> None:
         self.outbox = os.path.join(tempfile.mkdtemp(prefix="relayd-dev-"), "outbox")
         self.addCleanup(shutil.rmtree, os.path.dirname(self.outbox), True)
-        port = reactor.listenTCP(0, make_site(self.outbox, reactor), interface="127.0.0.1")
+        server = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+        port = self.successResultOf(server.listen(make_site(self.outbox, reactor)))
         self.addCleanup(port.stopListening)
-        self.base = f"http://127.0.0.1:{port.getHost().port}"
+        address = port.getHost()
+        assert isinstance(address, IPv4Address)
+        self.base = f"http://127.0.0.1:{address.port}"
         pool = HTTPConnectionPool(reactor, persistent=False)
         self.http = HTTPClient(Agent(reactor, pool=pool))
 
     async def post(
         self, body: bytes, token: str | None = TOKEN, **headers: str
     ) -> tuple[int, object]:
-        all_headers = {k.replace("_", "-"): v for k, v in headers.items()}
+        all_headers: dict[str | bytes, str | bytes] = {
+            k.replace("_", "-"): v for k, v in headers.items()
+        }
         all_headers["Content-Type"] = "application/json"
         if token is not None:
             all_headers["Authorization"] = f"Bearer {token}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from base64 import b64decode, b64encode
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -15,35 +16,35 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from relayd.config import ConfigError
-from relayd.dialects import (
-    DIALECTS,
+from relayd.dialects import DIALECTS, get_dialect
+from relayd.dialects.base import (
     Base64,
-    IDialect,
     clean_id,
     clean_text,
     encode_json,
     failure_for_status,
-    get_dialect,
 )
 from relayd.dialects.mailpace import MailPaceDialect
 from relayd.dialects.native import NativeDialect
 from relayd.dialects.postmark import PostmarkDialect
 from relayd.dialects.raw import RawDialect
+from relayd.interfaces import IDialect
 from relayd.message import Attachment, Envelope
 from relayd.reply import Refused, Reply
+from relayd.result import Accepted
 from relayd.testing import sample_message
-from relayd.upstream import Accepted
 
 TEMPORARY = Reply(451, "4.3.0", "Temporary failure, try again later")
 RATE = Reply(451, "4.7.1", "Upstream rate limit reached, try again later")
 TOO_BIG = Reply(552, "5.3.4", "Message too big")
 
 
-def body_of(dialect: object, **changes: object) -> dict:
+def body_of(dialect: IDialect, **changes: object) -> dict[str, Any]:
     """
     The JSON document C{dialect} builds for L{sample_message}.
     """
-    return json.loads(dialect.body(sample_message(**changes)))  # type: ignore[attr-defined]
+    document: dict[str, Any] = json.loads(dialect.body(sample_message(**changes)))
+    return document
 
 
 def answer(document: object) -> bytes:

@@ -21,7 +21,7 @@ import unittest
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, cast
 
 from relayd.tls import ensure_self_signed
 from relayd.tokens import digest
@@ -222,6 +222,9 @@ def three_recipient_message() -> EmailMessage:
 
 
 class EndToEndTests(unittest.TestCase):
+    upstream: ClassVar[Upstream]
+    daemon: ClassVar[Daemon]
+
     @classmethod
     def setUpClass(cls) -> None:
         cls.upstream = Upstream()
@@ -346,7 +349,9 @@ class EndToEndTests(unittest.TestCase):
                 if text is not None:
                     self.assertEqual(e.exception.smtp_error, text)
                 else:
-                    self.assertRegex(e.exception.smtp_error.decode(), r"^[45]\.\d\.\d ")
+                    self.assertRegex(
+                        cast(bytes, e.exception.smtp_error).decode(), r"^[45]\.\d\.\d "
+                    )
         self.assertEqual(len(self.upstream.requests), len(cases))
 
     def test_sender_policy_of_the_token(self) -> None:

@@ -71,12 +71,16 @@ class ServiceTests(SynchronousTestCase):
         )
         starttls, implicit = ports[0][1], ports[1][1]
         self.assertIsInstance(starttls, RelaySMTPFactory)
+        assert isinstance(starttls, RelaySMTPFactory)  # for mypy
         self.assertFalse(starttls.implicit_tls)
         self.assertIsInstance(implicit, TLSMemoryBIOFactory)
-        self.assertTrue(implicit.wrappedFactory.implicit_tls)
+        assert isinstance(implicit, TLSMemoryBIOFactory)
+        wrapped = implicit.wrappedFactory
+        assert isinstance(wrapped, RelaySMTPFactory)
+        self.assertTrue(wrapped.implicit_tls)
         self.assertEqual(starttls.hostname, "mx.test")
         self.assertTrue((self.folder / "cert.pem").exists())
-        self.assertIs(starttls.limiter, implicit.wrappedFactory.limiter)
+        self.assertIs(starttls.limiter, wrapped.limiter)
         service.stopService()
 
     def test_missing_tokens_file(self) -> None:

@@ -9,38 +9,49 @@ from __future__ import annotations
 import json
 import socket
 from base64 import b64decode
+from typing import Any
 
 from treq.testing import StubTreq
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.interfaces import (
+    IAddress,
+    IConsumer,
+    IProducer,
+    IProtocolFactory,
+)
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.iweb import IBodyProducer
 from twisted.web.server import Site
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from relayd import __version__
 from relayd.config import UpstreamConfig
 from relayd.dialects import get_dialect
 from relayd.message import Attachment
-from relayd.reply import Refused, Reply
+from relayd.reply import TEMPORARY_FAILURE, Refused, Reply
+from relayd.result import Accepted
 from relayd.testing import FakeUpstream, async_test, sample_message
-from relayd.upstream import (
-    MAX_ANSWER,
-    TEMPORARY_FAILURE,
-    Accepted,
-    BytesProducer,
-    UpstreamClient,
-    make_client,
-)
+from relayd.upstream import MAX_ANSWER, BytesProducer, UpstreamClient, make_client
 
 TOKEN = "tok-3f9a-SECRET"
 
 
+@implementer(IConsumer)
 class _Consumer:
     def __init__(self) -> None:
         self.writes: list[bytes] = []
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        raise NotImplementedError
+
+    def unregisterProducer(self) -> None:
+        raise NotImplementedError
 
     def write(self, data: bytes) -> None:
         self.writes.append(data)
@@ -289,7 +300,7 @@ class _CountingSite(Site):
 
     connections = 0
 
-    def buildProtocol(self, addr):  # type: ignore[no-untyped-def]
+    def buildProtocol(self, addr: IAddress | None) -> Any:  # the channel's type is private
         self.connections += 1
         return super().buildProtocol(addr)
 
@@ -301,12 +312,23 @@ class RealSocketTests(TestCase):
 
     timeout = 20
 
+    def listen(self, factory: IProtocolFactory) -> str:
+        """
+        Listen with C{factory} on a free 127.0.0.1 port until the test ends.
+
+        @return: The upstream URL on that port.
+        """
+        server = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+        port = self.successResultOf(server.listen(factory))
+        self.addCleanup(port.stopListening)
+        address = port.getHost()
+        assert isinstance(address, IPv4Address)
+        return f"http://127.0.0.1:{address.port}/send"
+
     def serve(self) -> tuple[FakeUpstream, _CountingSite, str]:
         upstream = FakeUpstream()
         site = _CountingSite(upstream)
-        port = reactor.listenTCP(0, site, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        return upstream, site, f"http://127.0.0.1:{port.getHost().port}/send"
+        return upstream, site, self.listen(site)
 
     def client(self, url: str, timeout: float = 10.0) -> UpstreamClient:
         client = make_client(reactor, UpstreamConfig(url=url, timeout=timeout))
@@ -373,13 +395,12 @@ class RealSocketTests(TestCase):
 
         class Scripted(Protocol):
             def dataReceived(self, data: bytes) -> None:
+                assert self.transport is not None
                 self.transport.write(answer)
                 if close:
                     self.transport.loseConnection()
 
-        port = reactor.listenTCP(0, Factory.forProtocol(Scripted), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        return f"http://127.0.0.1:{port.getHost().port}/send"
+        return self.listen(Factory.forProtocol(Scripted))
 
     @async_test
     async def test_2xx_cut_short_is_accepted(self) -> None:
@@ -417,12 +438,11 @@ class RealSocketTests(TestCase):
 
         class Garbage(Protocol):
             def dataReceived(self, data: bytes) -> None:
+                assert self.transport is not None
                 self.transport.write(b"SMTP? 220 hello\r\n\r\n")
                 self.transport.loseConnection()
 
-        port = reactor.listenTCP(0, Factory.forProtocol(Garbage), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        client = self.client(f"http://127.0.0.1:{port.getHost().port}/send")
+        client = self.client(self.listen(Factory.forProtocol(Garbage)))
         self.assertEqual(await client.send(sample_message(), TOKEN), TEMPORARY_FAILURE)
 
     @async_test

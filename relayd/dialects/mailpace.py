@@ -15,8 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from relayd.dialects import (
-    FALLBACK_TOKEN,
+from relayd.dialects.base import (
     Base64,
     JSONDialect,
     envelope_recipients,
@@ -25,7 +24,7 @@ from relayd.dialects import (
     require_to,
 )
 from relayd.message import Attachment, OutboundMessage
-from relayd.reply import Reply
+from relayd.reply import FALLBACK_TOKEN, Reply
 
 __all__ = ["MailPaceDialect"]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from relayd.dialects import Base64, JSONDialect
+from relayd.dialects.base import Base64, JSONDialect
 from relayd.message import Attachment, Envelope, OutboundMessage
 
 __all__ = ["NativeDialect", "attachment_document", "envelope_document"]

@@ -13,10 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from relayd.dialects import (
-    FALLBACK_REJECTED,
-    FALLBACK_TEMPORARY,
-    FALLBACK_TOKEN,
+from relayd.dialects.base import (
     Base64,
     JSONDialect,
     envelope_recipients,
@@ -24,7 +21,7 @@ from relayd.dialects import (
     require_to,
 )
 from relayd.message import Attachment, OutboundMessage
-from relayd.reply import Reply
+from relayd.reply import FALLBACK_REJECTED, FALLBACK_TEMPORARY, FALLBACK_TOKEN, Reply
 
 __all__ = ["PostmarkDialect"]
 
@@ -79,7 +76,7 @@ class PostmarkDialect(JSONDialect):
         """
         See L{JSONDialect.payload}.
 
-        @raise relayd.message.Refused: For a C{raw_only} message
+        @raise relayd.reply.Refused: For a C{raw_only} message
             (C{554 5.6.0}) or one without a To address (C{550 5.6.0}).
         """
         refuse_raw_only(self.name, message)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from relayd.dialects import Base64, JSONDialect
+from relayd.dialects.base import Base64, JSONDialect
 from relayd.dialects.native import envelope_document
 from relayd.message import OutboundMessage
 
