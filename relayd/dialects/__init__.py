@@ -75,7 +75,19 @@ FALLBACK_RATE = "Upstream rate limit reached, try again later"
 FALLBACK_TEMPORARY = "Temporary failure, try again later"
 
 #: The dialect names L{get_dialect} knows, in the order the docs list them.
-DIALECTS = ("native", "raw", "mailpace", "postmark")
+DIALECTS = (
+    "native",
+    "raw",
+    "mailpace",
+    "postmark",
+    "sendgrid",
+    "mailgun",
+    "ses",
+    "resend",
+    "brevo",
+    "sparkpost",
+    "mailjet",
+)
 
 
 class IDialect(Interface):
@@ -496,13 +508,32 @@ def get_dialect(name: str) -> IDialect:
     @return: A new dialect object.
     @raise ConfigError: For any other name.
     """
-    from relayd.dialects import mailpace, native, postmark, raw
+    from relayd.dialects import (
+        brevo,
+        mailgun,
+        mailjet,
+        mailpace,
+        native,
+        postmark,
+        raw,
+        resend,
+        sendgrid,
+        ses,
+        sparkpost,
+    )
 
     classes: dict[str, type[JSONDialect]] = {
         "native": native.NativeDialect,
         "raw": raw.RawDialect,
         "mailpace": mailpace.MailPaceDialect,
         "postmark": postmark.PostmarkDialect,
+        "sendgrid": sendgrid.SendGridDialect,
+        "mailgun": mailgun.MailgunDialect,
+        "ses": ses.SESDialect,
+        "resend": resend.ResendDialect,
+        "brevo": brevo.BrevoDialect,
+        "sparkpost": sparkpost.SparkPostDialect,
+        "mailjet": mailjet.MailjetDialect,
     }
     try:
         return classes[name]()
