@@ -121,7 +121,7 @@ def sign(
     signature = auth.signature(string_to_sign, request)
     signed = auth.signed_headers(auth.headers_to_sign(request))
     authorization = (
-        f"AWS4-HMAC-SHA256 Credential={key_id}/{auth.scope(request)}, "
+        f"AWS4-HMAC-SHA256 Credential={auth.scope(request)}, "
         f"SignedHeaders={signed}, Signature={signature}"
     )
     return {**headers, "X-Amz-Date": stamp, "Authorization": authorization}
