@@ -49,7 +49,9 @@ def exchange(
             del headers[default]
         headers[name] = value
     http = StubTreq(upstream)
-    response = case.successResultOf(http.post(url, data=request.body, headers=headers))
+    response = case.successResultOf(
+        http.post(url, data=request.body, headers=headers)  # type: ignore[attr-defined]
+    )
     body = case.successResultOf(response.content())
     answer_headers = {
         name.decode("latin-1").lower(): values[-1].decode("latin-1")
@@ -58,7 +60,7 @@ def exchange(
     return upstream.last, dialect.answer(response.code, answer_headers, body)
 
 
-def result_of(dialect: ProviderDialect, status: int, document: Any = None, **headers: str) -> UpstreamResult:
+def result_of(dialect: ProviderDialect, status: int, document: Any = None, **headers: str) -> Any:
     """
     The dialect's reading of one answer.
     """
@@ -66,4 +68,6 @@ def result_of(dialect: ProviderDialect, status: int, document: Any = None, **hea
         body = document
     else:
         body = b"" if document is None else json.dumps(document).encode("utf-8")
-    return dialect.answer(status, {k.lower().replace("_", "-"): v for k, v in headers.items()}, body)
+    return dialect.answer(
+        status, {k.lower().replace("_", "-"): v for k, v in headers.items()}, body
+    )

@@ -24,7 +24,7 @@ RAW = (
     b"Bcc: hidden@example.org\r\n"
     b"Subject: Order\r\n"
     b"X-Mailgun-Tag: receipts\r\n"
-    b"X-Mailgun-Variables: {\"order\": 42,\r\n \"user\": \"ann\"}\r\n"
+    b'X-Mailgun-Variables: {"order": 42,\r\n "user": "ann"}\r\n'
     b"X-Mailgun-Track-Clicks: no\r\n"
     b"X-Mailgun-Deliver-By: Fri, 14 Oct 2033 23:10:10 -0000\r\n"
     b"X-Tags: orders\r\n"
@@ -50,7 +50,7 @@ def form(request: RecordedRequest) -> list[tuple[str, bytes]]:
     for chunk in chunks[1:-1]:
         head, _, value = chunk[2:-2].partition(b"\r\n\r\n")
         headers = BytesParser().parsebytes(head + b"\r\n\r\n")
-        fields.append((headers.get_param("name", header="content-disposition"), value))
+        fields.append((str(headers.get_param("name", header="content-disposition")), value))
     return fields
 
 
@@ -130,7 +130,10 @@ class AnswerTests(SynchronousTestCase):
             result_of(dialect, 400, {"message": "to parameter is not a valid address"}),
             Reply(550, "5.6.0", "to parameter is not a valid address"),
         )
-        self.assertEqual(result_of(dialect, 401, b"Forbidden"), Reply(554, "5.7.1", "Upstream refused the API token"))
+        self.assertEqual(
+            result_of(dialect, 401, b"Forbidden"),
+            Reply(554, "5.7.1", "Upstream refused the API token"),
+        )
         self.assertEqual(result_of(dialect, 429, {}).status, "4.7.1")  # type: ignore[union-attr]
         self.assertEqual(result_of(dialect, 404, {"message": "Domain not found"}).code, 451)  # type: ignore[union-attr]
         self.assertEqual(result_of(dialect, 503, b"").code, 451)  # type: ignore[union-attr]

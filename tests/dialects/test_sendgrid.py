@@ -102,7 +102,9 @@ class RequestTests(SynchronousTestCase):
         To address and a Bcc recipient must not be shown.
         """
         message = sample_message(
-            envelope=Envelope("b@example.com", ("hidden@example.org",)), to=("a@example.net",), cc=()
+            envelope=Envelope("b@example.com", ("hidden@example.org",)),
+            to=("a@example.net",),
+            cc=(),
         )
         error = self.assertRaises(Refused, SendGridDialect().body, message)
         self.assertEqual(error.reply.code, 550)
@@ -130,7 +132,9 @@ class AnswerTests(SynchronousTestCase):
             result_of(dialect, 400, errors), Reply(550, "5.6.0", "The from address does not match")
         )
         self.assertEqual(result_of(dialect, 401, {"errors": [{"message": "bad key"}]}).code, 554)  # type: ignore[union-attr]
-        self.assertEqual(result_of(dialect, 403, {}), Reply(554, "5.7.1", "Upstream refused the API token"))
+        self.assertEqual(
+            result_of(dialect, 403, {}), Reply(554, "5.7.1", "Upstream refused the API token")
+        )
         self.assertEqual(result_of(dialect, 413, {}).code, 552)  # type: ignore[union-attr]
         self.assertEqual(result_of(dialect, 429, {}).status, "4.7.1")  # type: ignore[union-attr]
         self.assertEqual(result_of(dialect, 500, {}).status, "4.3.0")  # type: ignore[union-attr]

@@ -37,7 +37,9 @@ RAW = (
     b"\r\n"
     b"Hello\r\n"
 )
-ENVELOPE = Envelope("bounces@example.com", ("ann@example.net", "bob@example.org", "hidden@example.org"))
+ENVELOPE = Envelope(
+    "bounces@example.com", ("ann@example.net", "bob@example.org", "hidden@example.org")
+)
 
 
 def message(raw: bytes = RAW) -> OutboundMessage:
@@ -51,7 +53,12 @@ class RequestTests(SynchronousTestCase):
         envelope as Destination, the configuration set and tags, signed.
         """
         request, result = exchange(
-            self, SESDialect(), message(), Answer(200, {"MessageId": "0100-abc"}), token=TOKEN, url=URL
+            self,
+            SESDialect(),
+            message(),
+            Answer(200, {"MessageId": "0100-abc"}),
+            token=TOKEN,
+            url=URL,
         )
         self.assertEqual(request.path, "/v2/email/outbound-emails")
         body = request.json
@@ -118,7 +125,9 @@ class RequestTests(SynchronousTestCase):
         More than 50 recipients gets 452 4.5.3.
         """
         many = Envelope("b@example.com", tuple(f"r{i}@example.net" for i in range(51)))
-        error = self.assertRaises(Refused, SESDialect().body, parse_message(RAW, many, HeadersConfig()))
+        error = self.assertRaises(
+            Refused, SESDialect().body, parse_message(RAW, many, HeadersConfig())
+        )
         self.assertEqual(error.reply.code, 452)
 
     def test_region(self) -> None:
@@ -139,8 +148,10 @@ class AnswerTests(SynchronousTestCase):
         def failing(kind: str, status: int = 400, text: str = "nope") -> object:
             return result_of(dialect, status, {"message": text}, x_amzn_errortype=kind)
 
-        self.assertEqual(failing("MessageRejected", text="Email address is not verified."),
-                         Reply(550, "5.6.0", "Email address is not verified."))
+        self.assertEqual(
+            failing("MessageRejected", text="Email address is not verified."),
+            Reply(550, "5.6.0", "Email address is not verified."),
+        )
         self.assertEqual(failing("TooManyRequestsException", 429).status, "4.7.1")  # type: ignore[attr-defined]
         self.assertEqual(failing("LimitExceededException").status, "4.7.1")  # type: ignore[attr-defined]
         self.assertEqual(failing("SendingPausedException").code, 451)  # type: ignore[attr-defined]
