@@ -78,9 +78,9 @@ class RegistryTests(SynchronousTestCase):
         """
         An unknown name raises L{ConfigError} naming the setting.
         """
-        error = self.assertRaises(ConfigError, get_dialect, "sendgrid")
+        error = self.assertRaises(ConfigError, get_dialect, "no-such-dialect")
         self.assertIn("upstream.dialect", str(error))
-        self.assertIn("sendgrid", str(error))
+        self.assertIn("no-such-dialect", str(error))
 
     def test_token_headers(self) -> None:
         """
@@ -93,6 +93,13 @@ class RegistryTests(SynchronousTestCase):
                 "raw": ("Authorization", "Bearer {token}"),
                 "mailpace": ("MailPace-Server-Token", "{token}"),
                 "postmark": ("X-Postmark-Server-Token", "{token}"),
+                "sendgrid": ("Authorization", "Bearer {token}"),
+                "mailgun": ("Authorization", "Basic {token}"),
+                "ses": ("Authorization", "{token}"),
+                "resend": ("Authorization", "Bearer {token}"),
+                "brevo": ("api-key", "{token}"),
+                "sparkpost": ("Authorization", "{token}"),
+                "mailjet": ("Authorization", "Basic {token}"),
             },
         )
 

@@ -21,7 +21,19 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from relayd.config import ConfigError
-from relayd.dialects import mailpace, native, postmark, raw
+from relayd.dialects import (
+    brevo,
+    mailgun,
+    mailjet,
+    mailpace,
+    native,
+    postmark,
+    raw,
+    resend,
+    sendgrid,
+    ses,
+    sparkpost,
+)
 from relayd.interfaces import IDialect
 
 __all__ = ["DIALECTS", "get_dialect"]
@@ -33,6 +45,13 @@ _BUILT_IN: dict[str, Callable[[], IDialect]] = {
     "raw": raw.RawDialect,
     "mailpace": mailpace.MailPaceDialect,
     "postmark": postmark.PostmarkDialect,
+    "sendgrid": sendgrid.SendGridDialect,
+    "mailgun": mailgun.MailgunDialect,
+    "ses": ses.SESDialect,
+    "resend": resend.ResendDialect,
+    "brevo": brevo.BrevoDialect,
+    "sparkpost": sparkpost.SparkPostDialect,
+    "mailjet": mailjet.MailjetDialect,
 }
 
 #: The dialect names L{get_dialect} knows, in the order the docs list them.

@@ -1,0 +1,382 @@
+# -*- test-case-name: tests.dialects -*-
+"""
+What the provider dialects need beyond "a JSON body and a token header": the
+whole HTTP request (body, content type, authentication, idempotency key) and
+the answer's headers.
+
+The provider dialects (C{sendgrid}, C{mailgun}, C{ses}, C{resend},
+C{brevo}, C{sparkpost}, C{mailjet}) subclass L{ProviderDialect}, which adds
+two override points to L{JSONDialect}:
+
+  - L{ProviderDialect.request}: C{(message, token, url, now)} to an
+    L{HTTPRequest} whose C{headers} replace the upstream client's defaults of
+    the same name (C{Content-Type}, C{Authorization}) or add to them
+    (C{Idempotency-Key}, C{X-Amz-Date}).  Needed for multipart bodies
+    (Mailgun), HTTP Basic authentication (Mailgun, Mailjet), AWS SigV4
+    request signing (SES, which signs the URL, the time and the body) and
+    per-message idempotency keys (Resend).
+  - L{ProviderDialect.answer}: C{(status, headers, body)}, for providers
+    that put the message id in a response header (SendGrid's
+    C{X-Message-Id}).
+
+L{ProviderDialect.body} and L{ProviderDialect.result} keep the
+L{relayd.dialects.IDialect} contract, so the dialects load and encode with
+today's L{relayd.upstream.UpstreamClient}; the upstream client must call the
+two hooks to send what the providers document (see C{docs/upstream-api.md},
+"Provider dialects").
+
+The rest are the helpers those dialects share: the Bcc-safe recipient split
+(L{visible_recipients}), reading and consuming provider control headers
+(L{ControlHeaders}), removing header fields from a raw message
+(L{strip_raw_headers}), the documented limits (L{check_limits}), HTTP Basic
+credentials (L{basic_authorization}) and a message's idempotency key
+(L{idempotency_key}).
+
+No reactor code here: the time comes in as C{now}.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from base64 import b64encode
+from collections.abc import Iterable, Mapping
+from email.utils import parseaddr
+from typing import Any
+
+from attrs import field, frozen
+
+# The shared dialect helpers, imported in this one place for every provider
+# dialect (they re-import them from here).
+from relayd.dialects.base import (
+    Base64,
+    JSONDialect,
+    clean_id,
+    clean_text,
+    encode_json,
+    failure_for_status,
+    parse_answer,
+    refuse_raw_only,
+)
+from relayd.message import Envelope, OutboundMessage, address_key
+from relayd.reply import FALLBACK_REJECTED, FALLBACK_TEMPORARY, FALLBACK_TOKEN, Refused, Reply
+from relayd.result import Accepted, UpstreamResult
+
+__all__ = [
+    "FALLBACK_REJECTED",
+    "FALLBACK_TEMPORARY",
+    "FALLBACK_TOKEN",
+    "Accepted",
+    "Base64",
+    "ControlHeaders",
+    "HTTPRequest",
+    "JSONDialect",
+    "ProviderDialect",
+    "Refused",
+    "Reply",
+    "UpstreamResult",
+    "basic_authorization",
+    "check_limits",
+    "clean_id",
+    "clean_text",
+    "encode_json",
+    "failure_for_status",
+    "idempotency_key",
+    "mailbox",
+    "parse_answer",
+    "header_object",
+    "refuse_raw_only",
+    "require_visible",
+    "strip_raw_headers",
+    "visible_recipients",
+]
+
+#: The replies of the documented limits, checked before sending.
+TOO_BIG = "Message exceeds the {name} API limit of {limit} bytes"
+TOO_MANY = "Too many recipients for the {name} API (at most {limit})"
+
+
+@frozen
+class HTTPRequest:
+    """
+    One request to a provider's API.
+
+    @ivar body: The request body.
+    @ivar headers: Header name to value; each replaces the upstream
+        client's header of the same name (case-insensitive) or is added.
+    """
+
+    body: bytes
+    headers: dict[str, str] = field(factory=dict)
+
+
+def mailbox(formatted: str) -> tuple[str, str]:
+    """
+    Split a formatted mailbox.
+
+    @param formatted: C{"Name <a@example.com>"} or C{"a@example.com"}.
+    @return: C{(name, address)}; C{name} may be C{""}.
+    """
+    name, address = parseaddr(formatted)
+    return name, address or formatted
+
+
+def visible_recipients(
+    message: OutboundMessage,
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """
+    To, Cc and Bcc for an API that delivers to the addresses it is given and
+    writes the To and Cc header fields from them.
+
+    The envelope decides who gets the message (RFC 5321 section 3.3), the
+    header fields decide who is shown (RFC 5322 section 3.6.3):
+
+      - To: the header To mailboxes that are envelope recipients, as
+        written; Cc likewise.  Header recipients outside the envelope are
+        left out (they are not recipients of this transaction).
+      - Bcc: every envelope recipient in neither header field
+        (L{OutboundMessage.bcc}).
+
+    An envelope recipient that is in neither header field never appears in
+    To or Cc, not even when To would otherwise be empty: a dialect whose API
+    requires a To address refuses such a message (L{require_visible}).
+
+    @param message: The message.
+    @return: C{(to, cc, bcc)}, formatted mailboxes.
+    """
+    wanted = {address_key(r) for r in message.envelope.rcpt_to}
+
+    def keep(addresses: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(a for a in addresses if address_key(mailbox(a)[1]) in wanted)
+
+    return keep(message.to), keep(message.cc), message.bcc
+
+
+def require_visible(name: str, to: tuple[str, ...], cc: tuple[str, ...]) -> None:
+    """
+    Refuse a message none of whose envelope recipients is in To or Cc, before
+    sending it to an API that requires a To address: sending a Bcc recipient
+    as To would show that address to every recipient.
+
+    @param name: The dialect's name, for the reply text.
+    @param to: The visible To addresses (L{visible_recipients}).
+    @param cc: The visible Cc addresses.
+    @raise Refused: C{550 5.6.0} when both are empty.
+    """
+    if not to and not cc:
+        raise Refused(
+            Reply(
+                550,
+                "5.6.0",
+                f"The {name} API needs a To or Cc address among the recipients",
+            )
+        )
+
+
+def check_limits(
+    name: str,
+    message: OutboundMessage,
+    *,
+    max_bytes: int | None = None,
+    size: int | None = None,
+    max_recipients: int | None = None,
+) -> None:
+    """
+    Refuse a message over a provider's documented limits before sending it.
+
+    @param name: The dialect's name, for the reply text.
+    @param message: The message.
+    @param max_bytes: The provider's size limit in bytes, or C{None}.
+    @param size: The size the provider counts, in bytes; by default the
+        raw message's (C{len(message.raw)}).
+    @param max_recipients: The provider's limit on recipients per message
+        (To, Cc and Bcc together), or C{None}.
+    @raise Refused: C{552 5.3.4} for too big a message (RFC 3463: message
+        too big for system); C{452 4.5.3} for too many recipients (RFC 5321
+        section 4.5.3.1.10: the client sends the rest in another
+        transaction).
+    """
+    if max_bytes is not None:
+        counted = len(message.raw) if size is None else size
+        if counted > max_bytes:
+            raise Refused(Reply(552, "5.3.4", TOO_BIG.format(name=name, limit=max_bytes)))
+    if max_recipients is not None and len(message.envelope.rcpt_to) > max_recipients:
+        raise Refused(Reply(452, "4.5.3", TOO_MANY.format(name=name, limit=max_recipients)))
+
+
+def basic_authorization(user: str, password: str) -> str:
+    """
+    An HTTP Basic C{Authorization} value (RFC 7617 section 2).
+
+    @param user: The user id (no C{:}).
+    @param password: The password.
+    @return: C{"Basic <base64(user:password)>"}.
+    """
+    return "Basic " + b64encode(f"{user}:{password}".encode()).decode("ascii")
+
+
+def idempotency_key(envelope: Envelope, raw: bytes) -> str:
+    """
+    A key that is the same for the same message in the same transaction, so
+    that a client retrying after a lost answer does not send it twice.
+
+    @param envelope: The transaction's envelope.
+    @param raw: The message as received.
+    @return: C{"relayd-"} and 64 hexadecimal digits (SHA-256 over the
+        reverse-path, the forward-paths and the message).
+    """
+    digest = hashlib.sha256()
+    digest.update(envelope.mail_from.encode("utf-8", "surrogateescape") + b"\0")
+    for recipient in envelope.rcpt_to:
+        digest.update(recipient.encode("utf-8", "surrogateescape") + b"\0")
+    digest.update(raw)
+    return "relayd-" + digest.hexdigest()
+
+
+class ControlHeaders:
+    """
+    The header fields a provider's own SMTP service reads as instructions
+    (C{X-SMTPAPI}, C{X-Mailgun-*}, C{X-SES-*}...), found among the kept
+    headers of a message.  A dialect maps them to API fields and sends the
+    other headers (L{rest}).
+
+    @ivar found: Lower-case name to its values, in message order.
+    @ivar rest: The other kept headers, as C{(name, value)}.
+    """
+
+    def __init__(self, message: OutboundMessage, is_control: Any) -> None:
+        """
+        @param message: The message.
+        @param is_control: Called with a lower-case header name; true for a
+            control header of this provider.
+        """
+        self.found: dict[str, list[str]] = {}
+        rest: list[tuple[str, str]] = []
+        for name, value in message.headers:
+            key = name.lower()
+            if is_control(key):
+                self.found.setdefault(key, []).append(value.strip())
+            else:
+                rest.append((name, value))
+        self.rest = tuple(rest)
+
+    def first(self, name: str) -> str | None:
+        """
+        @param name: A header name, any case.
+        @return: Its first non-empty value, or C{None}.
+        """
+        for value in self.found.get(name.lower(), []):
+            if value:
+                return value
+        return None
+
+    def all(self, name: str) -> list[str]:
+        """
+        @param name: A header name, any case.
+        @return: Its non-empty values, in message order.
+        """
+        return [v for v in self.found.get(name.lower(), []) if v]
+
+
+def header_object(
+    headers: Iterable[tuple[str, str]], list_unsubscribe: str | None = None
+) -> dict[str, str]:
+    """
+    Headers for an API that takes them as one JSON object (name to value).
+
+    @param headers: C{(name, value)} pairs in message order.
+    @param list_unsubscribe: L{OutboundMessage.list_unsubscribe}, added as
+        C{List-Unsubscribe} (RFC 2369 section 3.2) unless a kept header has
+        that name already.
+    @return: Name to value; of fields with the same name (any case), the
+        first, since an object cannot hold repeats.
+    """
+    document: dict[str, str] = {}
+    seen: set[str] = set()
+    for name, value in headers:
+        if name.lower() not in seen:
+            seen.add(name.lower())
+            document[name] = value
+    if list_unsubscribe and "list-unsubscribe" not in seen:
+        document["List-Unsubscribe"] = list_unsubscribe
+    return document
+
+
+_FIELD_NAME = re.compile(rb"([!-9;-~]+)[ \t]*:")
+
+
+def strip_raw_headers(raw: bytes, names: Iterable[str]) -> bytes:
+    """
+    Remove header fields from the top-level header section of a raw message
+    (RFC 5322 section 2.2), continuation lines included; the rest of the
+    message is returned byte for byte.
+
+    @param raw: The message as received (CRLF or LF line ends).
+    @param names: Field names to remove, any case; a name ending in C{*} is a
+        prefix.
+    @return: The message without those fields.
+    """
+    exact: set[bytes] = set()
+    prefixes: list[bytes] = []
+    for name in names:
+        lowered = name.strip().lower().encode("ascii", "replace")
+        if lowered.endswith(b"*"):
+            prefixes.append(lowered[:-1])
+        elif lowered:
+            exact.add(lowered)
+    starts = tuple(prefixes)
+    out: list[bytes] = []
+    dropping = False
+    position = 0
+    while position < len(raw):
+        end = raw.find(b"\n", position)
+        end = len(raw) if end < 0 else end + 1
+        line = raw[position:end]
+        if line in (b"\r\n", b"\n"):
+            out.append(raw[position:])
+            return b"".join(out)
+        if line[:1] in (b" ", b"\t"):
+            if not dropping:
+                out.append(line)
+        else:
+            match = _FIELD_NAME.match(line)
+            key = match.group(1).lower() if match else b""
+            dropping = bool(key) and (key in exact or key.startswith(starts))
+            if not dropping:
+                out.append(line)
+        position = end
+    return b"".join(out)
+
+
+class ProviderDialect(JSONDialect):
+    """
+    A provider dialect: L{JSONDialect} plus the two override points of this
+    module.  Subclasses implement L{payload} (or L{request} for bodies that
+    are not JSON) and override L{request} to add headers.
+    """
+
+    def request(self, message: OutboundMessage, token: str, url: str, now: float) -> HTTPRequest:
+        """
+        The whole request for C{message}.
+
+        @param message: The message to relay.
+        @param token: The client's API token (the SMTP password).
+        @param url: The configured C{upstream.url}.
+        @param now: The current time, in seconds since the epoch (from the
+            reactor's clock), for signatures.
+        @return: The body and the headers the provider needs beyond the
+            upstream client's defaults.
+        @raise Refused: When this upstream cannot carry the message.
+        """
+        return HTTPRequest(self.body(message))
+
+    def answer(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamResult:
+        """
+        Read the upstream's answer, headers included.
+
+        @param status: The HTTP status code.
+        @param headers: Lower-case header name to its last value.
+        @param body: The answer's body (possibly truncated or not JSON).
+        @return: L{Accepted} or L{Reply}; never raises.
+        """
+        return self.result(status, body)
