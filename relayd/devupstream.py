@@ -15,6 +15,15 @@ external service.  Development only: bind it to 127.0.0.1.
     oldest first.
   - C{GET /messages/<id>}: the stored document C{{"id", "received_at",
     "message": <the request>}}.
+  - C{Idempotency-Key} (draft-ietf-httpapi-idempotency-key-header; a
+    bare value or a quoted sf-string, at most 255 visible ASCII
+    characters, else 400): the first request with a key is stored as
+    usual and its id remembered for L{KEY_WINDOW} seconds (at most
+    L{MAX_KEYS} keys, the oldest forgotten first); a later request with
+    the same key gets the same C{200 {"id": ...}} and stores nothing.
+    While the first is still being stored, a repeat is C{409}.  A request
+    that was refused (400, 422, 500) leaves no trace of its key.  Keys
+    are not told apart by token, and are forgotten on restart.
   - Testing knob: a request header C{X-Relayd-Dev-Status: <code>} makes
     C{POST /send} answer that status (with C{{"error": ...}}) and store
     nothing, to try relayd's error paths by hand.
@@ -32,17 +41,28 @@ import uuid
 from datetime import UTC, datetime
 from typing import IO, Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-__all__ = ["DEV_STATUS_HEADER", "make_site"]
+from relayd.idempotency import Accepted, OutcomeStore
+from relayd.interfaces import IOutcomeStore
+
+__all__ = ["DEV_STATUS_HEADER", "IDEMPOTENCY_KEY_HEADER", "KEY_WINDOW", "MAX_KEYS", "make_site"]
 
 log = Logger()
 
 DEV_STATUS_HEADER = b"X-Relayd-Dev-Status"
+IDEMPOTENCY_KEY_HEADER = b"Idempotency-Key"
+
+# How long (seconds) and how many idempotency keys are remembered.
+KEY_WINDOW = 24 * 3600.0
+MAX_KEYS = 10_000
+
+_KEY = re.compile(r"\A[\x21\x23-\x7e]{1,255}\Z")
 
 _ID = re.compile(r"\A[0-9a-f]{8,64}\Z")
 
@@ -119,13 +139,15 @@ class _Outbox:
     def _file(self, message_id: str) -> str:
         return os.path.join(self.path, message_id + ".json")
 
-    def store(self, content: IO[bytes], received: float) -> str:
+    def store(self, content: IO[bytes], received: float, key: str | None = None) -> str:
         """
         Validate the request body and write it as a new message.
 
         @param content: The request body (twisted.web keeps large ones in a
             temporary file).
         @param received: When it arrived, POSIX seconds.
+        @param key: The request's idempotency key, kept in the stored
+            document as C{idempotency_key} when given.
         @return: The new message's id.
         @raise _BadRequest: When it is not a valid native request.
         """
@@ -134,7 +156,9 @@ class _Outbox:
         # Time first, so names sort by arrival; random tail for uniqueness.
         message_id = f"{int(received * 1_000_000):016x}{uuid.uuid4().hex[:16]}"
         stamp = datetime.fromtimestamp(received, UTC).isoformat(timespec="microseconds")
-        stored = {"id": message_id, "received_at": stamp, "message": document}
+        stored: dict[str, Any] = {"id": message_id, "received_at": stamp, "message": document}
+        if key is not None:
+            stored["idempotency_key"] = key
         os.makedirs(self.path, exist_ok=True)
         final = self._file(message_id)
         partial = final + ".tmp"
@@ -187,6 +211,25 @@ class _Outbox:
         return found
 
 
+def _idempotency_key(request: Request) -> str | None:
+    """
+    The request's C{Idempotency-Key}: a bare value or an sf-string (RFC
+    8941 section 3.3.3) without escapes.
+
+    @return: The key, or C{None} when the header is absent.
+    @raise _BadRequest: 400 for an empty, overlong or malformed key.
+    """
+    raw = request.getHeader(IDEMPOTENCY_KEY_HEADER)
+    if raw is None:
+        return None
+    value = raw.decode("latin-1").strip()
+    if len(value) >= 2 and value.startswith('"') and value.endswith('"'):
+        value = value[1:-1]
+    if not _KEY.match(value):
+        raise _BadRequest(400, "Bad Idempotency-Key")
+    return value
+
+
 class _Send(Resource):
     """
     C{POST /send}.
@@ -194,10 +237,11 @@ class _Send(Resource):
 
     isLeaf = True
 
-    def __init__(self, outbox: _Outbox, reactor: Any) -> None:
+    def __init__(self, outbox: _Outbox, reactor: Any, keys: IOutcomeStore) -> None:
         super().__init__()
         self._outbox = outbox
         self._reactor = reactor
+        self._keys = keys
 
     def render_POST(self, request: Request) -> bytes | int:
         authorization = request.getHeader(b"Authorization") or b""
@@ -213,30 +257,61 @@ class _Send(Resource):
             except ValueError:
                 return _answer(request, 400, {"error": "Bad X-Relayd-Dev-Status"})
             return _answer(request, status, {"error": f"Forced status {status}"})
+        try:
+            key = _idempotency_key(request)
+        except _BadRequest as e:
+            return _answer(request, e.status, {"error": e.error})
         assert request.content is not None
         gone = _watch(request)
-        d = deferToThreadPool(
-            self._reactor,
-            self._reactor.getThreadPool(),
-            self._outbox.store,
-            request.content,
-            self._reactor.seconds(),
-        )
+        d = Deferred.fromCoroutine(self._send(request.content, key))
 
-        def stored(message_id: str) -> None:
-            log.info("dev upstream stored message {message_id}", message_id=message_id)
-            _finish(request, gone, 200, {"id": message_id})
+        def answered(answer: tuple[int, dict[str, Any]]) -> None:
+            _finish(request, gone, *answer)
 
         def failed(failure: Failure) -> None:
-            error = failure.value
-            if isinstance(error, _BadRequest):
-                _finish(request, gone, error.status, {"error": error.error})
-                return
             log.failure("dev upstream cannot store a message", failure)
             _finish(request, gone, 500, {"error": "Cannot store the message"})
 
-        d.addCallbacks(stored, failed)
+        d.addCallbacks(answered, failed)
         return NOT_DONE_YET
+
+    async def _send(self, content: IO[bytes], key: str | None) -> tuple[int, dict[str, Any]]:
+        """
+        Store one message, once per idempotency key.
+
+        @return: The status and the JSON document of the answer.
+        @raise Exception: When the message cannot be stored (then the key
+            is forgotten, so that a retry may succeed).
+        """
+        if key is not None:
+            previous = await self._keys.claim(key)
+            if isinstance(previous, Accepted):
+                log.info(
+                    "dev upstream: repeated idempotency key, message {message_id}",
+                    message_id=previous.message_id,
+                )
+                return 200, {"id": previous.message_id}
+            if previous is not None:
+                return 409, {"error": "A request with this Idempotency-Key is in progress"}
+        try:
+            message_id: str = await deferToThreadPool(
+                self._reactor,
+                self._reactor.getThreadPool(),
+                self._outbox.store,
+                content,
+                self._reactor.seconds(),
+                key,
+            )
+        except Exception as e:
+            if key is not None:
+                await self._keys.release(key)
+            if isinstance(e, _BadRequest):
+                return e.status, {"error": e.error}
+            raise
+        if key is not None:
+            await self._keys.record_accepted(key, message_id)
+        log.info("dev upstream stored message {message_id}", message_id=message_id)
+        return 200, {"id": message_id}
 
 
 class _Messages(Resource):
@@ -291,8 +366,11 @@ def make_site(outbox: str, reactor: Any) -> Site:
     @return: The site, to serve on a loopback endpoint.
     """
     store = _Outbox(outbox)
+    keys = OutcomeStore(
+        reactor, max_entries=MAX_KEYS, window=KEY_WINDOW, in_flight_window=KEY_WINDOW
+    )
     root = Resource()
-    root.putChild(b"send", _Send(store, reactor))
+    root.putChild(b"send", _Send(store, reactor, keys))
     root.putChild(b"messages", _Messages(store, reactor))
     site = Site(root, reactor=reactor)
     site.displayTracebacks = False

@@ -8,7 +8,9 @@ L{relayd.testing}; tests check both with C{verifyObject}.
 
 from __future__ import annotations
 
-from zope.interface import Attribute, Interface  # noqa: F401
+from typing import TYPE_CHECKING
+
+from zope.interface import Attribute, Interface
 
 from relayd.message import OutboundMessage
 from relayd.result import UpstreamResult
@@ -60,4 +62,83 @@ class IDialect(Interface):
             JSON at all).
         @return: L{relayd.result.Accepted} or L{relayd.reply.Reply}; never
             raises.
+        """
+
+
+# -- idempotency outcomes ---------------------------------------------------
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from relayd.reply import Reply
+    from relayd.result import Outcome
+
+
+class IOutcomeStore(Interface):
+    """
+    What became of the upstream request of each idempotency key
+    (L{relayd.idempotency.idempotency_key}): open, accepted with the
+    upstream's id, or refused for good.  Records expire after the store's
+    window and the store may drop the oldest when full: a missing record
+    means "unknown", never "not sent".
+
+    Every method returns a L{Deferred} (already fired for the in-memory
+    L{relayd.idempotency.OutcomeStore}, pending for a shared store such as
+    Redis); callers C{await} them.  Outcomes are
+    L{relayd.idempotency.InFlight}, L{relayd.idempotency.Accepted} and
+    L{relayd.idempotency.RefusedPermanently}.
+    """
+
+    def lookup(key: str) -> Deferred[Outcome | None]:
+        """
+        Read a key's outcome, changing nothing.
+
+        @param key: An idempotency key.
+        @return: A Deferred firing with the outcome, or C{None} when the
+            store holds none (never seen, expired or dropped).
+        """
+
+    def claim(key: str) -> Deferred[Outcome | None]:
+        """
+        Atomically: if the key has no outcome, record it as in flight (the
+        caller now sends the request) and fire with C{None}; otherwise
+        change nothing and fire with the existing outcome (the caller must
+        not send: an L{Accepted} is answered C{250} with its id, a
+        L{RefusedPermanently} with its reply, an L{InFlight} with a
+        C{4xx}, since the first request may still succeed).
+
+        @param key: An idempotency key.
+        @return: A Deferred firing with C{None} or the existing outcome.
+        """
+
+    def record_accepted(key: str, upstream_id: str) -> Deferred[None]:
+        """
+        Record that the upstream took the message, whatever was recorded
+        before (a late 2xx answer is the truth even after a timeout or a
+        refusal).
+
+        @param key: An idempotency key.
+        @param upstream_id: The upstream's id for the message, or C{""} when its answer carried none.
+        @return: A Deferred firing with C{None} once it is recorded.
+        """
+
+    def record_refused(key: str, reply: Reply) -> Deferred[None]:
+        """
+        Record that the upstream refused the message permanently, unless
+        it is already recorded as accepted (an accepted message stays
+        accepted).
+
+        @param key: An idempotency key.
+        @param reply: The C{5xx} L{relayd.reply.Reply} given to the client.
+        @return: A Deferred firing with C{None} once it is recorded.
+        """
+
+    def release(key: str) -> Deferred[None]:
+        """
+        Drop an in-flight claim whose request certainly did not reach the
+        upstream (connection refused, a 4xx/5xx status that took nothing),
+        so that a retry is sent at once.  A finished outcome is kept.
+
+        @param key: An idempotency key.
+        @return: A Deferred firing with C{None}.
         """

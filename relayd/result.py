@@ -15,7 +15,7 @@ from attrs import frozen
 
 from relayd.reply import Reply
 
-__all__ = ["Accepted", "UpstreamResult"]
+__all__ = ["Accepted", "InFlight", "Outcome", "UpstreamResult"]
 
 
 @frozen
@@ -31,3 +31,21 @@ class Accepted:
 
 #: L{Accepted}, or the L{Reply} (4xx or 5xx) the upstream's answer maps to.
 UpstreamResult = Accepted | Reply
+
+
+@frozen
+class InFlight:
+    """
+    An upstream request for this idempotency key is open: sent, and its
+    answer not yet known (L{relayd.idempotency}).
+
+    @ivar since: When it was claimed, in the store clock's seconds.
+    """
+
+    since: float
+
+
+#: What an idempotency record says of a key's request: still open, accepted
+#: (L{Accepted}, with the upstream's id), or refused for good (the C{5xx}
+#: L{Reply} the client was given).
+Outcome = InFlight | Accepted | Reply

@@ -48,8 +48,9 @@ class DevUpstreamTests(TestCase):
     def setUp(self) -> None:
         self.outbox = os.path.join(tempfile.mkdtemp(prefix="relayd-dev-"), "outbox")
         self.addCleanup(shutil.rmtree, os.path.dirname(self.outbox), True)
+        self.site = make_site(self.outbox, reactor)
         server = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
-        port = self.successResultOf(server.listen(make_site(self.outbox, reactor)))
+        port = self.successResultOf(server.listen(self.site))
         self.addCleanup(port.stopListening)
         address = port.getHost()
         assert isinstance(address, IPv4Address)
@@ -176,6 +177,90 @@ class DevUpstreamTests(TestCase):
         """
         status, answer = await self.post(json.dumps(native()).encode(), X_Relayd_Dev_Status="503")
         self.assertEqual(status, 503)
+        self.assertEqual(self.stored(), [])
+
+    @async_test
+    async def test_repeated_idempotency_key_returns_first_id(self) -> None:
+        """
+        A second request with the same C{Idempotency-Key} gets the first
+        request's status and body and stores nothing; the key is kept in
+        the stored document.  A quoted key (an sf-string) is the same key.
+        """
+        key = "87a73aa4-df80-8f4b-a629-9be219685a1e"
+        first = await self.post(json.dumps(native()).encode(), Idempotency_Key=key)
+        self.assertEqual(first[0], 200)
+        again = await self.post(json.dumps(native()).encode(), Idempotency_Key=key)
+        quoted = await self.post(
+            json.dumps(native(subject="changed")).encode(), Idempotency_Key=f'"{key}"'
+        )
+        self.assertEqual(again, first)
+        self.assertEqual(quoted, first)
+        message_id = first[1]["id"]  # type: ignore[index]
+        self.assertEqual(self.stored(), [f"{message_id}.json"])
+        status, one = await self.get(f"/messages/{message_id}")
+        assert isinstance(one, dict)
+        self.assertEqual((status, one["idempotency_key"]), (200, key))
+        self.assertEqual(one["message"]["subject"], native()["subject"])
+
+    @async_test
+    async def test_distinct_keys_and_no_key_store_each_request(self) -> None:
+        """
+        Requests with distinct keys, and requests without a key (as
+        before), are each stored.
+        """
+        body = json.dumps(native()).encode()
+        answers = [
+            await self.post(body, Idempotency_Key="key-1"),
+            await self.post(body, Idempotency_Key="key-2"),
+            await self.post(body),
+            await self.post(body),
+        ]
+        self.assertEqual([status for status, _ in answers], [200] * 4)
+        ids = {answer["id"] for _, answer in answers}  # type: ignore[index]
+        self.assertEqual(len(ids), 4)
+        self.assertEqual(len(self.stored()), 4)
+
+    @async_test
+    async def test_refused_request_does_not_use_up_its_key(self) -> None:
+        """
+        A request refused with 422 leaves its key free: the corrected
+        request with the same key is stored.
+        """
+        no_recipients = native()
+        no_recipients["envelope"]["rcpt_to"] = []
+        refused = await self.post(json.dumps(no_recipients).encode(), Idempotency_Key="k")
+        self.assertEqual(refused[0], 422)
+        status, answer = await self.post(json.dumps(native()).encode(), Idempotency_Key="k")
+        self.assertEqual(status, 200)
+        self.assertEqual(self.stored(), [f"{answer['id']}.json"])  # type: ignore[index]
+
+    @async_test
+    async def test_bad_idempotency_key(self) -> None:
+        """
+        An empty, overlong or non-ASCII key is 400 and nothing is stored.
+        """
+        body = json.dumps(native()).encode()
+        for bad in ("", '""', "x" * 256, "with space", "caf\u00e9"):
+            self.assertEqual(
+                await self.post(body, Idempotency_Key=bad),
+                (400, {"error": "Bad Idempotency-Key"}),
+                bad,
+            )
+        self.assertEqual((await self.post(body, Idempotency_Key="x" * 255))[0], 200)
+        self.assertEqual(len(self.stored()), 1)
+
+    @async_test
+    async def test_key_in_flight_is_409(self) -> None:
+        """
+        While a request with the key is still being stored, a repeat is
+        409 (the client tries again later) and stores nothing.
+        """
+        keys = self.site.resource.children[b"send"]._keys  # type: ignore[attr-defined]
+        await keys.claim("busy")
+        status, answer = await self.post(json.dumps(native()).encode(), Idempotency_Key="busy")
+        self.assertEqual(
+            (status, answer), (409, {"error": "A request with this Idempotency-Key is in progress"})
+        )
         self.assertEqual(self.stored(), [])
 
     @async_test
