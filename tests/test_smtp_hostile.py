@@ -27,7 +27,7 @@ from relayd.config import LimitsConfig
 from relayd.reply import Refused, Reply
 from relayd.smtp import AuthThrottle, RelaySMTPFactory
 from relayd.testing import TOKEN, FakeDelivery, TLSStringTransport, make_fake_portal
-from tests.test_smtp import b64, plain
+from tests.test_smtp import b64, data_parts, plain
 
 HOST = "mx.example.test"
 QUEUED = re.compile(r"^250 2\.0\.0 Ok: queued as fake-\d+$")
@@ -219,15 +219,10 @@ class Session:
 
 def inbuf(proto: Any) -> bytearray:
     """
-    The protocol's unprocessed input (C{_inbuf}; C{_buffer} in older
-    versions).  Read from the instance only: Twisted's C{LineOnlyReceiver}
-    has a class attribute C{_buffer} that would make checks vacuous.
+    The protocol's unprocessed input (the buffer of its framing).
     """
-    for name in ("_inbuf", "_buffer"):
-        value = proto.__dict__.get(name)
-        if value is not None:
-            return value
-    raise AssertionError("RelaySMTP has no input buffer attribute")
+    value: bytearray = proto.framing.buffer
+    return value
 
 
 def logged_in(**kwargs: Any) -> Session:
@@ -543,7 +538,7 @@ class LongDataLineTests(SynchronousTestCase):
         for _ in range(1024):
             self.assertEqual(s.send(chunk), [])
             self.assertLess(len(inbuf(s.proto)), 2048)
-            self.assertLess(sum(map(len, s.proto._data_parts)), 2048)
+            self.assertLess(sum(map(len, data_parts(s.proto))), 2048)
         self.assertEqual(s.send(b"\r\n.\r\n"), [DATA_LINE_TOO_LONG])
         self.assertEqual(s.send("NOOP\r\n"), [NOOP_OK])
 
@@ -700,7 +695,7 @@ class StartTLSHostileTests(SynchronousTestCase, WireChecks):
     def test_starttls_discards_a_pending_long_line(self) -> None:
         s = self.plain_session()
         self.assertEqual(s.send(b"STARTTLS\r\n" + b"x" * 100000), ["220 2.0.0 Ready to start TLS"])
-        self.assertEqual(s.proto._discarding, 0)
+        self.assertEqual(s.proto.framing.discarding, 0)
         self.assertEqual(s.send("EHLO c\r\n")[0], f"250-{HOST}")
 
     def test_twice(self) -> None:
@@ -959,7 +954,7 @@ class SizeTests(SynchronousTestCase, WireChecks):
         line = b"z" * 900 + b"\r\n"
         for _ in range(5000):
             self.assertEqual(s.send(line * 10), [])
-            self.assertLessEqual(sum(map(len, s.proto._data_parts)), 10000)
+            self.assertLessEqual(sum(map(len, data_parts(s.proto))), 10000)
             self.assertLess(len(inbuf(s.proto)), 1002)
         self.assertEqual(s.send(b".\r\n"), [TOO_BIG])
         self.assertEqual(s.delivery.sent, [])

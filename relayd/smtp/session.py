@@ -48,6 +48,7 @@ from twisted.python.failure import Failure
 
 from relayd.config import LimitsConfig
 from relayd.reply import Refused, Reply
+from relayd.smtp.framing import DataError, DataReader, Framer, LineError
 
 __all__ = [
     "AuthThrottle",
@@ -60,14 +61,6 @@ __all__ = [
 ]
 
 log = Logger()
-
-# RFC 4954 section 4: an AUTH line may be up to 12288 octets long.
-AUTH_LINE_LIMIT = 12288
-
-# How much of one over-long command line is read (and dropped) before the
-# connection is closed instead.
-COMMAND_DISCARD_LIMIT = 65536
-
 
 # -- addresses ------------------------------------------------------------
 
@@ -373,12 +366,15 @@ class RelaySMTP(smtp.ESMTP):
         self.secure = factory.implicit_tls
         self.peer_ip = ""
         self._counted = False
-        self._inbuf = bytearray()
+        self.framing = Framer(
+            self.limits.max_command_length,
+            self.limits.max_line_length,
+            self.limits.bare_newline == "reject",
+        )
         self._data_messages: list[Any] = []
-        self._data_parts: list[bytes] = []
+        self._data: DataReader | None = None
         self._state = _COMMAND
         self._pending = False
-        self._discarding = 0
         self._errors = 0
         self._auth_failures = 0
         self._messages = 0
@@ -465,14 +461,14 @@ class RelaySMTP(smtp.ESMTP):
         if self._logout is not None:
             self._logout()
             self._logout = None
-        self._inbuf = bytearray()
+        self.framing.buffer = bytearray()
 
     def _close(self) -> None:
         """
         Close the connection after the replies already written.
         """
         self._state = _CLOSED
-        self._inbuf = bytearray()
+        self.framing.buffer = bytearray()
         self.transport.loseConnection()
 
     def _arm_idle(self) -> None:
@@ -547,56 +543,36 @@ class RelaySMTP(smtp.ESMTP):
         if self._state == _CLOSED:
             return
         self._arm_idle()
-        if self._discarding:
-            newline = data.find(b"\n")
-            if newline < 0:
-                self._discarding += len(data)
-                if self._discarding > COMMAND_DISCARD_LIMIT:
-                    self.reply(421, "4.7.0", f"{self.hostname} Line too long, closing connection")
-                    self._close()
-                return
-            self._discarding = 0
-            data = data[newline + 1 :]
-        self._inbuf += data
+        if not self.framing.feed(data):
+            self.reply(421, "4.7.0", f"{self.hostname} Line too long, closing connection")
+            self._close()
+            return
         self._process()
 
     def _process(self) -> None:
         """
         Handle buffered input until it runs out or a command is pending.
         """
-        while self._inbuf and not self._pending and self._state != _CLOSED:
+        while self.framing.buffer and not self._pending and self._state != _CLOSED:
             if self._state == _DATA:
-                if not self._data_process():
+                assert self._data is not None
+                if not self.framing.read_data(self._data):
                     return
+                self._data_end()
                 continue
-            newline = self._inbuf.find(b"\n")
-            limit = AUTH_LINE_LIMIT if self._state == _AUTH else self.limits.max_command_length
-            head = self._inbuf[:5].upper()
-            if head == b"MAIL ":
-                limit += 500  # RFC 4954 section 5: room for AUTH=<mailbox>
-            elif head == b"AUTH ":
-                limit = AUTH_LINE_LIMIT  # RFC 4954 section 4: initial response
-            # RFC 5321 section 4.5.3.1.4: at most `limit` octets with CRLF.
-            if newline < 0 or newline >= limit:
-                if newline < 0 and len(self._inbuf) < limit:
-                    return
-                if newline < 0:
-                    self._discarding = len(self._inbuf)
-                    self._inbuf = bytearray()
-                else:
-                    del self._inbuf[: newline + 1]
+            line = self.framing.read_line(auth=self._state == _AUTH)
+            if line is None:
+                return
+            if line is LineError.TOO_LONG:
                 self._state = _COMMAND if self._state == _AUTH else self._state
                 self.error(500, "5.5.2", "Line too long")
                 continue
-            line = bytes(self._inbuf[:newline])
-            del self._inbuf[: newline + 1]
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            elif self.limits.bare_newline == "reject":
+            if line is LineError.BARE_LF:
                 if self._state == _AUTH:
                     self._state = _COMMAND
                 self.error(550, "5.6.0", "Bare <LF> received; lines must end with <CR><LF>")
                 continue
+            assert isinstance(line, bytes)
             self._line(line)
 
     def _line(self, line: bytes) -> None:
@@ -672,131 +648,30 @@ class RelaySMTP(smtp.ESMTP):
 
     def _data_begin(self) -> None:
         self._state = _DATA
-        self._data_parts = []
-        self._data_size = 0
-        self._data_crlf = True  # the line before ended with CRLF
-        self._data_error: Reply | None = None
-        self._data_skip_line = False
-        self._data_skip_cr = False
+        self._data = DataReader(
+            self.limits.max_line_length,
+            self.max_message_size,
+            self.limits.bare_newline == "reject",
+        )
         self._arm_idle()
 
-    def _data_fail(self, reply: Reply) -> None:
-        if self._data_error is None:
-            self._data_error = reply
-        self._data_parts = []
-
-    def _data_process(self) -> bool:
+    def _data_reply(self, error: DataError) -> Reply:
         """
-        Consume buffered DATA: complete lines at once, in whole buffers.
-
-        Only a line C{.<CR><LF>} that follows a C{<CR><LF>} ends the data
-        (RFC 5321 section 4.1.1.4); dot-stuffing is undone on whole buffers
-        (section 4.5.2); bare C{<LF>} and C{<CR>} are normalized to
-        C{<CR><LF>} or make the message fail, as configured.  An over-long
-        line is dropped as it arrives (never buffered) and fails the
-        message; its line end still counts for finding the end of data.
-
-        @return: Whether there may be more to do with the buffer (the end
-            of data was found); C{False} when more input is needed.
+        The reply to the final dot of a message that failed as it arrived.
         """
-        buf = self._inbuf
-        if self._data_skip_line:
-            newline = buf.find(b"\n")
-            if newline < 0:
-                self._data_skip_cr = buf.endswith(b"\r")
-                self._inbuf = bytearray()
-                return False
-            if newline > 0:
-                self._data_skip_cr = buf[newline - 1] == 0x0D
-            self._data_crlf = self._data_skip_cr
-            del buf[: newline + 1]
-            self._data_skip_line = False
-            if not buf:
-                return False
-        last = buf.rfind(b"\n")
-        if last < 0:
-            if len(buf) > self.limits.max_line_length + 2:
-                self._skip_long_line(buf)
-            return False
-        # Find the end of data among the complete lines.
-        if self._data_crlf and buf.startswith(b".\r\n"):
-            end = 0
-        else:
-            end = buf.find(b"\r\n.\r\n", 0, last + 1)
-            if end >= 0:
-                end += 2
-        if end >= 0:
-            self._data_block(bytes(buf[:end]))
-            self._inbuf = buf[end + 3 :]
-            self._data_end()
-            return True
-        self._data_block(bytes(buf[: last + 1]))
-        rest = buf[last + 1 :]
-        self._inbuf = rest
-        if len(rest) > self.limits.max_line_length + 2:
-            self._skip_long_line(rest)
-        return False
-
-    def _skip_long_line(self, partial: bytearray) -> None:
-        """
-        The line being received is over the limit: fail the message and
-        drop the line up to its end.
-
-        @param partial: What has arrived of the line (no LF in it).
-        """
-        self._line_too_long()
-        self._data_skip_line = True
-        self._data_skip_cr = partial.endswith(b"\r")
-        self._inbuf = bytearray()
-
-    def _line_too_long(self) -> None:
-        self._data_fail(
-            Reply(
+        if error is DataError.LINE_TOO_LONG:
+            return Reply(
                 552,
                 "5.3.4",
                 f"Message line too long (limit {self.limits.max_line_length} octets)",
             )
-        )
-
-    def _data_block(self, block: bytes) -> None:
-        """
-        Take complete lines of message content (each ends with LF).
-        """
-        if not block:
-            return
-        self._data_crlf = block.endswith(b"\r\n")
-        if self._data_error is not None:
-            return
-        # Undo dot-stuffing (RFC 5321 section 4.5.2).
-        if block.startswith(b"."):
-            block = block[1:]
-        if b"\n." in block:
-            block = block.replace(b"\n.", b"\n")
-        # Line length (RFC 5321 section 4.5.3.1.6): at most the limit, plus
-        # the CR (the split is on LF), measured as received (a bare CR is
-        # not a line end), once the dot-stuffing is undone.
-        limit = self.limits.max_line_length + 1
-        if len(block) > limit and max(map(len, block.split(b"\n"))) > limit:
-            self._line_too_long()
-            return
-        # Line ends: every LF must be part of CRLF, and no bare CR.
-        lf = block.count(b"\n")
-        if block.count(b"\r") != lf or block.count(b"\r\n") != lf:
-            if self.limits.bare_newline == "reject":
-                self._data_fail(
-                    Reply(
-                        550,
-                        "5.6.0",
-                        "Message contains bare <CR> or <LF>; lines must end with <CR><LF>",
-                    )
-                )
-                return
-            block = block.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
-        self._data_size += len(block)
-        if self._data_size > self.max_message_size:
-            self._data_fail(Reply(552, "5.3.4", "Message size exceeds fixed maximum message size"))
-            return
-        self._data_parts.append(block)
+        if error is DataError.BARE_NEWLINE:
+            return Reply(
+                550,
+                "5.6.0",
+                "Message contains bare <CR> or <LF>; lines must end with <CR><LF>",
+            )
+        return Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
 
     def _data_end(self) -> None:
         """
@@ -805,13 +680,15 @@ class RelaySMTP(smtp.ESMTP):
         self._state = _COMMAND
         messages = self._data_messages
         self._data_messages = []
-        body, self._data_parts = b"".join(self._data_parts), []
+        data, self._data = self._data, None
+        assert data is not None
+        body = data.body()
         self._messages += 1
         self._reset_transaction()
-        if self._data_error is not None:
+        if data.error is not None:
             for m in messages:
                 m.connectionLost()
-            self.send(self._data_error)
+            self.send(self._data_reply(data.error))
             return
         self.factory.tracker.begin()
         d = defer.Deferred.fromCoroutine(self._deliver(messages, body))
@@ -846,7 +723,7 @@ class RelaySMTP(smtp.ESMTP):
         for m in self._data_messages:
             m.connectionLost()
         self._data_messages = []
-        self._data_parts = []
+        self._data = None
 
     # -- commands --
 
@@ -911,8 +788,7 @@ class RelaySMTP(smtp.ESMTP):
             self.reply(220, "2.0.0", "Ready to start TLS")
             # RFC 3207 section 4.2 / CVE-2011-0411: what followed STARTTLS
             # in the clear is thrown away, and the session starts over.
-            self._inbuf = bytearray()
-            self._discarding = 0
+            self.framing.clear()
             self.transport.startTLS(self.factory.context_factory)
             self.secure = True
             self._reset_session()
@@ -1192,7 +1068,7 @@ class RelaySMTP(smtp.ESMTP):
         close the session instead.
         """
         self.error(code, status, text)
-        if self._inbuf and self._state != _CLOSED:
+        if self.framing.buffer and self._state != _CLOSED:
             self.reply(
                 421, "4.5.0", f"{self.hostname} Improper pipelining after DATA, closing connection"
             )
