@@ -43,8 +43,10 @@ def data_parts(proto: Any) -> list[bytes]:
     """
     The message content the protocol holds (none outside DATA).
     """
-    data = proto._data
-    return [] if data is None else list(data.parts)
+    transaction = proto.transaction
+    if transaction is None or transaction.data is None:
+        return []
+    return list(transaction.data.parts)
 
 
 class Session:

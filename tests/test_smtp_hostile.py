@@ -26,6 +26,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from relayd.config import LimitsConfig
 from relayd.reply import Refused, Reply
 from relayd.smtp import AuthThrottle, RelaySMTPFactory
+from relayd.smtp.session import Transaction
 from relayd.testing import TOKEN, FakeDelivery, TLSStringTransport, make_fake_portal
 from tests.test_smtp import b64, data_parts, plain
 
@@ -725,15 +726,13 @@ class StartTLSHostileTests(SynchronousTestCase, WireChecks):
         """
         s = self.plain_session()
         s.proto.authenticated = True
-        s.proto.token_avatar = s.delivery
-        s.proto.mail_from = "a@example.com"
-        s.proto.rcpt_to = ["b@example.com"]
+        s.proto.avatar = s.delivery
+        s.proto.transaction = Transaction("a@example.com", False, ["b@example.com"])
         s.send("STARTTLS\r\n")
         self.assertIsNone(s.proto.ehlo)
         self.assertFalse(s.proto.authenticated)
-        self.assertIsNone(s.proto.token_avatar)
-        self.assertIsNone(s.proto.mail_from)
-        self.assertEqual(s.proto.rcpt_to, [])
+        self.assertIsNone(s.proto.avatar)
+        self.assertIsNone(s.proto.transaction)
         self.assertEqual(
             s.send("MAIL FROM:<a@example.com>\r\n"), ["503 5.5.1 Error: send HELO/EHLO first"]
         )
@@ -866,7 +865,7 @@ class PipeliningHostileTests(SynchronousTestCase, WireChecks):
             s.send(bytes([b]))
         s.delivery.release()
         self.assertEqual(s.replies(), ["250 2.1.0 Ok", NOOP_OK, NOOP_OK, NOOP_OK])
-        self.assertIsNone(s.proto.mail_from)
+        self.assertIsNone(s.proto.transaction)
 
     def test_connection_lost_while_pending(self) -> None:
         s = logged_in()

@@ -1,19 +1,15 @@
 # -*- test-case-name: tests.test_smtp -*-
 """
-relayd's ESMTP server protocol: the SMTP dialogue, its extensions, its
-TLS and AUTH policy, and its limits.
+One SMTP session: states, verbs, reply order, timers, STARTTLS and AUTH.
 
-L{RelaySMTP} subclasses L{twisted.mail.smtp.ESMTP} and keeps its seams (a
-C{twisted.cred} portal whose avatar provides
-L{twisted.mail.interfaces.IMessageDelivery}, and L{IMessage} objects that
-receive the message), but replaces the parts that Twisted's defaults get
-wrong for a server facing the internet:
+L{RelaySMTP} is a plain L{Protocol}, not a C{twisted.mail.smtp.ESMTP}
+(see docs and STYLE.md for why).  It keeps Twisted's cred seam: AUTH
+credentials go to a C{twisted.cred} portal, whose realm returns an
+L{ISubmission} avatar that validates the envelope and takes the message.
+The parts with no Twisted code live beside it: L{relayd.smtp.framing}
+(bytes to lines and DATA), L{relayd.smtp.syntax} (paths, parameters),
+L{relayd.smtp.sasl} (the AUTH exchange).
 
-  - its own framing: command lines are bounded (RFC 5321 section
-    4.5.3.1.4) and dropped, not buffered, when too long; DATA is processed
-    in whole buffers and only C{<CR><LF>.<CR><LF>} ends it (section 4.1.1.4,
-    section 4.5.2), so that no "SMTP smuggling" variant can start a second
-    transaction;
   - replies always come in command order (RFC 2920 PIPELINING): while a
     command waits for a Deferred, reading stops and later input waits;
   - AUTH (RFC 4954) only once the connection is secure, with
@@ -28,11 +24,10 @@ wrong for a server facing the internet:
 
 from __future__ import annotations
 
-import base64
-import binascii
+import enum
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import attrs
 from twisted.cred.credentials import UsernamePassword
@@ -40,287 +35,57 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import ServerFactory
+from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
-from twisted.mail import smtp
-from twisted.mail.interfaces import IMessageDelivery
 from twisted.python.failure import Failure
 
+from relayd import reply as R
 from relayd.config import LimitsConfig
+from relayd.interfaces import ISubmission, ISubmissionMessage
 from relayd.reply import Refused, Reply
 from relayd.smtp.framing import DataError, DataReader, Framer, LineError
+from relayd.smtp.guards import AuthThrottle, ConnectionLimiter, DeliveryTracker
+from relayd.smtp.sasl import MECHANISMS, Aborted, Challenge, Credentials, SASLExchange, Step
+from relayd.smtp.syntax import MAIL_ARGS, RCPT_ARGS, PathError, parse_parameters, parse_path
 
-__all__ = [
-    "AuthThrottle",
-    "ConnectionLimiter",
-    "DeliveryTracker",
-    "Reply",
-    "RelaySMTP",
-    "RelaySMTPFactory",
-    "parse_path",
-]
+__all__ = ["RelaySMTP", "RelaySMTPFactory", "State", "Transaction"]
 
 log = Logger()
 
-# -- addresses ------------------------------------------------------------
-
-# RFC 5321 section 4.1.2, with RFC 6531's UTF-8 extensions: atext in the
-# local part may be any non-ASCII UTF-8 character.
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]"
-_DOT_STRING = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
-_QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\U0010ffff]|\\[\x20-\x7e])*"'
-_LABEL = (
-    r"[A-Za-z0-9\u0080-\U0010ffff](?:[A-Za-z0-9\-\u0080-\U0010ffff]*[A-Za-z0-9\u0080-\U0010ffff])?"
-)
-_DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*\.?"
-_LITERAL = r"\[[\x21-\x5a\x5e-\x7e]+\]"
-_MAILBOX = re.compile(rf"(?:{_DOT_STRING}|{_QUOTED})@(?:{_DOMAIN}|{_LITERAL})")
-# An obsolete source route (RFC 5321 section 4.1.2, "A-d-l") is ignored.
-_SOURCE_ROUTE = re.compile(r"^@[^:,]+(?:,@[^:,]+)*:")
-
-# MAIL and RCPT: "FROM:" / "TO:", optional space (common), the path, then
-# space-separated ESMTP parameters.
-_MAIL_ARGS = re.compile(r"^FROM:\s*(<[^>]*>|[^\s<>]+)(.*)$", re.I | re.S)
-_RCPT_ARGS = re.compile(r"^TO:\s*(<[^>]*>|[^\s<>]+)(.*)$", re.I | re.S)
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
-_ESMTP_KEYWORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-]*$")
-_XTEXT_VALUE = re.compile(r"^[\x21-\x3c\x3e-\x7e]+$")
 
 
-class PathError(ValueError):
+class State(enum.Enum):
     """
-    A reverse-path or forward-path is not valid RFC 5321 syntax.
+    What the session reads next.
     """
 
-
-def parse_path(text: str, allow_empty: bool = False) -> str:
-    """
-    Parse a reverse-path or forward-path of MAIL FROM / RCPT TO.
-
-    Angle brackets may be omitted (as many clients do); an obsolete source
-    route is dropped (RFC 5321 section 4.1.2 and appendix C).
-
-    @param text: The path as the client sent it, decoded as UTF-8.
-    @param allow_empty: Accept the null path C{<>} (MAIL FROM only).
-    @return: The mailbox (C{local@domain}), or C{""} for C{<>}.
-    @raise PathError: The path is not a valid mailbox.
-    """
-    if text.startswith("<"):
-        if not text.endswith(">"):
-            raise PathError("unbalanced angle brackets")
-        text = text[1:-1]
-    if text == "":
-        if allow_empty:
-            return ""
-        raise PathError("empty address")
-    text = _SOURCE_ROUTE.sub("", text)
-    if len(text) > 254 + 64 or not _MAILBOX.fullmatch(text):
-        raise PathError("not a valid mailbox")
-    return text
-
-
-def _parse_parameters(text: str) -> dict[str, str | None] | None:
-    """
-    Split the ESMTP parameters of MAIL or RCPT (RFC 5321 section 4.1.2,
-    C{Mail-parameters}).
-
-    @return: Upper-cased keyword to value (C{None} for a bare keyword), or
-        C{None} when the syntax is wrong.
-    """
-    params: dict[str, str | None] = {}
-    for item in text.split():
-        keyword, sep, value = item.partition("=")
-        if not _ESMTP_KEYWORD.match(keyword):
-            return None
-        if sep and not _XTEXT_VALUE.match(value):
-            return None
-        params[keyword.upper()] = value if sep else None
-    return params
-
-
-def _is_ascii(text: str) -> bool:
-    return text.isascii()
-
-
-# -- connection and AUTH bookkeeping ---------------------------------------
+    COMMAND = "command"  # a command line
+    DATA = "data"  # message content, up to the end of data
+    AUTH = "auth"  # an AUTH response line
+    CLOSED = "closed"  # nothing: the connection is closing
 
 
 @attrs.define
-class ConnectionLimiter:
+class Transaction:
     """
-    Counts open connections, in all and per client IP.
+    One mail transaction (RFC 5321 section 3.3), from MAIL to the final dot.
 
-    @ivar max_connections: Global cap.
-    @ivar max_per_ip: Cap per client IP address.
-    """
-
-    max_connections: int
-    max_per_ip: int
-    total: int = 0
-    per_ip: dict[str, int] = attrs.field(factory=dict)
-
-    def acquire(self, ip: str) -> bool:
-        """
-        Count a new connection from C{ip}.
-
-        @return: C{False} (and count nothing) when a cap is reached.
-        """
-        if self.total >= self.max_connections:
-            return False
-        if self.per_ip.get(ip, 0) >= self.max_per_ip:
-            return False
-        self.total += 1
-        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
-        return True
-
-    def release(self, ip: str) -> None:
-        """
-        Forget one connection from C{ip} (only after a successful
-        L{acquire}).
-        """
-        self.total -= 1
-        left = self.per_ip.get(ip, 1) - 1
-        if left <= 0:
-            self.per_ip.pop(ip, None)
-        else:
-            self.per_ip[ip] = left
-
-
-@attrs.define
-class AuthThrottle:
-    """
-    Failed AUTH attempts per client IP, across connections, held in memory
-    with expiry.
-
-    Each failure inside C{window} seconds grows the delay before the next
-    C{535} reply (one second per earlier failure, at most C{max_delay});
-    at C{limit} failures the IP is refused for C{lockout} seconds.  A
-    success from one IP resets nothing for another.
+    @ivar reverse_path: The MAIL FROM mailbox (C{""} for C{<>}).
+    @ivar smtputf8: MAIL FROM had the SMTPUTF8 parameter (RFC 6531).
+    @ivar forward_paths: The accepted RCPT TO mailboxes, in order.
+    @ivar factories: What the avatar gave for each forward-path: callables
+        that begin the message at DATA.
+    @ivar messages: The messages begun at DATA (distinct objects).
+    @ivar data: The content being received, during DATA.
     """
 
-    clock: IReactorTime
-    limit: int = 10
-    window: float = 600.0
-    lockout: float = 900.0
-    max_delay: float = 5.0
-    _failures: dict[str, list[float]] = attrs.field(factory=dict)
-    _locked: dict[str, float] = attrs.field(factory=dict)
-
-    def _expire(self, ip: str) -> list[float]:
-        now = self.clock.seconds()
-        if len(self._failures) > 100000:
-            # Bound memory under a distributed attack: forget the oldest.
-            for old in list(self._failures)[:50000]:
-                del self._failures[old]
-        times = [t for t in self._failures.get(ip, []) if now - t < self.window]
-        if times:
-            self._failures[ip] = times
-        else:
-            self._failures.pop(ip, None)
-        return times
-
-    def _prune_locked(self) -> None:
-        """
-        Forget lockouts that have expired, oldest first: every lockout lasts
-        as long, so the table is in expiry order.  Amortized constant time.
-        """
-        now = self.clock.seconds()
-        while self._locked:
-            ip, until = next(iter(self._locked.items()))
-            if until > now and len(self._locked) <= 100000:
-                break
-            del self._locked[ip]
-
-    def locked(self, ip: str) -> bool:
-        """
-        @return: Whether C{ip} is refused AUTH right now.
-        """
-        until = self._locked.get(ip)
-        if until is None:
-            return False
-        if self.clock.seconds() >= until:
-            del self._locked[ip]
-            return False
-        return True
-
-    def failed(self, ip: str) -> float:
-        """
-        Record one failed AUTH from C{ip}.
-
-        @return: Seconds to wait before answering C{535}.
-        """
-        times = self._expire(ip)
-        times.append(self.clock.seconds())
-        self._failures[ip] = times
-        if len(times) >= self.limit:
-            self._prune_locked()
-            self._locked.pop(ip, None)
-            self._locked[ip] = self.clock.seconds() + self.lockout
-            self._failures.pop(ip, None)
-        return min(float(len(times) - 1), self.max_delay)
-
-    def succeeded(self, ip: str) -> None:
-        """
-        Forget the failures of C{ip} after a successful AUTH from it.
-        """
-        self._failures.pop(ip, None)
-
-
-class DeliveryTracker:
-    """
-    Counts messages whose final reply is still owed, so that stopping the
-    daemon can wait for them: a client cut off while the upstream takes its
-    message would send it again.
-    """
-
-    def __init__(self) -> None:
-        self.pending = 0
-        self._waiters: list[defer.Deferred[None]] = []
-
-    def begin(self) -> None:
-        """
-        A message is being relayed.
-        """
-        self.pending += 1
-
-    def end(self) -> None:
-        """
-        Its reply has been sent (or the client is gone).
-        """
-        self.pending -= 1
-        if self.pending == 0:
-            waiters, self._waiters = self._waiters, []
-            for d in waiters:
-                if not d.called:  # a timed-out wait has fired already
-                    d.callback(None)
-
-    def drained(self, clock: IReactorTime, timeout: float) -> defer.Deferred[None]:
-        """
-        @param clock: Time source for the timeout.
-        @param timeout: Seconds to wait at most.
-        @return: A Deferred that fires when no message is pending, or after
-            C{timeout} seconds, whichever comes first.
-        """
-        if self.pending == 0:
-            return defer.succeed(None)
-        d: defer.Deferred[None] = defer.Deferred()
-        self._waiters.append(d)
-
-        def expire() -> None:
-            if not d.called:
-                d.callback(None)
-
-        timer = clock.callLater(timeout, expire)
-
-        def stop_timer(result: None) -> None:
-            if timer.active():
-                timer.cancel()
-
-        d.addCallback(stop_timer)
-        return d
-
-
-# -- the protocol -----------------------------------------------------------
+    reverse_path: str
+    smtputf8: bool
+    forward_paths: list[str] = attrs.field(factory=list)
+    factories: list[Callable[[], ISubmissionMessage]] = attrs.field(factory=list)
+    messages: list[ISubmissionMessage] = attrs.field(factory=list)
+    data: DataReader | None = None
 
 
 def _no_delay(transport: Any) -> None:
@@ -339,41 +104,38 @@ def _no_delay(transport: Any) -> None:
         transport = getattr(transport, "transport", None)
 
 
-_COMMAND, _DATA, _AUTH, _CLOSED = "COMMAND", "DATA", "AUTH", "CLOSED"
-
-
-class RelaySMTP(smtp.ESMTP):
+class RelaySMTP(Protocol):
     """
     One SMTP session.
 
     @ivar secure: The connection is TLS-protected: an implicit-TLS listener
         (RFC 8314) or after STARTTLS (RFC 3207).  Explicit protocol state,
         never guessed from the transport.
+    @ivar ehlo: The EHLO/HELO argument, or C{None} before it.
     @ivar authenticated: AUTH succeeded (RFC 4954).
+    @ivar avatar: The L{ISubmission} avatar after AUTH, else C{None}.
+    @ivar transaction: The current mail transaction, or C{None}.
+    @ivar framing: The input buffer, cut into lines and DATA.
     """
 
     factory: RelaySMTPFactory
     transport: Any
-    portal: Any
 
     def __init__(self, factory: RelaySMTPFactory) -> None:
-        super().__init__(chal={}, contextFactory=factory.context_factory)
         self.factory = factory
-        self.portal = factory.portal
+        self.portal: Portal = factory.portal
         self.clock = factory.clock
         self.limits: LimitsConfig = factory.limits
         self.hostname = factory.hostname
         self.secure = factory.implicit_tls
         self.peer_ip = ""
-        self._counted = False
         self.framing = Framer(
             self.limits.max_command_length,
             self.limits.max_line_length,
             self.limits.bare_newline == "reject",
         )
-        self._data_messages: list[Any] = []
-        self._data: DataReader | None = None
-        self._state = _COMMAND
+        self._state = State.COMMAND
+        self._counted = False
         self._pending = False
         self._errors = 0
         self._auth_failures = 0
@@ -381,7 +143,7 @@ class RelaySMTP(smtp.ESMTP):
         self._idle_call: IDelayedCall | None = None
         self._session_call: IDelayedCall | None = None
         self._auth_delay: IDelayedCall | None = None
-        self._expire_after_reply: str | None = None
+        self._expire_after_reply: Reply | None = None
         self._reset_session()
 
     # -- session state --
@@ -393,42 +155,31 @@ class RelaySMTP(smtp.ESMTP):
         """
         self.ehlo: str | None = None
         self.authenticated = False
-        self.token_avatar: Any = None
+        self.avatar: ISubmission | None = None
         self._logout: Callable[[], None] | None = None
-        self._reset_transaction()
+        self._sasl: SASLExchange | None = None
+        self.transaction: Transaction | None = None
 
-    def _reset_transaction(self) -> None:
-        """
-        Forget the current mail transaction (RSET, EHLO, after DATA).
-        """
-        self.mail_from: str | None = None
-        self.rcpt_to: list[str] = []
-        self._factories: list[Callable[[], Any]] = []
-        self.smtputf8 = False
+    def _lower(self, configured: int, own: int | None) -> int:
+        return min(configured, own) if own else configured
 
     @property
     def max_message_size(self) -> int:
         """
         The message size limit in bytes: the configured one, or the
-        authenticated token's when lower.
+        avatar's (L{ISubmission.max_message_size}) when lower.
         """
-        limit = self.limits.max_message_size
-        own = getattr(self.token_avatar, "max_message_size", None)
-        if own:
-            limit = min(limit, own)
-        return limit
+        own = self.avatar.max_message_size if self.avatar is not None else None
+        return self._lower(self.limits.max_message_size, own)
 
     @property
     def max_recipients(self) -> int:
         """
         The recipient limit per transaction: the configured one, or the
-        authenticated token's when lower.
+        avatar's (L{ISubmission.max_recipients}) when lower.
         """
-        limit = self.limits.max_recipients
-        own = getattr(self.token_avatar, "max_recipients", None)
-        if own:
-            limit = min(limit, own)
-        return limit
+        own = self.avatar.max_recipients if self.avatar is not None else None
+        return self._lower(self.limits.max_recipients, own)
 
     # -- connection --
 
@@ -437,19 +188,18 @@ class RelaySMTP(smtp.ESMTP):
         self.peer_ip = str(getattr(peer, "host", peer))
         if not self.factory.limiter.acquire(self.peer_ip):
             log.info("refused connection from {peer}: too many", peer=self.peer_ip)
-            self.reply(421, "4.7.0", f"{self.hostname} Too many connections, try again later")
-            self._close()
+            self.closing(R.TOO_MANY_CONNECTIONS)
             return
         self._counted = True
         _no_delay(self.transport)
-        self.reply(220, "", f"{self.hostname} ESMTP relayd ready")
+        self.send(R.GREETING.with_text(f"{self.hostname} {R.GREETING.text}"))
         self._arm_idle()
         self._session_call = self.clock.callLater(
-            self.limits.session_timeout, self._timed_out, "Session lifetime exceeded"
+            self.limits.session_timeout, self._timed_out, R.SESSION_LIFETIME_EXCEEDED
         )
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self._state = _CLOSED
+    def connectionLost(self, reason: Failure | None = None) -> None:  # type: ignore[override]
+        self._state = State.CLOSED
         for call in (self._idle_call, self._session_call, self._auth_delay):
             if call is not None and call.active():
                 call.cancel()
@@ -467,7 +217,7 @@ class RelaySMTP(smtp.ESMTP):
         """
         Close the connection after the replies already written.
         """
-        self._state = _CLOSED
+        self._state = State.CLOSED
         self.framing.buffer = bytearray()
         self.transport.loseConnection()
 
@@ -476,16 +226,17 @@ class RelaySMTP(smtp.ESMTP):
         (Re)start the idle timer: RFC 5321 section 4.5.3.2 (5 minutes for
         commands, the DATA block timeout while a message streams in).
         """
-        if self._state == _CLOSED:
+        if self._state == State.CLOSED:
             return
-        timeout = self.limits.data_timeout if self._state == _DATA else self.limits.idle_timeout
+        data = self._state == State.DATA
+        timeout = self.limits.data_timeout if data else self.limits.idle_timeout
         if self._idle_call is not None and self._idle_call.active():
             self._idle_call.reset(timeout)
         else:
-            self._idle_call = self.clock.callLater(timeout, self._timed_out, "Timeout exceeded")
+            self._idle_call = self.clock.callLater(timeout, self._timed_out, R.IDLE_TIMEOUT)
 
-    def _timed_out(self, why: str) -> None:
-        if self._state == _CLOSED:
+    def _timed_out(self, why: Reply) -> None:
+        if self._state == State.CLOSED:
             return
         if self._pending:
             # relayd is waiting (for the upstream): closing now would leave
@@ -493,9 +244,12 @@ class RelaySMTP(smtp.ESMTP):
             # Close right after the reply instead.
             self._expire_after_reply = why
             return
-        log.info("closing session from {peer}: {why}", peer=self.peer_ip, why=why)
-        self.reply(421, "4.4.2", f"{self.hostname} {why}, closing connection")
-        self._close()
+        log.info(
+            "closing session from {peer}: {why}",
+            peer=self.peer_ip,
+            why=why.text.removesuffix(", closing connection"),
+        )
+        self.closing(why)
 
     # -- replies --
 
@@ -507,7 +261,7 @@ class RelaySMTP(smtp.ESMTP):
         @param status: The enhanced status code (RFC 3463) or C{""}.
         @param text: One line of text (UTF-8 allowed).
         """
-        if self._state == _CLOSED:
+        if self._state == State.CLOSED:
             return
         # One line: nothing in the text may end the reply or forge another.
         text = _UNPRINTABLE.sub(" ", text)
@@ -520,18 +274,25 @@ class RelaySMTP(smtp.ESMTP):
         """
         self.reply(r.code, r.status, r.text)
 
-    def error(self, code: int, status: str, text: str) -> None:
+    def closing(self, r: Reply) -> None:
         """
-        Reply to a command the client got wrong, and close the session once
-        it made too many mistakes.
+        Send the C{421} C{r}, the hostname before its text (RFC 5321
+        section 3.8), and close the connection.
         """
-        self.reply(code, status, text)
-        self._errors += 1
-        if self._errors >= self.limits.max_errors and self._state != _CLOSED:
-            self.reply(421, "4.7.0", f"{self.hostname} Too many errors, closing connection")
-            self._close()
+        self.send(r.with_text(f"{self.hostname} {r.text}"))
+        self._close()
 
-    # -- input framing --
+    def error(self, r: Reply) -> None:
+        """
+        Reply C{r} to a command the client got wrong, and close the session
+        once it made too many mistakes.
+        """
+        self.send(r)
+        self._errors += 1
+        if self._errors >= self.limits.max_errors and self._state != State.CLOSED:
+            self.closing(R.TOO_MANY_ERRORS)
+
+    # -- input --
 
     def dataReceived(self, data: bytes) -> None:
         """
@@ -540,12 +301,11 @@ class RelaySMTP(smtp.ESMTP):
         While a command waits for a Deferred, input is only buffered (and
         the transport paused), so replies keep command order (RFC 2920).
         """
-        if self._state == _CLOSED:
+        if self._state == State.CLOSED:
             return
         self._arm_idle()
         if not self.framing.feed(data):
-            self.reply(421, "4.7.0", f"{self.hostname} Line too long, closing connection")
-            self._close()
+            self.closing(R.LINE_TOO_LONG_CLOSING)
             return
         self._process()
 
@@ -553,26 +313,23 @@ class RelaySMTP(smtp.ESMTP):
         """
         Handle buffered input until it runs out or a command is pending.
         """
-        while self.framing.buffer and not self._pending and self._state != _CLOSED:
-            if self._state == _DATA:
-                assert self._data is not None
-                if not self.framing.read_data(self._data):
+        while self.framing.buffer and not self._pending and self._state != State.CLOSED:
+            if self._state == State.DATA:
+                assert self.transaction is not None and self.transaction.data is not None
+                if not self.framing.read_data(self.transaction.data):
                     return
                 self._data_end()
                 continue
-            line = self.framing.read_line(auth=self._state == _AUTH)
+            line = self.framing.read_line(auth=self._state == State.AUTH)
             if line is None:
                 return
-            if line is LineError.TOO_LONG:
-                self._state = _COMMAND if self._state == _AUTH else self._state
-                self.error(500, "5.5.2", "Line too long")
+            if isinstance(line, LineError):
+                self._end_auth()
+                if line is LineError.TOO_LONG:
+                    self.error(R.LINE_TOO_LONG)
+                else:
+                    self.error(R.BARE_LF_IN_COMMAND)
                 continue
-            if line is LineError.BARE_LF:
-                if self._state == _AUTH:
-                    self._state = _COMMAND
-                self.error(550, "5.6.0", "Bare <LF> received; lines must end with <CR><LF>")
-                continue
-            assert isinstance(line, bytes)
             self._line(line)
 
     def _line(self, line: bytes) -> None:
@@ -580,17 +337,16 @@ class RelaySMTP(smtp.ESMTP):
         Handle one command line (or AUTH response line).
         """
         if b"\0" in line:
-            if self._state == _AUTH:
-                self._state = _COMMAND
-            self.error(501, "5.5.2", "NUL character in command")
+            self._end_auth()
+            self.error(R.NUL_IN_COMMAND)
             return
-        if self._state == _AUTH:
-            self._auth_response(line)
+        if self._state == State.AUTH:
+            self._auth_step(self._sasl_respond(line))
             return
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError:
-            self.error(500, "5.5.2", "Command is not valid UTF-8")
+            self.error(R.COMMAND_NOT_UTF8)
             return
         verb, _, rest = text.strip().partition(" ")
         # Only ASCII verbs: str.upper() maps some other letters onto ASCII
@@ -601,7 +357,7 @@ class RelaySMTP(smtp.ESMTP):
             else None
         )
         if handler is None:
-            self.error(500, "5.5.2", "Error: command not recognized")
+            self.error(R.COMMAND_NOT_RECOGNIZED)
             return
         result = handler(rest.strip())
         if isinstance(result, defer.Deferred):
@@ -618,9 +374,9 @@ class RelaySMTP(smtp.ESMTP):
 
         def done(result: object) -> None:
             self._pending = False
-            if self._expire_after_reply is not None and self._state != _CLOSED:
+            if self._expire_after_reply is not None and self._state != State.CLOSED:
                 self._timed_out(self._expire_after_reply)
-            if not waiting or self._state == _CLOSED:
+            if not waiting or self._state == State.CLOSED:
                 return
             self.transport.resumeProducing()
             self._arm_idle()
@@ -628,12 +384,11 @@ class RelaySMTP(smtp.ESMTP):
                 self._process()
             except Exception:
                 log.failure("handling pipelined input failed")
-                self.reply(421, "4.3.0", f"{self.hostname} Local error, closing connection")
-                self._close()
+                self.closing(R.LOCAL_ERROR_CLOSING)
 
         def failed(f: Failure) -> None:
             log.failure("command handler failed", f)
-            self.reply(451, "4.3.0", "Local error in processing, try again later")
+            self.send(R.LOCAL_ERROR)
 
         d.addErrback(failed).addBoth(done)
         if self._pending:
@@ -646,45 +401,16 @@ class RelaySMTP(smtp.ESMTP):
 
     # -- DATA --
 
-    def _data_begin(self) -> None:
-        self._state = _DATA
-        self._data = DataReader(
-            self.limits.max_line_length,
-            self.max_message_size,
-            self.limits.bare_newline == "reject",
-        )
-        self._arm_idle()
-
-    def _data_reply(self, error: DataError) -> Reply:
-        """
-        The reply to the final dot of a message that failed as it arrived.
-        """
-        if error is DataError.LINE_TOO_LONG:
-            return Reply(
-                552,
-                "5.3.4",
-                f"Message line too long (limit {self.limits.max_line_length} octets)",
-            )
-        if error is DataError.BARE_NEWLINE:
-            return Reply(
-                550,
-                "5.6.0",
-                "Message contains bare <CR> or <LF>; lines must end with <CR><LF>",
-            )
-        return Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
-
     def _data_end(self) -> None:
         """
         The final dot arrived: hand the message over, then reply.
         """
-        self._state = _COMMAND
-        messages = self._data_messages
-        self._data_messages = []
-        data, self._data = self._data, None
-        assert data is not None
+        self._state = State.COMMAND
+        transaction, self.transaction = self.transaction, None
+        assert transaction is not None and transaction.data is not None
+        messages, data = transaction.messages, transaction.data
         body = data.body()
         self._messages += 1
-        self._reset_transaction()
         if data.error is not None:
             for m in messages:
                 m.connectionLost()
@@ -694,7 +420,17 @@ class RelaySMTP(smtp.ESMTP):
         d = defer.Deferred.fromCoroutine(self._deliver(messages, body))
         self._wait(d)
 
-    async def _deliver(self, messages: list[Any], body: bytes) -> None:
+    def _data_reply(self, error: DataError) -> Reply:
+        """
+        The reply to the final dot of a message that failed as it arrived.
+        """
+        if error is DataError.LINE_TOO_LONG:
+            return R.message_line_too_long(self.limits.max_line_length)
+        if error is DataError.BARE_NEWLINE:
+            return R.BARE_NEWLINE_IN_DATA
+        return R.MESSAGE_TOO_BIG
+
+    async def _deliver(self, messages: list[ISubmissionMessage], body: bytes) -> None:
         """
         Hand the message over, wait for the verdict, reply.  The tracker
         counts the message until the reply is written.
@@ -708,7 +444,7 @@ class RelaySMTP(smtp.ESMTP):
             # taken.
             refused = [r for r in results if r.code != 250]
             reply = refused[0] if refused else results[0]
-            if self._state == _CLOSED and reply.code == 250:
+            if self._state == State.CLOSED and reply.code == 250:
                 log.warn(
                     "client {peer} left before the reply to a relayed message"
                     " ({reply}); it may send the message again",
@@ -720,16 +456,19 @@ class RelaySMTP(smtp.ESMTP):
             self.factory.tracker.end()
 
     def _abort_data(self) -> None:
-        for m in self._data_messages:
+        transaction = self.transaction
+        if transaction is None:
+            return
+        for m in transaction.messages:
             m.connectionLost()
-        self._data_messages = []
-        self._data = None
+        transaction.messages = []
+        transaction.data = None
 
-    # -- commands --
+    # -- commands: the session --
 
     def _need_ehlo(self) -> bool:
         if self.ehlo is None:
-            self.error(503, "5.5.1", "Error: send HELO/EHLO first")
+            self.error(R.NEED_EHLO)
             return True
         return False
 
@@ -740,17 +479,17 @@ class RelaySMTP(smtp.ESMTP):
         if self.secure:
             # The old "AUTH=" form too, for clients that only look for it
             # (as Postfix's broken_sasl_auth_clients).
-            ext += ["AUTH PLAIN LOGIN", "AUTH=PLAIN LOGIN"]
+            mechanisms = " ".join(MECHANISMS)
+            ext += [f"AUTH {mechanisms}", f"AUTH={mechanisms}"]
         ext += ["ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8", "HELP"]
         return ext
 
     def _greet(self, rest: str, esmtp: bool) -> None:
         if not rest:
-            verb = "EHLO" if esmtp else "HELO"
-            self.error(501, "5.5.4", f"Syntax: {verb} hostname")
+            self.error(R.SYNTAX_EHLO if esmtp else R.SYNTAX_HELO)
             return
         self.ehlo = rest
-        self._reset_transaction()
+        self.transaction = None
         if not esmtp:
             self.reply(250, "", self.hostname)
             return
@@ -775,23 +514,63 @@ class RelaySMTP(smtp.ESMTP):
         STARTTLS (RFC 3207): begin TLS; discard pipelined input after it.
         """
         if rest:
-            self.error(501, "5.5.4", "Syntax: STARTTLS")
-        elif self.secure or self.factory.context_factory is None:
-            self.error(
-                503,
-                "5.5.1",
-                "Error: TLS already active" if self.secure else "Error: STARTTLS not available",
-            )
+            self.error(R.SYNTAX_STARTTLS)
+        elif self.secure:
+            self.error(R.TLS_ALREADY_ACTIVE)
+        elif self.factory.context_factory is None:
+            self.error(R.STARTTLS_NOT_AVAILABLE)
         elif self._need_ehlo():
             return
         else:
-            self.reply(220, "2.0.0", "Ready to start TLS")
+            self.send(R.READY_TO_START_TLS)
             # RFC 3207 section 4.2 / CVE-2011-0411: what followed STARTTLS
             # in the clear is thrown away, and the session starts over.
             self.framing.clear()
             self.transport.startTLS(self.factory.context_factory)
             self.secure = True
             self._reset_session()
+
+    def smtp_RSET(self, rest: str) -> None:
+        """
+        RSET (RFC 5321 section 4.1.1.5).
+        """
+        self.transaction = None
+        self.send(R.OK)
+
+    def smtp_NOOP(self, rest: str) -> None:
+        """
+        NOOP (RFC 5321 section 4.1.1.9).
+        """
+        self.send(R.OK)
+
+    def smtp_VRFY(self, rest: str) -> None:
+        """
+        VRFY (RFC 5321 section 3.5.3): never confirms an address.
+        """
+        self.send(R.CANNOT_VRFY)
+
+    def smtp_EXPN(self, rest: str) -> None:
+        """
+        EXPN (RFC 5321 section 3.5.2): lists are not expanded.
+        """
+        self.error(R.COMMAND_NOT_IMPLEMENTED)
+
+    smtp_ETRN = smtp_TURN = smtp_SEND = smtp_SOML = smtp_SAML = smtp_EXPN
+
+    def smtp_HELP(self, rest: str) -> None:
+        """
+        HELP (RFC 5321 section 4.1.1.8).
+        """
+        self.send(R.HELP)
+
+    def smtp_QUIT(self, rest: str) -> None:
+        """
+        QUIT (RFC 5321 section 4.1.1.10).
+        """
+        self.send(R.BYE)
+        self._close()
+
+    # -- commands: AUTH --
 
     def smtp_AUTH(self, rest: str) -> None:
         """
@@ -800,97 +579,67 @@ class RelaySMTP(smtp.ESMTP):
         if self._need_ehlo():
             return
         if not self.secure:
-            self.error(538, "5.7.11", "Encryption required for requested authentication mechanism")
-            return
-        if self.authenticated:
-            self.error(503, "5.5.1", "Error: already authenticated")
-            return
-        if self.mail_from is not None:
-            self.error(503, "5.5.1", "Error: AUTH not allowed during a mail transaction")
-            return
-        if self.factory.throttle.locked(self.peer_ip):
-            self.reply(
-                421,
-                "4.7.0",
-                f"{self.hostname} Too many failed authentication attempts, try again later",
-            )
-            self._close()
-            return
-        parts = rest.split()
-        if not parts or len(parts) > 2:
-            self.error(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
-            return
-        mechanism = parts[0].upper()
-        initial = parts[1] if len(parts) == 2 else None
-        if mechanism not in ("PLAIN", "LOGIN"):
-            self.error(504, "5.5.4", "Unrecognized authentication type")
-            return
-        self._auth_mechanism = mechanism
-        self._auth_username: str | None = None
-        if initial is None:
-            self._state = _AUTH
-            self.reply(334, "", "" if mechanism == "PLAIN" else "VXNlcm5hbWU6")
-            return
-        self._state = _AUTH
-        self._auth_response(initial.encode("ascii", "replace"))
-
-    def _auth_response(self, line: bytes) -> None:
-        """
-        One AUTH response line (RFC 4954 section 4): base64, C{*} to cancel,
-        C{=} for an empty initial response.
-        """
-        self._state = _COMMAND
-        line = line.strip()
-        if line == b"*":
-            self.error(501, "5.7.0", "Authentication aborted")
-            return
-        try:
-            decoded = b"" if line == b"=" else base64.b64decode(line, validate=True)
-        except (binascii.Error, ValueError):
-            self.error(501, "5.5.2", "Cannot decode AUTH response")
-            return
-        if self._auth_mechanism == "LOGIN":
-            if self._auth_username is None:
-                self._auth_username = decoded.decode("utf-8", "replace")
-                self._state = _AUTH
-                self.reply(334, "", "UGFzc3dvcmQ6")
-                return
-            username, password = self._auth_username, decoded
+            self.error(R.ENCRYPTION_REQUIRED)
+        elif self.authenticated:
+            self.error(R.ALREADY_AUTHENTICATED)
+        elif self.transaction is not None:
+            self.error(R.AUTH_DURING_TRANSACTION)
+        elif self.factory.throttle.locked(self.peer_ip):
+            self.closing(R.AUTH_LOCKED_OUT)
         else:
-            fields = decoded.split(b"\0")
-            if len(fields) != 3:
-                self.error(501, "5.5.2", "Malformed AUTH PLAIN response")
-                return
-            authzid, authcid, password = fields
-            if authzid and authzid != authcid:
-                self._auth_failed()
-                return
-            username = authcid.decode("utf-8", "replace")
-        self._wait(defer.Deferred.fromCoroutine(self._login(username, password)))
+            parts = rest.split()
+            if not parts or len(parts) > 2:
+                self.error(R.SYNTAX_AUTH)
+            elif parts[0].upper() not in MECHANISMS:
+                self.error(R.UNRECOGNIZED_AUTH_TYPE)
+            else:
+                self._sasl = SASLExchange(parts[0].upper())
+                self._state = State.AUTH
+                initial = parts[1].encode("ascii", "replace") if len(parts) == 2 else None
+                self._auth_step(self._sasl.start(initial))
+
+    def _sasl_respond(self, line: bytes) -> Step:
+        assert self._sasl is not None
+        return self._sasl.respond(line)
+
+    def _end_auth(self) -> None:
+        """
+        Leave the AUTH exchange (if in one): the next line is a command.
+        """
+        if self._state == State.AUTH:
+            self._state = State.COMMAND
+            self._sasl = None
+
+    def _auth_step(self, step: Step) -> None:
+        """
+        Act on what the AUTH exchange says comes next.
+        """
+        if isinstance(step, Challenge):
+            self.send(step.reply)
+            return
+        self._end_auth()
+        if isinstance(step, Aborted):
+            self.error(step.reply)
+        elif isinstance(step, Credentials):
+            self._wait(defer.Deferred.fromCoroutine(self._login(step.username, step.password)))
+        else:
+            self._wait(defer.Deferred.fromCoroutine(self._auth_failed()))
 
     async def _login(self, username: str, password: bytes) -> None:
-        portal: Portal = self.portal
         credentials = UsernamePassword(username.encode("utf-8"), password)
         try:
-            iface, avatar, logout = await portal.login(credentials, None, IMessageDelivery)
+            iface, avatar, logout = await self.portal.login(credentials, None, ISubmission)
         except UnauthorizedLogin:
-            await self._auth_failed_async()
+            await self._auth_failed()
             return
         self.factory.throttle.succeeded(self.peer_ip)
         self.authenticated = True
-        self.token_avatar = avatar
+        self.avatar = cast(ISubmission, avatar)
         self._logout = logout
-        log.info(
-            "authenticated {peer} as token {name}",
-            peer=self.peer_ip,
-            name=getattr(avatar, "name", "?"),
-        )
-        self.reply(235, "2.7.0", "Authentication successful")
+        log.info("authenticated {peer} as token {name}", peer=self.peer_ip, name=self.avatar.name)
+        self.send(R.AUTH_SUCCESSFUL)
 
-    def _auth_failed(self) -> None:
-        self._wait(defer.Deferred.fromCoroutine(self._auth_failed_async()))
-
-    async def _auth_failed_async(self) -> None:
+    async def _auth_failed(self) -> None:
         delay = self.factory.throttle.failed(self.peer_ip)
         self._auth_failures += 1
         log.info("failed AUTH from {peer}", peer=self.peer_ip)
@@ -899,14 +648,45 @@ class RelaySMTP(smtp.ESMTP):
             self._auth_delay = self.clock.callLater(delay, d.callback, None)
             await d
             self._auth_delay = None
-        self.error(535, "5.7.8", "Authentication credentials invalid")
-        if self._auth_failures >= self.limits.max_auth_failures and self._state != _CLOSED:
-            self.reply(
-                421,
-                "4.7.0",
-                f"{self.hostname} Too many failed authentication attempts, closing connection",
-            )
-            self._close()
+        self.error(R.AUTH_INVALID)
+        if self._auth_failures >= self.limits.max_auth_failures and self._state != State.CLOSED:
+            self.closing(R.TOO_MANY_AUTH_FAILURES)
+
+    # -- commands: the envelope --
+
+    def _mail_parameters(self, text: str) -> tuple[bool, int | None] | None:
+        """
+        Check the ESMTP parameters of MAIL (RFC 1870 SIZE, RFC 6152 BODY,
+        RFC 6531 SMTPUTF8, RFC 4954 section 5 AUTH) and reply to bad ones.
+
+        @return: Whether SMTPUTF8 was given and the declared SIZE in bytes
+            (or C{None}); C{None} after an error reply.
+        """
+        params = parse_parameters(text)
+        if params is None:
+            self.error(R.SYNTAX_PARAMETERS)
+            return None
+        smtputf8 = False
+        size: int | None = None
+        for keyword, value in params.items():
+            if keyword == "SIZE":
+                if value is None or not value.isdigit() or len(value) > 20:
+                    self.error(R.BAD_SIZE)
+                    return None
+                size = int(value)
+            elif keyword == "BODY":
+                if value is None or value.upper() not in ("7BIT", "8BITMIME"):
+                    self.error(R.UNSUPPORTED_BODY)
+                    return None
+            elif keyword == "SMTPUTF8":
+                if value is not None:
+                    self.error(R.SMTPUTF8_TAKES_NO_VALUE)
+                    return None
+                smtputf8 = True
+            elif keyword != "AUTH":  # AUTH=: accepted, not used for relaying
+                self.error(R.unsupported_parameter(keyword))
+                return None
+        return smtputf8, size
 
     def smtp_MAIL(self, rest: str) -> defer.Deferred[None] | None:
         """
@@ -915,62 +695,35 @@ class RelaySMTP(smtp.ESMTP):
         """
         if self._need_ehlo():
             return None
-        if not self.authenticated:
-            self.error(530, "5.7.0", "Authentication required")
+        if self.avatar is None or not self.authenticated:
+            self.error(R.AUTH_REQUIRED)
             return None
-        if self.mail_from is not None:
-            self.error(503, "5.5.1", "Error: nested MAIL command")
+        if self.transaction is not None:
+            self.error(R.NESTED_MAIL)
             return None
         if self._messages >= self.limits.max_messages_per_connection:
-            self.reply(
-                421,
-                "4.7.0",
-                f"{self.hostname} Too many messages in this session, closing connection",
-            )
-            self._close()
+            self.closing(R.TOO_MANY_MESSAGES)
             return None
-        m = _MAIL_ARGS.match(rest)
+        m = MAIL_ARGS.match(rest)
         if m is None:
-            self.error(501, "5.5.4", "Syntax: MAIL FROM:<address>")
+            self.error(R.SYNTAX_MAIL)
             return None
-        params = _parse_parameters(m.group(2))
-        if params is None:
-            self.error(501, "5.5.4", "Syntax error in parameters")
+        parameters = self._mail_parameters(m.group(2))
+        if parameters is None:
             return None
-        smtputf8 = False
-        size: int | None = None
-        for keyword, value in params.items():
-            if keyword == "SIZE":
-                if value is None or not value.isdigit() or len(value) > 20:
-                    self.error(501, "5.5.4", "Bad SIZE parameter")
-                    return None
-                size = int(value)
-            elif keyword == "BODY":
-                if value is None or value.upper() not in ("7BIT", "8BITMIME"):
-                    self.error(501, "5.5.4", "Unsupported BODY parameter")
-                    return None
-            elif keyword == "SMTPUTF8":
-                if value is not None:
-                    self.error(501, "5.5.4", "SMTPUTF8 takes no value")
-                    return None
-                smtputf8 = True
-            elif keyword == "AUTH":
-                pass  # RFC 4954 section 5: accepted, not used for relaying.
-            else:
-                self.error(555, "5.5.4", f"Unsupported parameter {keyword}")
-                return None
+        smtputf8, size = parameters
         try:
             address = parse_path(m.group(1), allow_empty=True)
         except PathError:
-            self.error(501, "5.1.7", "Bad sender address syntax")
+            self.error(R.BAD_SENDER_SYNTAX)
             return None
-        if not smtputf8 and not _is_ascii(address):
-            self.error(553, "5.6.7", "Non-ASCII address requires SMTPUTF8")
+        if not smtputf8 and not address.isascii():
+            self.error(R.NON_ASCII_ADDRESS)
             return None
         if size is not None and size > self.max_message_size:
-            self.error(552, "5.3.4", "Message size exceeds fixed maximum message size")
+            self.error(R.MESSAGE_TOO_BIG)
             return None
-        avatar = self.token_avatar
+        avatar = self.avatar
         return self._validate(
             lambda: avatar.validateFrom((self.ehlo, self.peer_ip), address, smtputf8=smtputf8),
             lambda _: self._mail_accepted(address, smtputf8),
@@ -991,11 +744,11 @@ class RelaySMTP(smtp.ESMTP):
         try:
             result = call()
         except Refused as e:
-            self.error(e.reply.code, e.reply.status, e.reply.text)
+            self.error(e.reply)
             return None
         except Exception:
             log.failure("validation failed")
-            self.reply(451, "4.3.0", "Local error in processing, try again later")
+            self.send(R.LOCAL_ERROR)
             return None
         if not isinstance(result, defer.Deferred):
             accepted(result)
@@ -1005,91 +758,93 @@ class RelaySMTP(smtp.ESMTP):
             try:
                 value = await result
             except Refused as e:
-                self.error(e.reply.code, e.reply.status, e.reply.text)
+                self.error(e.reply)
                 return
             accepted(value)
 
         return defer.Deferred.fromCoroutine(later())
 
     def _mail_accepted(self, address: str, smtputf8: bool) -> None:
-        self.mail_from = address
-        self.smtputf8 = smtputf8
-        self.reply(250, "2.1.0", "Ok")
+        self.transaction = Transaction(address, smtputf8)
+        self.send(R.SENDER_OK)
 
     def smtp_RCPT(self, rest: str) -> defer.Deferred[None] | None:
         """
         RCPT TO (RFC 5321 section 4.1.1.3).
         """
-        if self.mail_from is None:
-            self.error(503, "5.5.1", "Error: need MAIL command")
+        transaction = self.transaction
+        if transaction is None or self.avatar is None:
+            self.error(R.NEED_MAIL)
             return None
-        m = _RCPT_ARGS.match(rest)
+        m = RCPT_ARGS.match(rest)
         if m is None:
-            self.error(501, "5.5.4", "Syntax: RCPT TO:<address>")
+            self.error(R.SYNTAX_RCPT)
             return None
-        params = _parse_parameters(m.group(2))
+        params = parse_parameters(m.group(2))
         if params is None:
-            self.error(501, "5.5.4", "Syntax error in parameters")
+            self.error(R.SYNTAX_PARAMETERS)
             return None
         if params:
-            self.error(555, "5.5.4", f"Unsupported parameter {next(iter(params))}")
+            self.error(R.unsupported_parameter(next(iter(params))))
             return None
         try:
             address = parse_path(m.group(1))
         except PathError:
             if m.group(1).strip("<>").lower() != "postmaster":
-                self.error(501, "5.1.3", "Bad recipient address syntax")
+                self.error(R.BAD_RECIPIENT_SYNTAX)
                 return None
             address = "postmaster"  # RFC 5321 section 4.1.1.3: always accepted
-        if not self.smtputf8 and not _is_ascii(address):
-            self.error(553, "5.6.7", "Non-ASCII address requires SMTPUTF8")
+        if not transaction.smtputf8 and not address.isascii():
+            self.error(R.NON_ASCII_ADDRESS)
             return None
-        if len(self.rcpt_to) >= self.max_recipients:
-            self.reply(452, "4.5.3", "Error: too many recipients")
+        if len(transaction.forward_paths) >= self.max_recipients:
+            self.send(R.TOO_MANY_RECIPIENTS)
             return None
-        avatar = self.token_avatar
+        avatar = self.avatar
         return self._validate(
             lambda: avatar.validateTo(address),
-            lambda factory: self._rcpt_accepted(address, factory),
+            lambda factory: self._rcpt_accepted(transaction, address, factory),
         )
 
-    def _rcpt_accepted(self, address: str, factory: Callable[[], Any]) -> None:
-        if self.mail_from is None:  # RSET raced us; cannot happen in order
+    def _rcpt_accepted(
+        self, transaction: Transaction, address: str, factory: Callable[[], ISubmissionMessage]
+    ) -> None:
+        if self.transaction is not transaction:  # RSET raced us; cannot happen in order
             return
-        self.rcpt_to.append(address)
-        self._factories.append(factory)
-        self.reply(250, "2.1.5", "Ok")
+        transaction.forward_paths.append(address)
+        transaction.factories.append(factory)
+        self.send(R.RECIPIENT_OK)
 
-    def _refuse_data(self, code: int, status: str, text: str) -> None:
+    # -- commands: DATA --
+
+    def _refuse_data(self, r: Reply) -> None:
         """
         Refuse DATA.  A client that sent message content behind DATA
         without waiting for the 354 (against RFC 2920 section 3.1) would
         have it read as commands: treat DATA as a synchronisation point and
         close the session instead.
         """
-        self.error(code, status, text)
-        if self.framing.buffer and self._state != _CLOSED:
-            self.reply(
-                421, "4.5.0", f"{self.hostname} Improper pipelining after DATA, closing connection"
-            )
-            self._close()
+        self.error(r)
+        if self.framing.buffer and self._state != State.CLOSED:
+            self.closing(R.IMPROPER_PIPELINING)
 
     def smtp_DATA(self, rest: str) -> None:
         """
         DATA (RFC 5321 section 4.1.1.4).
         """
+        transaction = self.transaction
         if rest:
-            self._refuse_data(501, "5.5.4", "Syntax: DATA")
+            self._refuse_data(R.SYNTAX_DATA)
             return
-        if self.mail_from is None:
-            self._refuse_data(503, "5.5.1", "Error: need MAIL command")
+        if transaction is None:
+            self._refuse_data(R.NEED_MAIL)
             return
-        if not self.rcpt_to:
-            self._refuse_data(554, "5.5.1", "Error: no valid recipients")
+        if not transaction.forward_paths:
+            self._refuse_data(R.NO_VALID_RECIPIENTS)
             return
-        messages: list[Any] = []
+        messages: list[ISubmissionMessage] = []
         try:
-            for factory in self._factories:
+            for factory in transaction.factories:
                 message = factory()
                 if not any(message is m for m in messages):
                     messages.append(message)
@@ -1097,62 +852,24 @@ class RelaySMTP(smtp.ESMTP):
             log.failure("could not open the message")
             for m in messages:
                 m.connectionLost()
-            self._reset_transaction()
-            self.reply(451, "4.3.0", "Local error in processing, try again later")
+            self.transaction = None
+            self.send(R.LOCAL_ERROR)
             return
-        self._data_messages = messages
-        self._data_begin()
-        self.reply(354, "", "End data with <CR><LF>.<CR><LF>")
+        transaction.messages = messages
+        transaction.data = DataReader(
+            self.limits.max_line_length,
+            self.max_message_size,
+            self.limits.bare_newline == "reject",
+        )
+        self._state = State.DATA
+        self._arm_idle()
+        self.send(R.START_MAIL_INPUT)
 
     def smtp_BDAT(self, rest: str) -> None:
         """
         BDAT (RFC 3030) without CHUNKING advertised.
         """
-        self.error(502, "5.5.1", "Error: command not implemented (no CHUNKING)")
-
-    def smtp_RSET(self, rest: str) -> None:
-        """
-        RSET (RFC 5321 section 4.1.1.5).
-        """
-        self._reset_transaction()
-        self.reply(250, "2.0.0", "Ok")
-
-    def smtp_NOOP(self, rest: str) -> None:
-        """
-        NOOP (RFC 5321 section 4.1.1.9).
-        """
-        self.reply(250, "2.0.0", "Ok")
-
-    def smtp_VRFY(self, rest: str) -> None:
-        """
-        VRFY (RFC 5321 section 3.5.3): never confirms an address.
-        """
-        self.reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")
-
-    def smtp_EXPN(self, rest: str) -> None:
-        """
-        EXPN (RFC 5321 section 3.5.2): lists are not expanded.
-        """
-        self.error(502, "5.5.1", "Error: command not implemented")
-
-    def smtp_HELP(self, rest: str) -> None:
-        """
-        HELP (RFC 5321 section 4.1.1.8).
-        """
-        self.reply(
-            214,
-            "2.0.0",
-            "See RFC 5321; commands: EHLO HELO STARTTLS AUTH MAIL RCPT DATA RSET NOOP VRFY HELP QUIT",
-        )
-
-    def smtp_QUIT(self, rest: str) -> None:
-        """
-        QUIT (RFC 5321 section 4.1.1.10).
-        """
-        self.reply(221, "2.0.0", "Bye")
-        self._close()
-
-    smtp_ETRN = smtp_TURN = smtp_SEND = smtp_SOML = smtp_SAML = smtp_EXPN
+        self.error(R.NO_CHUNKING)
 
 
 class RelaySMTPFactory(ServerFactory):
@@ -1160,7 +877,7 @@ class RelaySMTPFactory(ServerFactory):
     Builds L{RelaySMTP} sessions for one listener.
 
     @ivar portal: The C{twisted.cred} portal that turns AUTH credentials into
-        an L{IMessageDelivery} avatar.
+        an L{ISubmission} avatar.
     @ivar hostname: The name in the greeting and EHLO reply.
     @ivar limits: The C{[limits]} configuration.
     @ivar clock: Time source for every timer.
