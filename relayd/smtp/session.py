@@ -29,7 +29,6 @@ import re
 from collections.abc import Callable
 from typing import Any, cast
 
-import attrs
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
@@ -42,13 +41,14 @@ from twisted.python.failure import Failure
 from relayd import reply as R
 from relayd.config import LimitsConfig
 from relayd.interfaces import ISubmission, ISubmissionMessage
-from relayd.reply import Refused, Reply
-from relayd.smtp.framing import DataError, DataReader, Framer, LineError
+from relayd.reply import Reply
+from relayd.smtp import envelope
+from relayd.smtp.envelope import Transaction
+from relayd.smtp.framing import DataError, Framer, LineError
 from relayd.smtp.guards import AuthThrottle, ConnectionLimiter, DeliveryTracker
 from relayd.smtp.sasl import MECHANISMS, Aborted, Challenge, Credentials, SASLExchange, Step
-from relayd.smtp.syntax import MAIL_ARGS, RCPT_ARGS, PathError, parse_parameters, parse_path
 
-__all__ = ["RelaySMTP", "RelaySMTPFactory", "State", "Transaction"]
+__all__ = ["RelaySMTP", "RelaySMTPFactory", "State"]
 
 log = Logger()
 
@@ -64,28 +64,6 @@ class State(enum.Enum):
     DATA = "data"  # message content, up to the end of data
     AUTH = "auth"  # an AUTH response line
     CLOSED = "closed"  # nothing: the connection is closing
-
-
-@attrs.define
-class Transaction:
-    """
-    One mail transaction (RFC 5321 section 3.3), from MAIL to the final dot.
-
-    @ivar reverse_path: The MAIL FROM mailbox (C{""} for C{<>}).
-    @ivar smtputf8: MAIL FROM had the SMTPUTF8 parameter (RFC 6531).
-    @ivar forward_paths: The accepted RCPT TO mailboxes, in order.
-    @ivar factories: What the avatar gave for each forward-path: callables
-        that begin the message at DATA.
-    @ivar messages: The messages begun at DATA (distinct objects).
-    @ivar data: The content being received, during DATA.
-    """
-
-    reverse_path: str
-    smtputf8: bool
-    forward_paths: list[str] = attrs.field(factory=list)
-    factories: list[Callable[[], ISubmissionMessage]] = attrs.field(factory=list)
-    messages: list[ISubmissionMessage] = attrs.field(factory=list)
-    data: DataReader | None = None
 
 
 def _no_delay(transport: Any) -> None:
@@ -250,6 +228,20 @@ class RelaySMTP(Protocol):
             why=why.text.removesuffix(", closing connection"),
         )
         self.closing(why)
+
+    @property
+    def closed(self) -> bool:
+        """
+        The connection is closing: nothing more is read or written.
+        """
+        return self._state == State.CLOSED
+
+    def read_data(self) -> None:
+        """
+        Read message content next (DATA accepted, its 354 follows).
+        """
+        self._state = State.DATA
+        self._arm_idle()
 
     # -- replies --
 
@@ -652,224 +644,23 @@ class RelaySMTP(Protocol):
         if self._auth_failures >= self.limits.max_auth_failures and self._state != State.CLOSED:
             self.closing(R.TOO_MANY_AUTH_FAILURES)
 
-    # -- commands: the envelope --
-
-    def _mail_parameters(self, text: str) -> tuple[bool, int | None] | None:
-        """
-        Check the ESMTP parameters of MAIL (RFC 1870 SIZE, RFC 6152 BODY,
-        RFC 6531 SMTPUTF8, RFC 4954 section 5 AUTH) and reply to bad ones.
-
-        @return: Whether SMTPUTF8 was given and the declared SIZE in bytes
-            (or C{None}); C{None} after an error reply.
-        """
-        params = parse_parameters(text)
-        if params is None:
-            self.error(R.SYNTAX_PARAMETERS)
-            return None
-        smtputf8 = False
-        size: int | None = None
-        for keyword, value in params.items():
-            if keyword == "SIZE":
-                if value is None or not value.isdigit() or len(value) > 20:
-                    self.error(R.BAD_SIZE)
-                    return None
-                size = int(value)
-            elif keyword == "BODY":
-                if value is None or value.upper() not in ("7BIT", "8BITMIME"):
-                    self.error(R.UNSUPPORTED_BODY)
-                    return None
-            elif keyword == "SMTPUTF8":
-                if value is not None:
-                    self.error(R.SMTPUTF8_TAKES_NO_VALUE)
-                    return None
-                smtputf8 = True
-            elif keyword != "AUTH":  # AUTH=: accepted, not used for relaying
-                self.error(R.unsupported_parameter(keyword))
-                return None
-        return smtputf8, size
+    # -- commands: the transaction (in relayd.smtp.envelope) --
 
     def smtp_MAIL(self, rest: str) -> defer.Deferred[None] | None:
-        """
-        MAIL FROM (RFC 5321 section 4.1.1.2) with SIZE (RFC 1870), BODY
-        (RFC 6152), SMTPUTF8 (RFC 6531) and AUTH (RFC 4954 section 5).
-        """
-        if self._need_ehlo():
-            return None
-        if self.avatar is None or not self.authenticated:
-            self.error(R.AUTH_REQUIRED)
-            return None
-        if self.transaction is not None:
-            self.error(R.NESTED_MAIL)
-            return None
-        if self._messages >= self.limits.max_messages_per_connection:
-            self.closing(R.TOO_MANY_MESSAGES)
-            return None
-        m = MAIL_ARGS.match(rest)
-        if m is None:
-            self.error(R.SYNTAX_MAIL)
-            return None
-        parameters = self._mail_parameters(m.group(2))
-        if parameters is None:
-            return None
-        smtputf8, size = parameters
-        try:
-            address = parse_path(m.group(1), allow_empty=True)
-        except PathError:
-            self.error(R.BAD_SENDER_SYNTAX)
-            return None
-        if not smtputf8 and not address.isascii():
-            self.error(R.NON_ASCII_ADDRESS)
-            return None
-        if size is not None and size > self.max_message_size:
-            self.error(R.MESSAGE_TOO_BIG)
-            return None
-        avatar = self.avatar
-        return self._validate(
-            lambda: avatar.validateFrom((self.ehlo, self.peer_ip), address, smtputf8=smtputf8),
-            lambda _: self._mail_accepted(address, smtputf8),
-        )
-
-    def _validate(
-        self, call: Callable[[], Any], accepted: Callable[[Any], None]
-    ) -> defer.Deferred[None] | None:
-        """
-        Ask the avatar to validate, then call C{accepted} with its answer.
-
-        The avatar may answer at once (most do: no Deferred is made) or
-        with a Deferred, which the caller waits for (RFC 2920 ordering).
-        L{Refused} becomes its reply; anything else a C{451}.
-
-        @return: A Deferred to wait for, or C{None} when done already.
-        """
-        try:
-            result = call()
-        except Refused as e:
-            self.error(e.reply)
-            return None
-        except Exception:
-            log.failure("validation failed")
-            self.send(R.LOCAL_ERROR)
-            return None
-        if not isinstance(result, defer.Deferred):
-            accepted(result)
-            return None
-
-        async def later() -> None:
-            try:
-                value = await result
-            except Refused as e:
-                self.error(e.reply)
-                return
-            accepted(value)
-
-        return defer.Deferred.fromCoroutine(later())
-
-    def _mail_accepted(self, address: str, smtputf8: bool) -> None:
-        self.transaction = Transaction(address, smtputf8)
-        self.send(R.SENDER_OK)
+        """MAIL FROM: see L{envelope.mail}."""
+        return envelope.mail(self, rest)
 
     def smtp_RCPT(self, rest: str) -> defer.Deferred[None] | None:
-        """
-        RCPT TO (RFC 5321 section 4.1.1.3).
-        """
-        transaction = self.transaction
-        if transaction is None or self.avatar is None:
-            self.error(R.NEED_MAIL)
-            return None
-        m = RCPT_ARGS.match(rest)
-        if m is None:
-            self.error(R.SYNTAX_RCPT)
-            return None
-        params = parse_parameters(m.group(2))
-        if params is None:
-            self.error(R.SYNTAX_PARAMETERS)
-            return None
-        if params:
-            self.error(R.unsupported_parameter(next(iter(params))))
-            return None
-        try:
-            address = parse_path(m.group(1))
-        except PathError:
-            if m.group(1).strip("<>").lower() != "postmaster":
-                self.error(R.BAD_RECIPIENT_SYNTAX)
-                return None
-            address = "postmaster"  # RFC 5321 section 4.1.1.3: always accepted
-        if not transaction.smtputf8 and not address.isascii():
-            self.error(R.NON_ASCII_ADDRESS)
-            return None
-        if len(transaction.forward_paths) >= self.max_recipients:
-            self.send(R.TOO_MANY_RECIPIENTS)
-            return None
-        avatar = self.avatar
-        return self._validate(
-            lambda: avatar.validateTo(address),
-            lambda factory: self._rcpt_accepted(transaction, address, factory),
-        )
-
-    def _rcpt_accepted(
-        self, transaction: Transaction, address: str, factory: Callable[[], ISubmissionMessage]
-    ) -> None:
-        if self.transaction is not transaction:  # RSET raced us; cannot happen in order
-            return
-        transaction.forward_paths.append(address)
-        transaction.factories.append(factory)
-        self.send(R.RECIPIENT_OK)
-
-    # -- commands: DATA --
-
-    def _refuse_data(self, r: Reply) -> None:
-        """
-        Refuse DATA.  A client that sent message content behind DATA
-        without waiting for the 354 (against RFC 2920 section 3.1) would
-        have it read as commands: treat DATA as a synchronisation point and
-        close the session instead.
-        """
-        self.error(r)
-        if self.framing.buffer and self._state != State.CLOSED:
-            self.closing(R.IMPROPER_PIPELINING)
+        """RCPT TO: see L{envelope.rcpt}."""
+        return envelope.rcpt(self, rest)
 
     def smtp_DATA(self, rest: str) -> None:
-        """
-        DATA (RFC 5321 section 4.1.1.4).
-        """
-        transaction = self.transaction
-        if rest:
-            self._refuse_data(R.SYNTAX_DATA)
-            return
-        if transaction is None:
-            self._refuse_data(R.NEED_MAIL)
-            return
-        if not transaction.forward_paths:
-            self._refuse_data(R.NO_VALID_RECIPIENTS)
-            return
-        messages: list[ISubmissionMessage] = []
-        try:
-            for factory in transaction.factories:
-                message = factory()
-                if not any(message is m for m in messages):
-                    messages.append(message)
-        except Exception:
-            log.failure("could not open the message")
-            for m in messages:
-                m.connectionLost()
-            self.transaction = None
-            self.send(R.LOCAL_ERROR)
-            return
-        transaction.messages = messages
-        transaction.data = DataReader(
-            self.limits.max_line_length,
-            self.max_message_size,
-            self.limits.bare_newline == "reject",
-        )
-        self._state = State.DATA
-        self._arm_idle()
-        self.send(R.START_MAIL_INPUT)
+        """DATA: see L{envelope.data}."""
+        envelope.data(self, rest)
 
     def smtp_BDAT(self, rest: str) -> None:
-        """
-        BDAT (RFC 3030) without CHUNKING advertised.
-        """
-        self.error(R.NO_CHUNKING)
+        """BDAT: see L{envelope.bdat}."""
+        envelope.bdat(self, rest)
 
 
 class RelaySMTPFactory(ServerFactory):
