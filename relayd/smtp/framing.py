@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_smtp_hostile -*-
+# -*- test-case-name: tests.smtp.test_framing -*-
 """
 SMTP input framing: bytes to command lines, DATA content and the end of data.
 

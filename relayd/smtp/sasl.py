@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_smtp_hostile -*-
+# -*- test-case-name: tests.smtp.test_framing -*-
 """
 The AUTH exchange: SASL PLAIN (RFC 4616) and LOGIN over SMTP (RFC 4954).
 
