@@ -4,9 +4,9 @@ SMTP AUTH (RFC 4954) against the token store: a C{twisted.cred} checker
 that takes the API token as the password, and a realm that turns an
 authenticated token into the avatar that delivers its mail.
 
-The SMTP server logs in with C{portal.login(credentials, None,
-IMessageDeliveryFactory, IMessageDelivery)}; the realm answers for
-L{IMessageDelivery}.  The portal has no checker for anonymous credentials,
+The SMTP session logs in with C{portal.login(credentials, None,
+ISubmission)}; the realm answers for L{ISubmission}, relayd's avatar
+interface.  The portal has no checker for anonymous credentials,
 so a client that has not authenticated cannot get an avatar at all.
 
 The avatar ID is the token itself (the avatar needs it for the upstream
@@ -25,9 +25,9 @@ from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer
-from twisted.mail.interfaces import IMessageDelivery
 from zope.interface import implementer
 
+from relayd.interfaces import ISubmission
 from relayd.tokens import TokenPolicy, TokenStore
 
 __all__ = ["API_KEY_USERNAME", "TokenChecker", "TokenRealm", "make_portal"]
@@ -134,7 +134,7 @@ def _noLogout() -> None:
 @implementer(IRealm)
 class TokenRealm:
     """
-    Make the L{IMessageDelivery} avatar of an authenticated token.
+    Make the L{ISubmission} avatar of an authenticated token.
     """
 
     def __init__(self, store: TokenStore, avatar_factory: AvatarFactory) -> None:
@@ -142,7 +142,7 @@ class TokenRealm:
         @param store: The tokens, for the policy of each avatar ID.
         @type store: L{TokenStore}
         @param avatar_factory: Called with the token and its policy; returns
-            an L{IMessageDelivery} provider.
+            an L{ISubmission} provider.
         @type avatar_factory: C{Callable[[str, TokenPolicy], object]}
         """
         self._store = store
@@ -158,22 +158,21 @@ class TokenRealm:
             L{bytes}).
         @param mind: Unused (the SMTP server passes C{None}).
         @param interfaces: The interfaces the caller can use, in its order
-            of preference; L{IMessageDelivery} must be among them.
-        @return: C{(IMessageDelivery, avatar, logout)}.
-        @raise NotImplementedError: When L{IMessageDelivery} is not asked
-            for.
+            of preference; L{ISubmission} must be among them.
+        @return: C{(ISubmission, avatar, logout)}.
+        @raise NotImplementedError: When L{ISubmission} is not asked for.
         @raise UnauthorizedLogin: When the token is not (or, after a reload,
             no longer) in the store.
         """
-        if IMessageDelivery not in interfaces:
-            raise NotImplementedError("TokenRealm only makes IMessageDelivery avatars")
+        if ISubmission not in interfaces:
+            raise NotImplementedError("TokenRealm only makes ISubmission avatars")
         if not isinstance(avatarId, (bytes, str)):
             raise UnauthorizedLogin("anonymous access is not allowed")
         token = _text(avatarId)
         policy = self._store.lookup(token)
         if policy is None:
             raise UnauthorizedLogin("invalid credentials")
-        return IMessageDelivery, self._avatar_factory(token, policy), _noLogout
+        return ISubmission, self._avatar_factory(token, policy), _noLogout
 
 
 def make_portal(store: TokenStore, avatar_factory: AvatarFactory) -> Portal:
@@ -182,7 +181,7 @@ def make_portal(store: TokenStore, avatar_factory: AvatarFactory) -> Portal:
 
     @param store: The tokens accepted.
     @type store: L{TokenStore}
-    @param avatar_factory: Builds an L{IMessageDelivery} avatar from a token
+    @param avatar_factory: Builds an L{ISubmission} avatar from a token
         and its policy (see L{TokenRealm}).
     @type avatar_factory: C{Callable[[str, TokenPolicy], object]}
     @return: A portal with a L{TokenRealm} and one L{TokenChecker}.

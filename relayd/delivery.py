@@ -3,8 +3,8 @@
 Delivery: the avatar a client gets after AUTH, and the one message of each
 SMTP transaction.
 
-Twisted's SMTP server asks the avatar (an L{IMessageDelivery}) to validate
-the reverse-path and each forward-path, and gets one L{IMessage} factory per
+The SMTP session asks the avatar (an L{ISubmission}) to validate the
+reverse-path and each forward-path, and gets one message factory per
 recipient.  relayd's avatar hands out factories that all return the same
 L{TransactionMessage}: one SMTP transaction, however many recipients, makes
 exactly one upstream request carrying every envelope recipient (RFC 5321
@@ -24,17 +24,18 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.mail.interfaces import IMessageDelivery, IMessageSMTP
 from zope.interface import implementer
 
+from relayd import reply as R
 from relayd.config import HeadersConfig
+from relayd.interfaces import ISubmission, ISubmissionMessage
 from relayd.message import Envelope, OutboundMessage, parse_message
 from relayd.reply import Refused, Reply
+from relayd.result import Accepted
 from relayd.tokens import TokenPolicy
-from relayd.upstream import Accepted, UpstreamClient
+from relayd.upstream import UpstreamClient
 
 __all__ = [
-    "IStreamingMessage",
     "Pipeline",
     "RelayDelivery",
     "TransactionMessage",
@@ -52,19 +53,6 @@ def _printable(text: str, limit: int = 64) -> str:
 
 # Messages larger than this many bytes are parsed off the reactor thread.
 PARSE_IN_THREAD = 4 * 1024 * 1024
-
-
-class IStreamingMessage(IMessageSMTP):
-    """
-    An L{IMessageSMTP} that also takes its content as whole buffers, which
-    relayd's protocol uses instead of one call per line.
-    """
-
-    def bodyReceived(data: bytes) -> None:
-        """
-        Take message content: complete lines with CRLF line ends, dot-
-        stuffing already undone (RFC 5321 section 4.5.2).
-        """
 
 
 @attrs.frozen
@@ -118,16 +106,12 @@ class Pipeline:
         try:
             message = await self._parse(data, envelope)
             if not policy.allows_sender(message.sender_address):
-                raise Refused(Reply(550, "5.7.1", "Sender not allowed"))
+                raise Refused(R.SENDER_NOT_ALLOWED)
             if not policy.allows_stream(message.stream):
                 raise Refused(
-                    Reply(
-                        550,
-                        "5.7.1",
-                        f"Stream '{_printable(message.stream)}' not allowed for this token"
-                        if message.stream
-                        else "A stream is required for this token",
-                    )
+                    R.stream_not_allowed(_printable(message.stream))
+                    if message.stream
+                    else R.STREAM_REQUIRED
                 )
             body = self.upstream.encode(message)
             mapped, stripped = message.mapped, message.stripped
@@ -147,7 +131,7 @@ class Pipeline:
             return e.reply
         except Exception:
             log.failure("relaying a message failed")
-            return Reply(451, "4.3.0", "Local error in processing, try again later")
+            return R.LOCAL_ERROR
         elapsed = self.clock.seconds() - started
         if isinstance(result, Accepted):
             log.info(
@@ -168,8 +152,7 @@ class Pipeline:
                     " check upstream.url",
                     token_name=policy.name,
                 )
-            text = "Ok: queued as " + result.message_id if result.message_id else "Ok: queued"
-            return Reply(250, "2.0.0", text)
+            return R.queued(result.message_id)
         log.info(
             "upstream did not take message for token {token_name}: {code} {status}"
             " {reason} ({elapsed:.3f}s)",
@@ -182,7 +165,7 @@ class Pipeline:
         return Reply(result.code, result.status, result.text)
 
 
-@implementer(IStreamingMessage)
+@implementer(ISubmissionMessage)
 class TransactionMessage:
     """
     The message of one SMTP transaction, shared by all its recipients.
@@ -200,13 +183,13 @@ class TransactionMessage:
 
     def bodyReceived(self, data: bytes) -> None:
         """
-        See L{IStreamingMessage.bodyReceived}.
+        See L{ISubmissionMessage.bodyReceived}.
         """
         self._parts.append(data)
 
     def lineReceived(self, line: bytes) -> None:
         """
-        See L{IMessageSMTP.lineReceived}: one line without its line end.
+        Take one line of content without its line end.
         """
         self._parts.append(line + b"\r\n")
 
@@ -232,7 +215,7 @@ class TransactionMessage:
         self._parts = []
 
 
-@implementer(IMessageDelivery)
+@implementer(ISubmission)
 class RelayDelivery:
     """
     The avatar of one authenticated API token: validates the envelope with
@@ -288,7 +271,7 @@ class RelayDelivery:
             token may not send from that address.
         """
         if not self.policy.allows_sender(origin):
-            raise Refused(Reply(550, "5.7.1", "Sender not allowed"))
+            raise Refused(R.SENDER_NOT_ALLOWED)
         self._current = TransactionMessage(self, origin, smtputf8)
         return origin
 
@@ -301,7 +284,7 @@ class RelayDelivery:
         """
         current = self._current
         if current is None:
-            raise Refused(Reply(503, "5.5.1", "Error: need MAIL command"))
+            raise Refused(R.NEED_MAIL)
         if user.casefold() not in (r.casefold() for r in current.rcpt_to):
             current.rcpt_to.append(user)  # a repeated RCPT is one recipient
         return lambda: current

@@ -72,6 +72,114 @@ class Refused(Exception):
 
 
 # -- replies of the SMTP session (relayd.smtp) -----------------------------
+#
+# A 421 ("closing connection") names the server first (RFC 5321 section
+# 4.2): the session sends these with its hostname put before the text.
+
+#: The greeting's text follows the hostname (RFC 5321 section 4.2).
+GREETING = Reply(220, "", "ESMTP relayd ready")
+TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
+IDLE_TIMEOUT = Reply(421, "4.4.2", "Timeout exceeded, closing connection")
+SESSION_LIFETIME_EXCEEDED = Reply(421, "4.4.2", "Session lifetime exceeded, closing connection")
+TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
+LINE_TOO_LONG_CLOSING = Reply(421, "4.7.0", "Line too long, closing connection")
+LOCAL_ERROR_CLOSING = Reply(421, "4.3.0", "Local error, closing connection")
+IMPROPER_PIPELINING = Reply(421, "4.5.0", "Improper pipelining after DATA, closing connection")
+TOO_MANY_MESSAGES = Reply(421, "4.7.0", "Too many messages in this session, closing connection")
+AUTH_LOCKED_OUT = Reply(421, "4.7.0", "Too many failed authentication attempts, try again later")
+TOO_MANY_AUTH_FAILURES = Reply(
+    421, "4.7.0", "Too many failed authentication attempts, closing connection"
+)
+
+# Command lines (RFC 5321 section 4.5.3.1.4, section 2.3.8).
+LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")
+BARE_LF_IN_COMMAND = Reply(550, "5.6.0", "Bare <LF> received; lines must end with <CR><LF>")
+NUL_IN_COMMAND = Reply(501, "5.5.2", "NUL character in command")
+COMMAND_NOT_UTF8 = Reply(500, "5.5.2", "Command is not valid UTF-8")
+COMMAND_NOT_RECOGNIZED = Reply(500, "5.5.2", "Error: command not recognized")
+COMMAND_NOT_IMPLEMENTED = Reply(502, "5.5.1", "Error: command not implemented")
+NO_CHUNKING = Reply(502, "5.5.1", "Error: command not implemented (no CHUNKING)")
+#: Any failure inside relayd that the client may retry (also the delivery
+#: path's).
+LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
+
+# EHLO, STARTTLS and the simple verbs (RFC 5321 section 4.1.1, RFC 3207).
+SYNTAX_EHLO = Reply(501, "5.5.4", "Syntax: EHLO hostname")
+SYNTAX_HELO = Reply(501, "5.5.4", "Syntax: HELO hostname")
+NEED_EHLO = Reply(503, "5.5.1", "Error: send HELO/EHLO first")
+SYNTAX_STARTTLS = Reply(501, "5.5.4", "Syntax: STARTTLS")
+TLS_ALREADY_ACTIVE = Reply(503, "5.5.1", "Error: TLS already active")
+STARTTLS_NOT_AVAILABLE = Reply(503, "5.5.1", "Error: STARTTLS not available")
+READY_TO_START_TLS = Reply(220, "2.0.0", "Ready to start TLS")
+OK = Reply(250, "2.0.0", "Ok")
+CANNOT_VRFY = Reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")
+HELP = Reply(
+    214,
+    "2.0.0",
+    "See RFC 5321; commands: EHLO HELO STARTTLS AUTH MAIL RCPT DATA RSET NOOP VRFY HELP QUIT",
+)
+BYE = Reply(221, "2.0.0", "Bye")
+
+# AUTH (RFC 4954, RFC 4616, draft-murchison-sasl-login).
+ENCRYPTION_REQUIRED = Reply(
+    538, "5.7.11", "Encryption required for requested authentication mechanism"
+)
+ALREADY_AUTHENTICATED = Reply(503, "5.5.1", "Error: already authenticated")
+AUTH_DURING_TRANSACTION = Reply(503, "5.5.1", "Error: AUTH not allowed during a mail transaction")
+SYNTAX_AUTH = Reply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
+UNRECOGNIZED_AUTH_TYPE = Reply(504, "5.5.4", "Unrecognized authentication type")
+#: The empty challenge of AUTH PLAIN (RFC 4616 section 2).
+PLAIN_CHALLENGE = Reply(334, "", "")
+#: "Username:" and "Password:" in base64, as LOGIN clients expect.
+LOGIN_USERNAME_CHALLENGE = Reply(334, "", "VXNlcm5hbWU6")
+LOGIN_PASSWORD_CHALLENGE = Reply(334, "", "UGFzc3dvcmQ6")
+AUTH_ABORTED = Reply(501, "5.7.0", "Authentication aborted")
+CANNOT_DECODE_AUTH = Reply(501, "5.5.2", "Cannot decode AUTH response")
+MALFORMED_AUTH_PLAIN = Reply(501, "5.5.2", "Malformed AUTH PLAIN response")
+AUTH_SUCCESSFUL = Reply(235, "2.7.0", "Authentication successful")
+AUTH_INVALID = Reply(535, "5.7.8", "Authentication credentials invalid")
+AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
+
+# The envelope: MAIL and RCPT (RFC 5321 sections 4.1.1.2, 4.1.1.3).
+NESTED_MAIL = Reply(503, "5.5.1", "Error: nested MAIL command")
+NEED_MAIL = Reply(503, "5.5.1", "Error: need MAIL command")
+SYNTAX_MAIL = Reply(501, "5.5.4", "Syntax: MAIL FROM:<address>")
+SYNTAX_RCPT = Reply(501, "5.5.4", "Syntax: RCPT TO:<address>")
+SYNTAX_PARAMETERS = Reply(501, "5.5.4", "Syntax error in parameters")
+BAD_SIZE = Reply(501, "5.5.4", "Bad SIZE parameter")
+UNSUPPORTED_BODY = Reply(501, "5.5.4", "Unsupported BODY parameter")
+SMTPUTF8_TAKES_NO_VALUE = Reply(501, "5.5.4", "SMTPUTF8 takes no value")
+BAD_SENDER_SYNTAX = Reply(501, "5.1.7", "Bad sender address syntax")
+BAD_RECIPIENT_SYNTAX = Reply(501, "5.1.3", "Bad recipient address syntax")
+NON_ASCII_ADDRESS = Reply(553, "5.6.7", "Non-ASCII address requires SMTPUTF8")
+TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Error: too many recipients")
+SENDER_OK = Reply(250, "2.1.0", "Ok")
+RECIPIENT_OK = Reply(250, "2.1.5", "Ok")
+
+# DATA (RFC 5321 section 4.1.1.4, RFC 1870).
+SYNTAX_DATA = Reply(501, "5.5.4", "Syntax: DATA")
+NO_VALID_RECIPIENTS = Reply(554, "5.5.1", "Error: no valid recipients")
+START_MAIL_INPUT = Reply(354, "", "End data with <CR><LF>.<CR><LF>")
+MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+BARE_NEWLINE_IN_DATA = Reply(
+    550, "5.6.0", "Message contains bare <CR> or <LF>; lines must end with <CR><LF>"
+)
+
+
+def unsupported_parameter(keyword: str) -> Reply:
+    """
+    @param keyword: An ESMTP parameter of MAIL or RCPT relayd does not know.
+    @return: C{555 5.5.4} naming it (RFC 5321 section 4.1.1.11).
+    """
+    return Reply(555, "5.5.4", f"Unsupported parameter {keyword}")
+
+
+def message_line_too_long(limit: int) -> Reply:
+    """
+    @param limit: The message line limit, in octets without the line end.
+    @return: C{552 5.3.4} naming it (RFC 5321 section 4.5.3.1.6).
+    """
+    return Reply(552, "5.3.4", f"Message line too long (limit {limit} octets)")
 
 
 # -- replies of the message pipeline (relayd.message) ----------------------
@@ -79,6 +187,26 @@ class Refused(Exception):
 
 # -- replies of the delivery path and the upstream (relayd.delivery,
 #    relayd.upstream, relayd.dialects) -------------------------------------
+
+SENDER_NOT_ALLOWED = Reply(550, "5.7.1", "Sender not allowed")
+STREAM_REQUIRED = Reply(550, "5.7.1", "A stream is required for this token")
+
+
+def stream_not_allowed(stream: str) -> Reply:
+    """
+    @param stream: The message's stream, as printable ASCII.
+    @return: C{550 5.7.1} naming it.
+    """
+    return Reply(550, "5.7.1", f"Stream '{stream}' not allowed for this token")
+
+
+def queued(message_id: str) -> Reply:
+    """
+    @param message_id: The upstream's id for the message, or C{""}.
+    @return: The C{250 2.0.0} to the final dot, with the id when there is one.
+    """
+    return Reply(250, "2.0.0", "Ok: queued as " + message_id if message_id else "Ok: queued")
+
 
 # upstream and dialects (relayd.upstream, relayd.dialects)
 

@@ -8,7 +8,7 @@ Sections:
     records requests and answers from a queue.
   - Outbound messages (L{sample_message}).
   - SMTP sessions: L{TLSStringTransport}, L{FakeDelivery} (an
-    L{IMessageDelivery} avatar that records transactions) and
+    L{ISubmission} avatar that records transactions) and
     L{make_fake_portal}, to drive L{relayd.smtp} without a network.
 """
 
@@ -27,13 +27,13 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.testing import StringTransport
-from twisted.mail.interfaces import IMessageDelivery
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
+from relayd.interfaces import ISubmission, ISubmissionMessage
 from relayd.message import Attachment, Envelope, OutboundMessage
-from relayd.reply import Refused, Reply
+from relayd.reply import SENDER_NOT_ALLOWED, Refused, Reply
 
 __all__ = [
     "TOKEN",
@@ -291,16 +291,16 @@ class SentMessage:
     data: bytes = b""
 
 
-@implementer(IMessageDelivery)
+@implementer(ISubmission)
 class FakeDelivery:
     """
-    An L{IMessageDelivery} avatar that records messages and answers with
+    An L{ISubmission} avatar that records messages and answers with
     C{result}; with C{hold}, validations wait for L{release}.
     """
 
     name = "test"
-    max_recipients = None
-    max_message_size = None
+    max_recipients: int | None = None
+    max_message_size: int | None = None
 
     def __init__(self) -> None:
         self.sent: list[SentMessage] = []
@@ -333,7 +333,7 @@ class FakeDelivery:
 
     def validateFrom(self, helo: Any, origin: str, smtputf8: bool = False) -> Any:
         if self.allowed_senders and origin not in self.allowed_senders:
-            raise Refused(Reply(550, "5.7.1", "Sender not allowed"))
+            raise Refused(SENDER_NOT_ALLOWED)
         self._current = SentMessage(origin, [])
         return self._answer(origin)
 
@@ -361,6 +361,7 @@ class FakeDelivery:
         return defer.succeed(reply)
 
 
+@implementer(ISubmissionMessage)
 class _FakeMessage:
     def __init__(self, owner: FakeDelivery, record: SentMessage) -> None:
         self.owner = owner

@@ -43,13 +43,9 @@ if TYPE_CHECKING:
     from relayd.message import OutboundMessage
 
 __all__ = [
-    # Accepted and UpstreamResult live in relayd.result; named here too
-    # until relayd.delivery imports them from there.
-    "Accepted",
     "BytesProducer",
     "MAX_ANSWER",
     "UpstreamClient",
-    "UpstreamResult",
     "make_client",
     "make_http_client",
     "make_pool",

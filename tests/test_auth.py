@@ -10,15 +10,17 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import Anonymous, IUsernamePassword, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.cred.portal import IRealm
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.mail.imap4 import PLAINCredentials
-from twisted.mail.interfaces import IMessageDelivery, IMessageDeliveryFactory
-from twisted.mail.smtp import ESMTP, LOGINCredentials
+from twisted.mail.interfaces import IMessageDeliveryFactory
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from relayd.auth import TokenChecker, TokenRealm, make_portal
+from relayd.config import LimitsConfig
+from relayd.interfaces import ISubmission
+from relayd.smtp import RelaySMTPFactory
 from relayd.tokens import TokenPolicy, TokenStore
 
 TOKEN = "rly_test-token"
@@ -29,6 +31,8 @@ class _Avatar:
     """
     What the fake avatar factory builds: a record of its arguments.
     """
+
+    name = "avatar"
 
     def __init__(self, token: str, policy: TokenPolicy) -> None:
         self.token = token
@@ -183,16 +187,16 @@ class TokenRealmTests(SynchronousTestCase):
         """
         self.assertTrue(verifyObject(IRealm, self.realm))
 
-    def test_message_delivery_avatar(self) -> None:
+    def test_submission_avatar(self) -> None:
         """
-        Asked for L{IMessageDelivery} (after L{IMessageDeliveryFactory}, as
-        the SMTP server asks), the realm returns the avatar the factory
+        Asked for L{ISubmission} (after an interface it does not make),
+        the realm returns the avatar the factory
         built from the token and its policy, and a logout callable.
         """
         interface, avatar, logout = self.realm.requestAvatar(
-            TOKEN, None, IMessageDeliveryFactory, IMessageDelivery
+            TOKEN, None, IMessageDeliveryFactory, ISubmission
         )
-        self.assertIs(interface, IMessageDelivery)
+        self.assertIs(interface, ISubmission)
         assert isinstance(avatar, _Avatar)
         self.assertEqual(avatar.token, TOKEN)
         self.assertEqual(avatar.policy, TokenPolicy("website"))
@@ -202,13 +206,13 @@ class TokenRealmTests(SynchronousTestCase):
         """
         An avatar ID given as bytes is decoded; the factory gets text.
         """
-        _, avatar, _ = self.realm.requestAvatar(TOKEN.encode(), None, IMessageDelivery)
+        _, avatar, _ = self.realm.requestAvatar(TOKEN.encode(), None, ISubmission)
         assert isinstance(avatar, _Avatar)
         self.assertEqual(avatar.token, TOKEN)
 
     def test_other_interface(self) -> None:
         """
-        Without L{IMessageDelivery} among the interfaces, the realm raises
+        Without L{ISubmission} among the interfaces, the realm raises
         L{NotImplementedError}.
         """
         self.assertRaises(
@@ -228,7 +232,7 @@ class TokenRealmTests(SynchronousTestCase):
             self.realm.requestAvatar,
             "rly_wrong",
             None,
-            IMessageDelivery,
+            ISubmission,
         )
 
 
@@ -249,10 +253,10 @@ class PortalTests(SynchronousTestCase):
                 UsernamePassword(b"apikey", TOKEN.encode()),
                 None,
                 IMessageDeliveryFactory,
-                IMessageDelivery,
+                ISubmission,
             )
         )
-        self.assertIs(interface, IMessageDelivery)
+        self.assertIs(interface, ISubmission)
         assert isinstance(avatar, _Avatar)
         self.assertEqual((avatar.token, avatar.policy), (TOKEN, TokenPolicy("website")))
 
@@ -261,7 +265,7 @@ class PortalTests(SynchronousTestCase):
         A wrong token fails the login with L{UnauthorizedLogin}.
         """
         self.failureResultOf(
-            self.portal.login(UsernamePassword(b"apikey", b"rly_wrong"), None, IMessageDelivery),
+            self.portal.login(UsernamePassword(b"apikey", b"rly_wrong"), None, ISubmission),
             UnauthorizedLogin,
         )
 
@@ -270,24 +274,28 @@ class PortalTests(SynchronousTestCase):
         There is no anonymous login.
         """
         self.failureResultOf(
-            self.portal.login(Anonymous(), None, IMessageDelivery),
+            self.portal.login(Anonymous(), None, ISubmission),
             UnhandledCredentials,
         )
 
 
-class ESMTPAuthTests(SynchronousTestCase):
+class SessionAuthTests(SynchronousTestCase):
     """
-    The portal behind Twisted's own ESMTP protocol, with AUTH PLAIN and AUTH
-    LOGIN (RFC 4954 and draft-murchison-sasl-login).
+    The portal behind relayd's SMTP session, with AUTH PLAIN and AUTH
+    LOGIN (RFC 4954, RFC 4616 and draft-murchison-sasl-login).
     """
 
     def setUp(self) -> None:
         self.clock = Clock()
-        self.protocol = ESMTP({b"PLAIN": PLAINCredentials, b"LOGIN": LOGINCredentials})
-        self.protocol.callLater = self.clock.callLater  # type: ignore[assignment]
-        self.protocol.host = b"relay.test"
-        self.protocol.portal = make_portal(_store(), _Avatar)
-        self.transport = StringTransport()
+        factory = RelaySMTPFactory(
+            make_portal(_store(), _Avatar),
+            "relay.test",
+            LimitsConfig(),
+            self.clock,
+            implicit_tls=True,
+        )
+        self.protocol = factory.buildProtocol(None)
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.1", 40000))
         self.protocol.makeConnection(self.transport)
         self.addCleanup(self.protocol.connectionLost, None)
         self.protocol.dataReceived(b"EHLO client.test\r\n")
@@ -300,7 +308,7 @@ class ESMTPAuthTests(SynchronousTestCase):
         response = base64.b64encode(b"\0apikey\0" + TOKEN.encode())
         self.protocol.dataReceived(b"AUTH PLAIN " + response + b"\r\n")
         self.assertTrue(self.transport.value().startswith(b"235 "))
-        delivery = self.protocol.delivery
+        delivery = self.protocol.avatar
         assert isinstance(delivery, _Avatar)
         self.assertEqual(delivery.token, TOKEN)
 
@@ -320,4 +328,4 @@ class ESMTPAuthTests(SynchronousTestCase):
         response = base64.b64encode(b"\0apikey\0rly_wrong")
         self.protocol.dataReceived(b"AUTH PLAIN " + response + b"\r\n")
         self.assertTrue(self.transport.value().startswith(b"535 "))
-        self.assertIsNone(self.protocol.delivery)
+        self.assertIsNone(self.protocol.avatar)

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
-from twisted.mail.interfaces import IMessageDelivery
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from relayd.config import HeadersConfig, UpstreamConfig
-from relayd.delivery import IStreamingMessage, Pipeline, RelayDelivery
+from relayd.delivery import Pipeline, RelayDelivery
 from relayd.dialects import get_dialect
+from relayd.interfaces import ISubmission, ISubmissionMessage
 from relayd.reply import Refused, Reply
 from relayd.testing import FakeUpstream
 from relayd.tokens import TokenPolicy
@@ -52,9 +52,9 @@ class DeliveryTests(SynchronousTestCase):
 
     def test_interfaces(self) -> None:
         avatar = self.avatar()
-        verifyObject(IMessageDelivery, avatar)
+        verifyObject(ISubmission, avatar)
         avatar.validateFrom(None, "a@example.com")
-        verifyObject(IStreamingMessage, avatar.validateTo("b@example.com")())
+        verifyObject(ISubmissionMessage, avatar.validateTo("b@example.com")())
 
     def test_three_recipients_one_upstream_request(self) -> None:
         """

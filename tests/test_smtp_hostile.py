@@ -26,8 +26,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from relayd.config import LimitsConfig
 from relayd.reply import Refused, Reply
 from relayd.smtp import AuthThrottle, RelaySMTPFactory
+from relayd.smtp.session import Transaction
 from relayd.testing import TOKEN, FakeDelivery, TLSStringTransport, make_fake_portal
-from tests.test_smtp import b64, plain
+from tests.test_smtp import b64, data_parts, plain
 
 HOST = "mx.example.test"
 QUEUED = re.compile(r"^250 2\.0\.0 Ok: queued as fake-\d+$")
@@ -219,15 +220,10 @@ class Session:
 
 def inbuf(proto: Any) -> bytearray:
     """
-    The protocol's unprocessed input (C{_inbuf}; C{_buffer} in older
-    versions).  Read from the instance only: Twisted's C{LineOnlyReceiver}
-    has a class attribute C{_buffer} that would make checks vacuous.
+    The protocol's unprocessed input (the buffer of its framing).
     """
-    for name in ("_inbuf", "_buffer"):
-        value = proto.__dict__.get(name)
-        if value is not None:
-            return value
-    raise AssertionError("RelaySMTP has no input buffer attribute")
+    value: bytearray = proto.framing.buffer
+    return value
 
 
 def logged_in(**kwargs: Any) -> Session:
@@ -543,7 +539,7 @@ class LongDataLineTests(SynchronousTestCase):
         for _ in range(1024):
             self.assertEqual(s.send(chunk), [])
             self.assertLess(len(inbuf(s.proto)), 2048)
-            self.assertLess(sum(map(len, s.proto._data_parts)), 2048)
+            self.assertLess(sum(map(len, data_parts(s.proto))), 2048)
         self.assertEqual(s.send(b"\r\n.\r\n"), [DATA_LINE_TOO_LONG])
         self.assertEqual(s.send("NOOP\r\n"), [NOOP_OK])
 
@@ -700,7 +696,7 @@ class StartTLSHostileTests(SynchronousTestCase, WireChecks):
     def test_starttls_discards_a_pending_long_line(self) -> None:
         s = self.plain_session()
         self.assertEqual(s.send(b"STARTTLS\r\n" + b"x" * 100000), ["220 2.0.0 Ready to start TLS"])
-        self.assertEqual(s.proto._discarding, 0)
+        self.assertEqual(s.proto.framing.discarding, 0)
         self.assertEqual(s.send("EHLO c\r\n")[0], f"250-{HOST}")
 
     def test_twice(self) -> None:
@@ -730,15 +726,13 @@ class StartTLSHostileTests(SynchronousTestCase, WireChecks):
         """
         s = self.plain_session()
         s.proto.authenticated = True
-        s.proto.token_avatar = s.delivery
-        s.proto.mail_from = "a@example.com"
-        s.proto.rcpt_to = ["b@example.com"]
+        s.proto.avatar = s.delivery
+        s.proto.transaction = Transaction("a@example.com", False, ["b@example.com"])
         s.send("STARTTLS\r\n")
         self.assertIsNone(s.proto.ehlo)
         self.assertFalse(s.proto.authenticated)
-        self.assertIsNone(s.proto.token_avatar)
-        self.assertIsNone(s.proto.mail_from)
-        self.assertEqual(s.proto.rcpt_to, [])
+        self.assertIsNone(s.proto.avatar)
+        self.assertIsNone(s.proto.transaction)
         self.assertEqual(
             s.send("MAIL FROM:<a@example.com>\r\n"), ["503 5.5.1 Error: send HELO/EHLO first"]
         )
@@ -871,7 +865,7 @@ class PipeliningHostileTests(SynchronousTestCase, WireChecks):
             s.send(bytes([b]))
         s.delivery.release()
         self.assertEqual(s.replies(), ["250 2.1.0 Ok", NOOP_OK, NOOP_OK, NOOP_OK])
-        self.assertIsNone(s.proto.mail_from)
+        self.assertIsNone(s.proto.transaction)
 
     def test_connection_lost_while_pending(self) -> None:
         s = logged_in()
@@ -959,7 +953,7 @@ class SizeTests(SynchronousTestCase, WireChecks):
         line = b"z" * 900 + b"\r\n"
         for _ in range(5000):
             self.assertEqual(s.send(line * 10), [])
-            self.assertLessEqual(sum(map(len, s.proto._data_parts)), 10000)
+            self.assertLessEqual(sum(map(len, data_parts(s.proto))), 10000)
             self.assertLess(len(inbuf(s.proto)), 1002)
         self.assertEqual(s.send(b".\r\n"), [TOO_BIG])
         self.assertEqual(s.delivery.sent, [])

@@ -1,0 +1,719 @@
+# -*- test-case-name: tests.test_smtp -*-
+"""
+One SMTP session: states, verbs, reply order, timers, STARTTLS and AUTH.
+
+L{RelaySMTP} is a plain L{Protocol}, not a C{twisted.mail.smtp.ESMTP}
+(see docs and STYLE.md for why).  It keeps Twisted's cred seam: AUTH
+credentials go to a C{twisted.cred} portal, whose realm returns an
+L{ISubmission} avatar that validates the envelope and takes the message.
+The parts with no Twisted code live beside it: L{relayd.smtp.framing}
+(bytes to lines and DATA), L{relayd.smtp.syntax} (paths, parameters),
+L{relayd.smtp.sasl} (the AUTH exchange).
+
+  - replies always come in command order (RFC 2920 PIPELINING): while a
+    command waits for a Deferred, reading stops and later input waits;
+  - AUTH (RFC 4954) only once the connection is secure, with
+    C{538 5.7.11} before; a malformed exchange gets C{501 5.5.2};
+  - input after STARTTLS in the same packet is discarded and the session
+    starts over after the handshake (RFC 3207 section 4.2, CVE-2011-0411);
+  - enhanced status codes (RFC 2034, RFC 3463) on every reply, SIZE
+    (RFC 1870), 8BITMIME (RFC 6152), SMTPUTF8 (RFC 6531);
+  - time limits (RFC 5321 section 4.5.3.2), connection caps and failed-AUTH
+    throttling, with time from an injected clock.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Callable
+from typing import Any, cast
+
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import Portal
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from relayd import reply as R
+from relayd.config import LimitsConfig
+from relayd.interfaces import ISubmission, ISubmissionMessage
+from relayd.reply import Reply
+from relayd.smtp import envelope
+from relayd.smtp.envelope import Transaction
+from relayd.smtp.framing import DataError, Framer, LineError
+from relayd.smtp.guards import AuthThrottle, ConnectionLimiter, DeliveryTracker
+from relayd.smtp.sasl import MECHANISMS, Aborted, Challenge, Credentials, SASLExchange, Step
+
+__all__ = ["RelaySMTP", "RelaySMTPFactory", "State"]
+
+log = Logger()
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class State(enum.Enum):
+    """
+    What the session reads next.
+    """
+
+    COMMAND = "command"  # a command line
+    DATA = "data"  # message content, up to the end of data
+    AUTH = "auth"  # an AUTH response line
+    CLOSED = "closed"  # nothing: the connection is closing
+
+
+def _no_delay(transport: Any) -> None:
+    """
+    Turn off Nagle's algorithm on the TCP connection under C{transport}
+    (also under a TLS wrapper): SMTP is a dialogue of small writes, and a
+    reply held back for 40 ms waiting for an ACK stalls the client.
+    """
+    for _ in range(3):
+        if transport is None:
+            return
+        set_no_delay = getattr(transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
+            return
+        transport = getattr(transport, "transport", None)
+
+
+class RelaySMTP(Protocol):
+    """
+    One SMTP session.
+
+    @ivar secure: The connection is TLS-protected: an implicit-TLS listener
+        (RFC 8314) or after STARTTLS (RFC 3207).  Explicit protocol state,
+        never guessed from the transport.
+    @ivar ehlo: The EHLO/HELO argument, or C{None} before it.
+    @ivar authenticated: AUTH succeeded (RFC 4954).
+    @ivar avatar: The L{ISubmission} avatar after AUTH, else C{None}.
+    @ivar transaction: The current mail transaction, or C{None}.
+    @ivar framing: The input buffer, cut into lines and DATA.
+    """
+
+    factory: RelaySMTPFactory
+    transport: Any
+
+    def __init__(self, factory: RelaySMTPFactory) -> None:
+        self.factory = factory
+        self.portal: Portal = factory.portal
+        self.clock = factory.clock
+        self.limits: LimitsConfig = factory.limits
+        self.hostname = factory.hostname
+        self.secure = factory.implicit_tls
+        self.peer_ip = ""
+        self.framing = Framer(
+            self.limits.max_command_length,
+            self.limits.max_line_length,
+            self.limits.bare_newline == "reject",
+        )
+        self._state = State.COMMAND
+        self._counted = False
+        self._pending = False
+        self._errors = 0
+        self._auth_failures = 0
+        self._messages = 0
+        self._idle_call: IDelayedCall | None = None
+        self._session_call: IDelayedCall | None = None
+        self._auth_delay: IDelayedCall | None = None
+        self._expire_after_reply: Reply | None = None
+        self._reset_session()
+
+    # -- session state --
+
+    def _reset_session(self) -> None:
+        """
+        Forget everything a client said: the state at the greeting, and
+        after STARTTLS (RFC 3207 section 4.2).
+        """
+        self.ehlo: str | None = None
+        self.authenticated = False
+        self.avatar: ISubmission | None = None
+        self._logout: Callable[[], None] | None = None
+        self._sasl: SASLExchange | None = None
+        self.transaction: Transaction | None = None
+
+    def _lower(self, configured: int, own: int | None) -> int:
+        return min(configured, own) if own else configured
+
+    @property
+    def max_message_size(self) -> int:
+        """
+        The message size limit in bytes: the configured one, or the
+        avatar's (L{ISubmission.max_message_size}) when lower.
+        """
+        own = self.avatar.max_message_size if self.avatar is not None else None
+        return self._lower(self.limits.max_message_size, own)
+
+    @property
+    def max_recipients(self) -> int:
+        """
+        The recipient limit per transaction: the configured one, or the
+        avatar's (L{ISubmission.max_recipients}) when lower.
+        """
+        own = self.avatar.max_recipients if self.avatar is not None else None
+        return self._lower(self.limits.max_recipients, own)
+
+    # -- connection --
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self.peer_ip = str(getattr(peer, "host", peer))
+        if not self.factory.limiter.acquire(self.peer_ip):
+            log.info("refused connection from {peer}: too many", peer=self.peer_ip)
+            self.closing(R.TOO_MANY_CONNECTIONS)
+            return
+        self._counted = True
+        _no_delay(self.transport)
+        self.send(R.GREETING.with_text(f"{self.hostname} {R.GREETING.text}"))
+        self._arm_idle()
+        self._session_call = self.clock.callLater(
+            self.limits.session_timeout, self._timed_out, R.SESSION_LIFETIME_EXCEEDED
+        )
+
+    def connectionLost(self, reason: Failure | None = None) -> None:  # type: ignore[override]
+        self._state = State.CLOSED
+        for call in (self._idle_call, self._session_call, self._auth_delay):
+            if call is not None and call.active():
+                call.cancel()
+        self._idle_call = self._session_call = self._auth_delay = None
+        if self._counted:
+            self.factory.limiter.release(self.peer_ip)
+            self._counted = False
+        self._abort_data()
+        if self._logout is not None:
+            self._logout()
+            self._logout = None
+        self.framing.buffer = bytearray()
+
+    def _close(self) -> None:
+        """
+        Close the connection after the replies already written.
+        """
+        self._state = State.CLOSED
+        self.framing.buffer = bytearray()
+        self.transport.loseConnection()
+
+    def _arm_idle(self) -> None:
+        """
+        (Re)start the idle timer: RFC 5321 section 4.5.3.2 (5 minutes for
+        commands, the DATA block timeout while a message streams in).
+        """
+        if self._state == State.CLOSED:
+            return
+        data = self._state == State.DATA
+        timeout = self.limits.data_timeout if data else self.limits.idle_timeout
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.reset(timeout)
+        else:
+            self._idle_call = self.clock.callLater(timeout, self._timed_out, R.IDLE_TIMEOUT)
+
+    def _timed_out(self, why: Reply) -> None:
+        if self._state == State.CLOSED:
+            return
+        if self._pending:
+            # relayd is waiting (for the upstream): closing now would leave
+            # the client to retry a message the upstream may still take.
+            # Close right after the reply instead.
+            self._expire_after_reply = why
+            return
+        log.info(
+            "closing session from {peer}: {why}",
+            peer=self.peer_ip,
+            why=why.text.removesuffix(", closing connection"),
+        )
+        self.closing(why)
+
+    @property
+    def closed(self) -> bool:
+        """
+        The connection is closing: nothing more is read or written.
+        """
+        return self._state == State.CLOSED
+
+    def read_data(self) -> None:
+        """
+        Read message content next (DATA accepted, its 354 follows).
+        """
+        self._state = State.DATA
+        self._arm_idle()
+
+    # -- replies --
+
+    def reply(self, code: int, status: str, text: str) -> None:
+        """
+        Send one reply line.
+
+        @param code: The reply code.
+        @param status: The enhanced status code (RFC 3463) or C{""}.
+        @param text: One line of text (UTF-8 allowed).
+        """
+        if self._state == State.CLOSED:
+            return
+        # One line: nothing in the text may end the reply or forge another.
+        text = _UNPRINTABLE.sub(" ", text)
+        line = f"{code} {status} {text}" if status else f"{code} {text}"
+        self.transport.write(line.encode("utf-8", "replace") + b"\r\n")
+
+    def send(self, r: Reply) -> None:
+        """
+        Send the reply L{Reply} C{r}.
+        """
+        self.reply(r.code, r.status, r.text)
+
+    def closing(self, r: Reply) -> None:
+        """
+        Send the C{421} C{r}, the hostname before its text (RFC 5321
+        section 3.8), and close the connection.
+        """
+        self.send(r.with_text(f"{self.hostname} {r.text}"))
+        self._close()
+
+    def error(self, r: Reply) -> None:
+        """
+        Reply C{r} to a command the client got wrong, and close the session
+        once it made too many mistakes.
+        """
+        self.send(r)
+        self._errors += 1
+        if self._errors >= self.limits.max_errors and self._state != State.CLOSED:
+            self.closing(R.TOO_MANY_ERRORS)
+
+    # -- input --
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Frame the byte stream into command lines or DATA.
+
+        While a command waits for a Deferred, input is only buffered (and
+        the transport paused), so replies keep command order (RFC 2920).
+        """
+        if self._state == State.CLOSED:
+            return
+        self._arm_idle()
+        if not self.framing.feed(data):
+            self.closing(R.LINE_TOO_LONG_CLOSING)
+            return
+        self._process()
+
+    def _process(self) -> None:
+        """
+        Handle buffered input until it runs out or a command is pending.
+        """
+        while self.framing.buffer and not self._pending and self._state != State.CLOSED:
+            if self._state == State.DATA:
+                assert self.transaction is not None and self.transaction.data is not None
+                if not self.framing.read_data(self.transaction.data):
+                    return
+                self._data_end()
+                continue
+            line = self.framing.read_line(auth=self._state == State.AUTH)
+            if line is None:
+                return
+            if isinstance(line, LineError):
+                self._end_auth()
+                if line is LineError.TOO_LONG:
+                    self.error(R.LINE_TOO_LONG)
+                else:
+                    self.error(R.BARE_LF_IN_COMMAND)
+                continue
+            self._line(line)
+
+    def _line(self, line: bytes) -> None:
+        """
+        Handle one command line (or AUTH response line).
+        """
+        if b"\0" in line:
+            self._end_auth()
+            self.error(R.NUL_IN_COMMAND)
+            return
+        if self._state == State.AUTH:
+            self._auth_step(self._sasl_respond(line))
+            return
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            self.error(R.COMMAND_NOT_UTF8)
+            return
+        verb, _, rest = text.strip().partition(" ")
+        # Only ASCII verbs: str.upper() maps some other letters onto ASCII
+        # ("\u017f" to "S"), which must not make a command.
+        handler = (
+            getattr(self, "smtp_" + verb.upper(), None)
+            if verb.isascii() and verb.isalpha()
+            else None
+        )
+        if handler is None:
+            self.error(R.COMMAND_NOT_RECOGNIZED)
+            return
+        result = handler(rest.strip())
+        if isinstance(result, defer.Deferred):
+            self._wait(result)
+
+    def _wait(self, d: defer.Deferred[Any]) -> None:
+        """
+        Hold further input until C{d} fires (RFC 2920 section 3.1: replies
+        in command order).  The transport is paused meanwhile, so a client
+        cannot make relayd buffer without bound.
+        """
+        self._pending = True
+        waiting = False
+
+        def done(result: object) -> None:
+            self._pending = False
+            if self._expire_after_reply is not None and self._state != State.CLOSED:
+                self._timed_out(self._expire_after_reply)
+            if not waiting or self._state == State.CLOSED:
+                return
+            self.transport.resumeProducing()
+            self._arm_idle()
+            try:
+                self._process()
+            except Exception:
+                log.failure("handling pipelined input failed")
+                self.closing(R.LOCAL_ERROR_CLOSING)
+
+        def failed(f: Failure) -> None:
+            log.failure("command handler failed", f)
+            self.send(R.LOCAL_ERROR)
+
+        d.addErrback(failed).addBoth(done)
+        if self._pending:
+            waiting = True
+            self.transport.pauseProducing()
+            # relayd is the one waiting: the client's idle timer stops.
+            if self._idle_call is not None and self._idle_call.active():
+                self._idle_call.cancel()
+            self._idle_call = None
+
+    # -- DATA --
+
+    def _data_end(self) -> None:
+        """
+        The final dot arrived: hand the message over, then reply.
+        """
+        self._state = State.COMMAND
+        transaction, self.transaction = self.transaction, None
+        assert transaction is not None and transaction.data is not None
+        messages, data = transaction.messages, transaction.data
+        body = data.body()
+        self._messages += 1
+        if data.error is not None:
+            for m in messages:
+                m.connectionLost()
+            self.send(self._data_reply(data.error))
+            return
+        self.factory.tracker.begin()
+        d = defer.Deferred.fromCoroutine(self._deliver(messages, body))
+        self._wait(d)
+
+    def _data_reply(self, error: DataError) -> Reply:
+        """
+        The reply to the final dot of a message that failed as it arrived.
+        """
+        if error is DataError.LINE_TOO_LONG:
+            return R.message_line_too_long(self.limits.max_line_length)
+        if error is DataError.BARE_NEWLINE:
+            return R.BARE_NEWLINE_IN_DATA
+        return R.MESSAGE_TOO_BIG
+
+    async def _deliver(self, messages: list[ISubmissionMessage], body: bytes) -> None:
+        """
+        Hand the message over, wait for the verdict, reply.  The tracker
+        counts the message until the reply is written.
+        """
+        try:
+            for m in messages:
+                m.bodyReceived(body)
+            del body  # the messages hold it now; let them release it
+            results: list[Reply] = [await m.eomReceived() for m in messages]
+            # One reply for the transaction: 250 only if every message was
+            # taken.
+            refused = [r for r in results if r.code != 250]
+            reply = refused[0] if refused else results[0]
+            if self._state == State.CLOSED and reply.code == 250:
+                log.warn(
+                    "client {peer} left before the reply to a relayed message"
+                    " ({reply}); it may send the message again",
+                    peer=self.peer_ip,
+                    reply=reply.text,
+                )
+            self.send(reply)
+        finally:
+            self.factory.tracker.end()
+
+    def _abort_data(self) -> None:
+        transaction = self.transaction
+        if transaction is None:
+            return
+        for m in transaction.messages:
+            m.connectionLost()
+        transaction.messages = []
+        transaction.data = None
+
+    # -- commands: the session --
+
+    def _need_ehlo(self) -> bool:
+        if self.ehlo is None:
+            self.error(R.NEED_EHLO)
+            return True
+        return False
+
+    def _extensions(self) -> list[str]:
+        ext = ["PIPELINING", f"SIZE {self.max_message_size}"]
+        if not self.secure and self.factory.context_factory is not None:
+            ext.append("STARTTLS")
+        if self.secure:
+            # The old "AUTH=" form too, for clients that only look for it
+            # (as Postfix's broken_sasl_auth_clients).
+            mechanisms = " ".join(MECHANISMS)
+            ext += [f"AUTH {mechanisms}", f"AUTH={mechanisms}"]
+        ext += ["ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8", "HELP"]
+        return ext
+
+    def _greet(self, rest: str, esmtp: bool) -> None:
+        if not rest:
+            self.error(R.SYNTAX_EHLO if esmtp else R.SYNTAX_HELO)
+            return
+        self.ehlo = rest
+        self.transaction = None
+        if not esmtp:
+            self.reply(250, "", self.hostname)
+            return
+        lines = [self.hostname] + self._extensions()
+        out = [f"250-{x}" for x in lines[:-1]] + [f"250 {lines[-1]}"]
+        self.transport.write(("\r\n".join(out) + "\r\n").encode("ascii"))
+
+    def smtp_EHLO(self, rest: str) -> None:
+        """
+        EHLO (RFC 5321 section 4.1.1.1): list the extensions that apply now.
+        """
+        self._greet(rest, True)
+
+    def smtp_HELO(self, rest: str) -> None:
+        """
+        HELO (RFC 5321 section 4.1.1.1).
+        """
+        self._greet(rest, False)
+
+    def smtp_STARTTLS(self, rest: str) -> None:
+        """
+        STARTTLS (RFC 3207): begin TLS; discard pipelined input after it.
+        """
+        if rest:
+            self.error(R.SYNTAX_STARTTLS)
+        elif self.secure:
+            self.error(R.TLS_ALREADY_ACTIVE)
+        elif self.factory.context_factory is None:
+            self.error(R.STARTTLS_NOT_AVAILABLE)
+        elif self._need_ehlo():
+            return
+        else:
+            self.send(R.READY_TO_START_TLS)
+            # RFC 3207 section 4.2 / CVE-2011-0411: what followed STARTTLS
+            # in the clear is thrown away, and the session starts over.
+            self.framing.clear()
+            self.transport.startTLS(self.factory.context_factory)
+            self.secure = True
+            self._reset_session()
+
+    def smtp_RSET(self, rest: str) -> None:
+        """
+        RSET (RFC 5321 section 4.1.1.5).
+        """
+        self.transaction = None
+        self.send(R.OK)
+
+    def smtp_NOOP(self, rest: str) -> None:
+        """
+        NOOP (RFC 5321 section 4.1.1.9).
+        """
+        self.send(R.OK)
+
+    def smtp_VRFY(self, rest: str) -> None:
+        """
+        VRFY (RFC 5321 section 3.5.3): never confirms an address.
+        """
+        self.send(R.CANNOT_VRFY)
+
+    def smtp_EXPN(self, rest: str) -> None:
+        """
+        EXPN (RFC 5321 section 3.5.2): lists are not expanded.
+        """
+        self.error(R.COMMAND_NOT_IMPLEMENTED)
+
+    smtp_ETRN = smtp_TURN = smtp_SEND = smtp_SOML = smtp_SAML = smtp_EXPN
+
+    def smtp_HELP(self, rest: str) -> None:
+        """
+        HELP (RFC 5321 section 4.1.1.8).
+        """
+        self.send(R.HELP)
+
+    def smtp_QUIT(self, rest: str) -> None:
+        """
+        QUIT (RFC 5321 section 4.1.1.10).
+        """
+        self.send(R.BYE)
+        self._close()
+
+    # -- commands: AUTH --
+
+    def smtp_AUTH(self, rest: str) -> None:
+        """
+        AUTH (RFC 4954) with the PLAIN (RFC 4616) and LOGIN mechanisms.
+        """
+        if self._need_ehlo():
+            return
+        if not self.secure:
+            self.error(R.ENCRYPTION_REQUIRED)
+        elif self.authenticated:
+            self.error(R.ALREADY_AUTHENTICATED)
+        elif self.transaction is not None:
+            self.error(R.AUTH_DURING_TRANSACTION)
+        elif self.factory.throttle.locked(self.peer_ip):
+            self.closing(R.AUTH_LOCKED_OUT)
+        else:
+            parts = rest.split()
+            if not parts or len(parts) > 2:
+                self.error(R.SYNTAX_AUTH)
+            elif parts[0].upper() not in MECHANISMS:
+                self.error(R.UNRECOGNIZED_AUTH_TYPE)
+            else:
+                self._sasl = SASLExchange(parts[0].upper())
+                self._state = State.AUTH
+                initial = parts[1].encode("ascii", "replace") if len(parts) == 2 else None
+                self._auth_step(self._sasl.start(initial))
+
+    def _sasl_respond(self, line: bytes) -> Step:
+        assert self._sasl is not None
+        return self._sasl.respond(line)
+
+    def _end_auth(self) -> None:
+        """
+        Leave the AUTH exchange (if in one): the next line is a command.
+        """
+        if self._state == State.AUTH:
+            self._state = State.COMMAND
+            self._sasl = None
+
+    def _auth_step(self, step: Step) -> None:
+        """
+        Act on what the AUTH exchange says comes next.
+        """
+        if isinstance(step, Challenge):
+            self.send(step.reply)
+            return
+        self._end_auth()
+        if isinstance(step, Aborted):
+            self.error(step.reply)
+        elif isinstance(step, Credentials):
+            self._wait(defer.Deferred.fromCoroutine(self._login(step.username, step.password)))
+        else:
+            self._wait(defer.Deferred.fromCoroutine(self._auth_failed()))
+
+    async def _login(self, username: str, password: bytes) -> None:
+        credentials = UsernamePassword(username.encode("utf-8"), password)
+        try:
+            iface, avatar, logout = await self.portal.login(credentials, None, ISubmission)
+        except UnauthorizedLogin:
+            await self._auth_failed()
+            return
+        self.factory.throttle.succeeded(self.peer_ip)
+        self.authenticated = True
+        self.avatar = cast(ISubmission, avatar)
+        self._logout = logout
+        log.info("authenticated {peer} as token {name}", peer=self.peer_ip, name=self.avatar.name)
+        self.send(R.AUTH_SUCCESSFUL)
+
+    async def _auth_failed(self) -> None:
+        delay = self.factory.throttle.failed(self.peer_ip)
+        self._auth_failures += 1
+        log.info("failed AUTH from {peer}", peer=self.peer_ip)
+        if delay > 0:
+            d: defer.Deferred[None] = defer.Deferred()
+            self._auth_delay = self.clock.callLater(delay, d.callback, None)
+            await d
+            self._auth_delay = None
+        self.error(R.AUTH_INVALID)
+        if self._auth_failures >= self.limits.max_auth_failures and self._state != State.CLOSED:
+            self.closing(R.TOO_MANY_AUTH_FAILURES)
+
+    # -- commands: the transaction (in relayd.smtp.envelope) --
+
+    def smtp_MAIL(self, rest: str) -> defer.Deferred[None] | None:
+        """MAIL FROM: see L{envelope.mail}."""
+        return envelope.mail(self, rest)
+
+    def smtp_RCPT(self, rest: str) -> defer.Deferred[None] | None:
+        """RCPT TO: see L{envelope.rcpt}."""
+        return envelope.rcpt(self, rest)
+
+    def smtp_DATA(self, rest: str) -> None:
+        """DATA: see L{envelope.data}."""
+        envelope.data(self, rest)
+
+    def smtp_BDAT(self, rest: str) -> None:
+        """BDAT: see L{envelope.bdat}."""
+        envelope.bdat(self, rest)
+
+
+class RelaySMTPFactory(ServerFactory):
+    """
+    Builds L{RelaySMTP} sessions for one listener.
+
+    @ivar portal: The C{twisted.cred} portal that turns AUTH credentials into
+        an L{ISubmission} avatar.
+    @ivar hostname: The name in the greeting and EHLO reply.
+    @ivar limits: The C{[limits]} configuration.
+    @ivar clock: Time source for every timer.
+    @ivar context_factory: TLS server context, or C{None} when TLS is not
+        available.
+    @ivar implicit_tls: Connections are TLS from the first byte (the
+        factory is wrapped in TLS by L{relayd.tls.implicit_tls_factory}).
+    @ivar limiter: Open-connection counters (may be shared by listeners).
+    @ivar throttle: Failed-AUTH counters per IP (may be shared).
+    @ivar tracker: Messages whose reply is still owed (may be shared).
+    """
+
+    protocol = RelaySMTP  # type: ignore[assignment]
+    noisy = False
+
+    def __init__(
+        self,
+        portal: Portal,
+        hostname: str,
+        limits: LimitsConfig,
+        clock: IReactorTime,
+        context_factory: Any = None,
+        implicit_tls: bool = False,
+        limiter: ConnectionLimiter | None = None,
+        throttle: AuthThrottle | None = None,
+        tracker: DeliveryTracker | None = None,
+    ) -> None:
+        self.portal = portal
+        self.hostname = hostname
+        self.limits = limits
+        self.clock = clock
+        self.context_factory = context_factory
+        self.implicit_tls = implicit_tls
+        self.tracker = tracker or DeliveryTracker()
+        self.limiter = limiter or ConnectionLimiter(
+            limits.max_connections, limits.max_connections_per_ip
+        )
+        self.throttle = throttle or AuthThrottle(
+            clock,
+            limit=limits.auth_failures_per_ip,
+            window=limits.auth_failure_window,
+            lockout=limits.auth_lockout,
+        )
+
+    def buildProtocol(self, addr: Any) -> RelaySMTP:  # type: ignore[override]
+        p = RelaySMTP(self)
+        p.factory = self
+        return p
