@@ -117,7 +117,7 @@ class Pipeline:
         started = self.clock.seconds()
         try:
             message = await self._parse(data, envelope)
-            if not policy.allows_sender(message.sender_address):
+            if not policy.allows_sender(message.author_address):
                 raise Refused(Reply(550, "5.7.1", "Sender not allowed"))
             if not policy.allows_stream(message.stream):
                 raise Refused(

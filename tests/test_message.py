@@ -168,7 +168,7 @@ class FromTests(RejectionAssertions):
             )
         )
         self.assertEqual(result.from_, "Ann <a@example.com>")
-        self.assertEqual(result.sender_address, "a@example.com")
+        self.assertEqual(result.author_address, "a@example.com")
         self.assertEqual(result.sender, "André <sec@example.com>")
 
     def test_sender_absent_is_none(self) -> None:
@@ -197,7 +197,7 @@ class FromTests(RejectionAssertions):
             result = parse(message(f"From: {value}\n"))
             self.assertEqual(result.from_, expected, value)
         result = parse(message("From: Jörg <jörg@bücher.example>\n"))
-        self.assertEqual(result.sender_address, "jörg@bücher.example")
+        self.assertEqual(result.author_address, "jörg@bücher.example")
 
     def test_from_display_name_latin1_8bit(self) -> None:
         """
@@ -656,7 +656,7 @@ class BodyTests(SynchronousTestCase):
         """
         result = parse(b"From: a@example.com\rSubject: cr\r\n\r\nbody")
         self.assertEqual(
-            (result.sender_address, result.subject, result.text), ("a@example.com", "cr", "body")
+            (result.author_address, result.subject, result.text), ("a@example.com", "cr", "body")
         )
 
 
@@ -2006,7 +2006,7 @@ class CorpusTests(SynchronousTestCase):
             return
         result = parse(data)
         self.assertEqual(result.subject, expected.subject)
-        self.assertEqual(result.sender_address, expected.sender)
+        self.assertEqual(result.author_address, expected.sender)
         for kind in ("text", "html"):
             want = getattr(expected, kind)
             got = getattr(result, kind)
@@ -2028,7 +2028,7 @@ class CorpusTests(SynchronousTestCase):
         reading = _stdlib_reading(data)
         ours = {
             "subject": result.subject,
-            "sender": result.sender_address,
+            "sender": result.author_address,
             "text": result.text,
             "html": result.html,
             "attachments": len(result.attachments),
