@@ -157,6 +157,34 @@ class _Rules:
         self.keep_message_id = policy.keep_message_id
 
 
+class _RulesCache:
+    """
+    The rules of the last policy seen.  A deployment uses one policy for
+    every message, so they are compiled once rather than per message; a
+    new policy object (a reloaded configuration) replaces them.
+    """
+
+    __slots__ = ("entry",)
+
+    def __init__(self) -> None:
+        self.entry: tuple[HeadersConfig, _Rules] | None = None
+
+    def get(self, policy: HeadersConfig) -> _Rules:
+        """
+        @param policy: The C{[headers]} table.
+        @return: Its rules.
+        """
+        entry = self.entry
+        if entry is not None and entry[0] is policy:
+            return entry[1]
+        rules = _Rules(policy)
+        self.entry = (policy, rules)
+        return rules
+
+
+_RULES = _RulesCache()
+
+
 @define
 class SortedFields:
     """
@@ -222,7 +250,7 @@ def sort_fields(headers: Message, policy: HeadersConfig) -> SortedFields:
     @param policy: The C{[headers]} table of the configuration.
     @return: The sorted fields.
     """
-    rules = _Rules(policy)
+    rules = _RULES.get(policy)
     fields = SortedFields()
     for name, raw in headers.raw_items():
         name = name.strip()
@@ -305,8 +333,7 @@ def check_required(values: Mapping[str, list[str]], policy: HeadersConfig) -> No
         header that no field of that name holds with the required value
         (compared case-insensitively, decoded).
     """
-    required = {name.strip().lower(): name for name in policy.required}
-    for key, configured in required.items():
+    for key, configured in _RULES.get(policy).required.items():
         wanted = policy.required[configured].strip().casefold()
         present = values.get(key, [])
         if not any(decode_words(header_text(v)).casefold() == wanted for v in present):
