@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.message.test_mime -*-
+# -*- test-case-name: tests.message.test_attachments -*-
 """
 Attachments: the leaf parts of a message that are not bodies, with their
 media type, file name, Content-ID and inline flag (RFC 2045, RFC 2183,

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.message.test_parse -*-
+# -*- test-case-name: tests.message -*-
 """
 The outbound model: the envelope, the message as the upstream API should
 receive it, and its attachments, as frozen attrs classes.
