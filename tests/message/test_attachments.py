@@ -9,9 +9,7 @@ import base64
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from relayd.message import (
-    Attachment,
-)
+from relayd.message import Attachment
 from tests.message.support import (
     FROM,
     MIXED,

@@ -21,9 +21,7 @@ from attrs import field, frozen
 from twisted.trial.unittest import SynchronousTestCase
 
 from relayd.reply import Refused
-from tests.message.support import (
-    parse,
-)
+from tests.message.support import parse
 
 CORPUS = Path(
     os.environ.get("RELAYD_CORPUS") or Path(__file__).resolve().parents[3] / "shared" / "corpus"

@@ -10,9 +10,7 @@ import base64
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from relayd.message import (
-    decode_text,
-)
+from relayd.message import decode_text
 from tests.message.support import (
     FROM,
     message,

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from relayd.message import (
-    Attachment,
-)
+from relayd.message import Attachment
 from tests.message.support import (
     ALTERNATIVE,
     FROM,
