@@ -105,7 +105,7 @@ class Pipeline:
         started = self.clock.seconds()
         try:
             message = await self._parse(data, envelope)
-            if not policy.allows_sender(message.sender_address):
+            if not policy.allows_sender(message.author_address):
                 raise Refused(R.SENDER_NOT_ALLOWED)
             if not policy.allows_stream(message.stream):
                 raise Refused(

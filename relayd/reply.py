@@ -184,6 +184,79 @@ def message_line_too_long(limit: int) -> Reply:
 
 # -- replies of the message pipeline (relayd.message) ----------------------
 
+#: The message has no From header field (RFC 5322 section 3.6.2).
+NO_FROM_HEADER = Reply(550, "5.6.0", "Message has no From header")
+
+#: The From header field holds no mailbox with a local part and a domain.
+FROM_WITHOUT_ADDRESS = Reply(550, "5.6.0", "From header holds no valid address")
+
+#: Several authors need a single Sender mailbox (RFC 5322 section 3.6.2).
+SEVERAL_FROM_WITHOUT_SENDER = Reply(
+    550, "5.6.0", "Message has several From addresses and no single Sender header"
+)
+
+
+def address_headers_too_large(limit: int) -> Reply:
+    """
+    The From, Sender, To, Cc and Reply-To fields together are too large.
+
+    @param limit: The most bytes allowed.
+    @return: C{550 5.6.0}.
+    """
+    return Reply(550, "5.6.0", f"Address headers are larger than {limit} bytes")
+
+
+def headers_too_large(limit: int) -> Reply:
+    """
+    The header sections of all MIME entities together are too large.
+
+    @param limit: The most bytes allowed.
+    @return: C{550 5.6.0}.
+    """
+    return Reply(550, "5.6.0", f"Message headers are larger than {limit} bytes")
+
+
+def too_many_mime_parts(limit: int) -> Reply:
+    """
+    The message has too many MIME entities.
+
+    @param limit: The most entities allowed.
+    @return: C{550 5.6.0}.
+    """
+    return Reply(550, "5.6.0", f"Message has more than {limit} MIME parts")
+
+
+def mime_nested_too_deep(limit: int) -> Reply:
+    """
+    Multipart entities are nested too deep.
+
+    @param limit: The deepest nesting allowed.
+    @return: C{550 5.6.0}.
+    """
+    return Reply(550, "5.6.0", f"MIME parts are nested more than {limit} deep")
+
+
+def missing_required_header(name: str) -> Reply:
+    """
+    A header the policy requires (C{[headers] required}) is missing or does
+    not hold the required value.
+
+    @param name: The header's name, printable ASCII (the caller makes it so).
+    @return: C{550 5.7.1}.
+    """
+    return Reply(550, "5.7.1", f"Missing required header {name}")
+
+
+def unknown_stream(name: str) -> Reply:
+    """
+    The stream header names a stream the policy (C{[headers] streams}) does
+    not list.
+
+    @param name: The stream, printable ASCII (the caller makes it so).
+    @return: C{550 5.7.1}.
+    """
+    return Reply(550, "5.7.1", f"unknown stream '{name}'")
+
 
 # -- replies of the delivery path and the upstream (relayd.delivery,
 #    relayd.upstream, relayd.dialects) -------------------------------------

@@ -209,7 +209,7 @@ def sample_message(**changes: Any) -> OutboundMessage:
             rcpt_to=("ann@example.net", "bob@example.org", "hidden@example.org"),
         ),
         from_="Zoë Sender <zoe@example.com>",
-        sender_address="zoe@example.com",
+        author_address="zoe@example.com",
         to=("Ann <ann@example.net>",),
         cc=("bob@example.org",),
         bcc=("hidden@example.org",),

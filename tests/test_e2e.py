@@ -25,7 +25,7 @@ from typing import Any, ClassVar, cast
 
 from relayd.tls import ensure_self_signed
 from relayd.tokens import digest
-from tests.test_message import CORPUS_TABLE, ENMIME, Rejected
+from tests.message.test_corpus import CORPUS_TABLE, ENMIME, Rejected
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "e2e-token-not-a-secret"
@@ -450,7 +450,7 @@ class EndToEndTests(unittest.TestCase):
     def test_corpus_messages_are_relayed(self) -> None:
         """
         Every corpus message, relayed over SMTP, reaches the upstream as the
-        per-file table of L{tests.test_message} says (subject, sender, text
+        per-file table of L{tests.message.test_corpus} says (subject, author, text
         and HTML bodies, attachments), or gets that table's specific 550;
         never a 451 or a dropped connection.
         """
@@ -475,7 +475,7 @@ class EndToEndTests(unittest.TestCase):
             body = self.upstream.requests[-1]["json"]
             self.assertEqual(body["subject"], expected.subject, name)
             self.assertTrue(
-                body["from"].endswith(expected.sender) or expected.sender in body["from"], name
+                body["from"].endswith(expected.author) or expected.author in body["from"], name
             )
             for kind in ("text", "html"):
                 want = getattr(expected, kind)
