@@ -214,3 +214,40 @@ class IOutcomeStore(Interface):
         @param key: An idempotency key.
         @return: A Deferred firing with C{None}.
         """
+
+
+# -- counters for the guards (AUTH throttling, rate limits) ----------------
+
+
+class ICounters(Interface):
+    """
+    Sliding counters keyed by name, shared by the guards of
+    L{relayd.smtp.guards}: AUTH failures per client network and per
+    attempted credential, messages per token and per client address.
+
+    The in-process implementation lives in L{relayd.smtp.guards}; a shared
+    one (Redis) makes one limit hold across a fleet.  Every method returns a
+    L{Deferred} (already fired for the in-process counters), so that the
+    callers are the same for both.  Keys are opaque strings chosen by the
+    caller (never a credential in clear: hash it first).
+    """
+
+    def hit(key: str, window: float) -> Deferred[int]:
+        """
+        Count one event for C{key}.
+
+        @param key: The counter's name.
+        @param window: How long an event counts, in seconds.
+        @return: A Deferred firing with the number of events for C{key} in
+            the last C{window} seconds, this one included.
+        """
+
+    def count(key: str, window: float) -> Deferred[int]:
+        """
+        Read a counter without counting.
+
+        @param key: The counter's name.
+        @param window: How far back events count, in seconds.
+        @return: A Deferred firing with the number of events for C{key} in
+            the last C{window} seconds.
+        """
