@@ -275,31 +275,71 @@ class AuthThrottle:
 
 class DeliveryTracker:
     """
-    Counts messages whose final reply is still owed, so that stopping the
-    daemon can wait for them: a client cut off while the upstream takes its
-    message would send it again.
+    Knows the open sessions and the messages whose final reply is still
+    owed, so that stopping the daemon can wait for them: a client cut off
+    while the upstream takes its message would send it again.
+
+    Stopping (L{relayd.service.SessionCloser}) calls L{stop}: idle sessions
+    are told to close at once, the others right after their reply.
+
+    @ivar sessions: The open sessions (L{RelaySMTP}).
+    @ivar delivering: The sessions whose message's reply is still owed.
+    @ivar stopping: The daemon is stopping: a session that opens or whose
+        reply has been written is told to close.
     """
 
     def __init__(self) -> None:
-        self.pending = 0
-        self._waiters: list[defer.Deferred[None]] = []
+        self.sessions: set[Any] = set()
+        self.delivering: set[Any] = set()
+        self.stopping = False
+        self._waiters: list[tuple[Callable[[], bool], defer.Deferred[None]]] = []
 
-    def begin(self) -> None:
+    @property
+    def pending(self) -> int:
         """
-        A message is being relayed.
+        How many messages are owed a reply.
         """
-        self.pending += 1
+        return len(self.delivering)
 
-    def end(self) -> None:
+    def opened(self, session: Any) -> None:
         """
-        Its reply has been sent (or the client is gone).
+        A session started (after its greeting).
         """
-        self.pending -= 1
-        if self.pending == 0:
-            waiters, self._waiters = self._waiters, []
-            for d in waiters:
-                if not d.called:  # a timed-out wait has fired already
-                    d.callback(None)
+        self.sessions.add(session)
+        if self.stopping:
+            session.shut_down()
+
+    def closed(self, session: Any) -> None:
+        """
+        A session's connection is closed: every reply written to it was
+        flushed, or the client is gone.
+        """
+        self.sessions.discard(session)
+        self._check()
+
+    def begin(self, session: Any) -> None:
+        """
+        C{session}'s message is being relayed.
+        """
+        self.delivering.add(session)
+
+    def end(self, session: Any) -> None:
+        """
+        Its reply has been written (or the client is gone).
+        """
+        self.delivering.discard(session)
+        if self.stopping:
+            session.shut_down(after_reply=True)
+        self._check()
+
+    def stop(self) -> None:
+        """
+        The daemon is stopping: tell every session without a message under
+        way to close now; the others close after their reply (L{end}).
+        """
+        self.stopping = True
+        for session in list(self.sessions - self.delivering):
+            session.shut_down()
 
     def drained(self, clock: IReactorTime, timeout: float) -> defer.Deferred[None]:
         """
@@ -308,10 +348,24 @@ class DeliveryTracker:
         @return: A Deferred that fires when no message is pending, or after
             C{timeout} seconds, whichever comes first.
         """
-        if self.pending == 0:
+        return self._until(lambda: not self.delivering, clock, timeout)
+
+    def all_closed(self, clock: IReactorTime, timeout: float) -> defer.Deferred[None]:
+        """
+        @param clock: Time source for the timeout.
+        @param timeout: Seconds to wait at most.
+        @return: A Deferred that fires when no session is open and no
+            message pending, or after C{timeout} seconds.
+        """
+        return self._until(lambda: not self.sessions and not self.delivering, clock, timeout)
+
+    def _until(
+        self, done: Callable[[], bool], clock: IReactorTime, timeout: float
+    ) -> defer.Deferred[None]:
+        if done():
             return defer.succeed(None)
         d: defer.Deferred[None] = defer.Deferred()
-        self._waiters.append(d)
+        self._waiters.append((done, d))
 
         def expire() -> None:
             if not d.called:
@@ -325,6 +379,16 @@ class DeliveryTracker:
 
         d.addCallback(stop_timer)
         return d
+
+    def _check(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for done, d in waiters:
+            if d.called:  # a timed-out wait has fired already
+                continue
+            if done():
+                d.callback(None)
+            else:
+                self._waiters.append((done, d))
 
 
 # -- the protocol -----------------------------------------------------------
@@ -451,6 +515,7 @@ class RelaySMTP(smtp.ESMTP):
         self._session_call = self.clock.callLater(
             self.limits.session_timeout, self._timed_out, "Session lifetime exceeded"
         )
+        self.factory.tracker.opened(self)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._state = _CLOSED
@@ -466,6 +531,26 @@ class RelaySMTP(smtp.ESMTP):
             self._logout()
             self._logout = None
         self._inbuf = bytearray()
+        self.factory.tracker.closed(self)
+
+    def shut_down(self, after_reply: bool = False) -> None:
+        """
+        The daemon is stopping (L{DeliveryTracker.stop}): reply C{421 4.3.2}
+        and close (RFC 5321 section 3.8), unless a message is streaming in
+        (its delivery's end calls this again).
+
+        @param after_reply: The reply to a message was just written: close
+            without a C{421}, which a client's C{QUIT} would read as a
+            failure (Python's C{smtplib} raises) after its C{250}.
+        """
+        if self._state in (_CLOSED, _DATA):
+            return
+        # Read on, paused or not: a TLS close waits for the client's
+        # close_notify or its FIN.
+        self.transport.resumeProducing()
+        if not after_reply:
+            self.reply(421, "4.3.2", f"{self.hostname} Service shutting down, closing connection")
+        self._close()
 
     def _close(self) -> None:
         """
@@ -813,7 +898,7 @@ class RelaySMTP(smtp.ESMTP):
                 m.connectionLost()
             self.send(self._data_error)
             return
-        self.factory.tracker.begin()
+        self.factory.tracker.begin(self)
         d = defer.Deferred.fromCoroutine(self._deliver(messages, body))
         self._wait(d)
 
@@ -840,7 +925,7 @@ class RelaySMTP(smtp.ESMTP):
                 )
             self.send(reply)
         finally:
-            self.factory.tracker.end()
+            self.factory.tracker.end(self)
 
     def _abort_data(self) -> None:
         for m in self._data_messages:
