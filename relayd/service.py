@@ -227,7 +227,7 @@ class Daemon(MultiService):
     pass, so systemd's C{Restart=on-failure} may try again.
 
     @ivar endpoints: What each listening service is, by its name, for the
-        error message: C{'listeners[0] "submission" (tcp:587)'}.
+        error message: C{"listeners[0] 'submission' (tcp:587)"}.
     """
 
     def __init__(self) -> None:
@@ -354,7 +354,8 @@ def make_service(config: Config, reactor: Any, inherit_fds: tuple[int, ...] = ()
             listening.append(service)
         service.setName(listener.name)
         service.setServiceParent(top)
-        top.endpoints[listener.name] = f"listeners[{index}] {listener.name!r} ({listener.endpoint})"
+        named = f" {listener.name!r}" if listener.name != listener.endpoint else ""
+        top.endpoints[listener.name] = f"listeners[{index}]{named} ({listener.endpoint})"
 
     if inherit_fds:
         # Standard input is a pipe from the supervisor (relayd.workers).
