@@ -8,6 +8,7 @@ session gets C{421 4.3.2}; the process exits 0.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import threading
@@ -15,7 +16,15 @@ import time
 import unittest
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from unittest.mock import Mock
 
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactor
+from twisted.trial.unittest import SynchronousTestCase
+
+from relayd.service import SessionCloser
+from relayd.smtp import DeliveryTracker
+from relayd.workers import SupervisorWatch
 from tests.test_e2e import SIMPLE, TOKEN, Daemon
 
 MESSAGES = 20
@@ -199,3 +208,67 @@ class IdleOnlyTests(unittest.TestCase):
             self.assertLess(time.monotonic() - started, 5)
         finally:
             daemon.stop()
+
+
+class SupervisorWatchTests(SynchronousTestCase):
+    def test_end_of_file_on_the_pipe_stops_the_worker(self) -> None:
+        """
+        The supervisor's end of the pipe closing (it died) stops the worker
+        once, with the reason; nothing before.
+        """
+        read, write = os.pipe()
+        reactor = MemoryReactor()
+        stops: list[str] = []
+        watch = SupervisorWatch(reactor, read, stops.append)
+        watch.startService()
+        self.assertIn(watch, reactor.getReaders())
+        watch.doRead()
+        self.assertEqual(stops, [])
+        os.close(write)
+        watch.doRead()
+        self.assertEqual(stops, ["supervisor gone"])
+        self.assertNotIn(watch, reactor.getReaders())
+        watch.stopService()
+        os.close(read)
+
+
+class SessionCloserTests(SynchronousTestCase):
+    def test_sessions_still_open_after_the_timeout_are_aborted(self) -> None:
+        """
+        A session whose connection does not close within the timeout is
+        aborted, and the stop completes.
+        """
+        tracker = DeliveryTracker()
+        clock = Clock()
+        session = Mock()
+        tracker.opened(session)
+        closer = SessionCloser(tracker, clock, 35)
+        closer.startService()
+        stopped = closer.stopService()
+        session.shut_down.assert_called_once_with()
+        clock.advance(34)
+        self.assertNoResult(stopped)
+        clock.advance(1)
+        self.successResultOf(stopped)
+        session.transport.abortConnection.assert_called_once_with()
+
+    def test_a_session_closes_after_its_reply(self) -> None:
+        """
+        A session with a message under way is told to close only once its
+        reply is written, and the stop completes when its connection closes.
+        """
+        tracker = DeliveryTracker()
+        clock = Clock()
+        session = Mock()
+        tracker.opened(session)
+        tracker.begin(session)
+        closer = SessionCloser(tracker, clock, 35)
+        closer.startService()
+        stopped = closer.stopService()
+        session.shut_down.assert_not_called()
+        tracker.end(session)
+        session.shut_down.assert_called_once_with(after_reply=True)
+        self.assertNoResult(stopped)
+        tracker.closed(session)
+        self.successResultOf(stopped)
+        session.transport.abortConnection.assert_not_called()
