@@ -61,12 +61,15 @@ class NativeDialect(JSONDialect):
         (C{raw_only}: S/MIME, C{multipart/signed}): then it carries the
         base64 of the whole message as received, in addition to the
         structured fields, and the receiver must send C{raw} as is.
+      - The transaction's idempotency key goes in C{Idempotency-Key}
+        (C{docs/upstream-api.md}, "Idempotency").
       - The answer's id is read from C{id}, then C{message_id}, then
         C{MessageID}; a 2xx answer without one is still L{Accepted}
         (C{message_id=""}).
     """
 
     name = "native"
+    idempotency_header = "Idempotency-Key"
     token_header = "Authorization"
     token_format = "Bearer {token}"
     path = "/send"

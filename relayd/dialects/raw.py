@@ -24,10 +24,12 @@ class RawDialect(JSONDialect):
     "stream": str or null}}; the token goes in C{Authorization: Bearer}.
 
     The recipients come from the envelope, never from the headers: a
-    C{Bcc} recipient is only in the envelope.
+    C{Bcc} recipient is only in the envelope.  The idempotency key goes in
+    C{Idempotency-Key}, as in the C{native} dialect.
     """
 
     name = "raw"
+    idempotency_header = "Idempotency-Key"
     token_header = "Authorization"
     token_format = "Bearer {token}"
     path = "/send"
