@@ -30,14 +30,12 @@ from twisted.internet.interfaces import IConsumer, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import (
-    Agent,
-    HTTPConnectionPool,
+from twisted.web._newclient import (
     RequestNotSent,
     RequestTransmissionFailed,
-    ResponseDone,
     ResponseNeverReceived,
 )
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
@@ -104,10 +102,11 @@ class BytesProducer:
         @param replayable: See L{replayable}.
         """
         if isinstance(body, BytesProducer):
-            body, replayable = body._body, body.replayable
-        self._body = body
-        self.length = len(body)
-        self.replayable = replayable
+            self._body: bytes = body._body
+            self.replayable: bool = body.replayable
+        else:
+            self._body, self.replayable = body, replayable
+        self.length = len(self._body)
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
         """
@@ -172,7 +171,7 @@ class _StaleRetry:
         d: Deferred[Any] = self._connection.request(request)
 
         def failed(reason: Failure) -> Any:
-            if not _stale(reason.value, request.bodyProducer):
+            if reason.value is None or not _stale(reason.value, request.bodyProducer):
                 return reason
             log.info("upstream: pooled connection was closed; retrying on a fresh one")
             return self._fresh().addCallback(lambda connection: connection.request(request))
@@ -231,7 +230,8 @@ def make_pool(reactor: Any, config: UpstreamConfig) -> HTTPConnectionPool:
     """
     pool = UpstreamPool(reactor, persistent=True)
     pool.maxPersistentPerHost = config.max_connections
-    pool.cachedConnectionTimeout = config.idle_timeout
+    # Seconds: Twisted's callLater takes a float (the class default is 240).
+    pool.cachedConnectionTimeout = config.idle_timeout  # type: ignore[assignment]
     return pool
 
 

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import re
 from base64 import b64encode
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from email.utils import parseaddr
 from typing import Any
 
