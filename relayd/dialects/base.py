@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import secrets
 import unicodedata
 from base64 import b64encode
@@ -55,6 +56,7 @@ __all__ = [
     "refuse_raw_only",
     "require_to",
     "retry_after_seconds",
+    "strip_raw_headers",
 ]
 
 #: The longest C{Retry-After} wait passed on to a client, in seconds (a
@@ -395,6 +397,52 @@ def _texts(value: object) -> Iterable[str]:
             messages = ", ".join(_texts(item))
             if messages:
                 yield f"{key}: {messages}"
+
+
+_FIELD_NAME = re.compile(rb"([!-9;-~]+)[ \t]*:")
+
+
+def strip_raw_headers(raw: bytes, names: Iterable[str]) -> bytes:
+    """
+    Remove header fields from the top-level header section of a raw message
+    (RFC 5322 section 2.2), continuation lines included; the rest of the
+    message is returned byte for byte.
+
+    @param raw: The message as received (CRLF or LF line ends).
+    @param names: Field names to remove, any case; a name ending in C{*} is a
+        prefix.
+    @return: The message without those fields.
+    """
+    exact: set[bytes] = set()
+    prefixes: list[bytes] = []
+    for name in names:
+        lowered = name.strip().lower().encode("ascii", "replace")
+        if lowered.endswith(b"*"):
+            prefixes.append(lowered[:-1])
+        elif lowered:
+            exact.add(lowered)
+    starts = tuple(prefixes)
+    out: list[bytes] = []
+    dropping = False
+    position = 0
+    while position < len(raw):
+        end = raw.find(b"\n", position)
+        end = len(raw) if end < 0 else end + 1
+        line = raw[position:end]
+        if line in (b"\r\n", b"\n"):
+            out.append(raw[position:])
+            return b"".join(out)
+        if line[:1] in (b" ", b"\t"):
+            if not dropping:
+                out.append(line)
+        else:
+            match = _FIELD_NAME.match(line)
+            key = match.group(1).lower() if match else b""
+            dropping = bool(key) and (key in exact or key.startswith(starts))
+            if not dropping:
+                out.append(line)
+        position = end
+    return b"".join(out)
 
 
 @implementer(IDialect)
