@@ -111,6 +111,7 @@ class DefaultTests(SynchronousTestCase):
                 "token_header": "",
                 "token_format": "",
                 "max_connections": 64,
+                "idle_timeout": 4.0,
             },
         )
 
@@ -387,10 +388,11 @@ class RequiredTests(SynchronousTestCase):
 
     def test_upstream_dialect_is_known(self) -> None:
         self.assertEqual(
-            refusal('[upstream]\ndialect = "sendgrid"\n' + REQUIRED),
-            "r.toml: upstream.dialect: expected one of 'native', 'raw', 'mailpace', 'postmark'",
+            refusal('[upstream]\ndialect = "smtp"\n' + REQUIRED),
+            "r.toml: upstream.dialect: expected one of 'native', 'raw', 'mailpace', 'postmark',"
+            " 'sendgrid', 'mailgun', 'ses', 'resend', 'brevo', 'sparkpost', 'mailjet'",
         )
-        for dialect in ("native", "raw", "mailpace", "postmark"):
+        for dialect in ("native", "raw", "mailpace", "postmark", "sendgrid", "mailjet"):
             config = parse_config(f'[upstream]\ndialect = "{dialect}"\n' + REQUIRED)
             self.assertEqual(config.upstream.dialect, dialect)
 
