@@ -291,10 +291,8 @@ class TokenChecker:
         # Look the token up even when the user name is wrong, so that the
         # answer takes the same time either way.
         policy = self._store.lookup(token) if token else None
-        if policy is None:
+        if policy is None or not _username_allowed(username, token, self._rules.usernames):
             return defer.fail(UnauthorizedLogin("invalid credentials"))
-        if not _username_allowed(username, token, self._rules.usernames):
-            return defer.fail(AuthRefused(R.AUTH_USERNAME_REFUSED))
         return defer.succeed(token.encode("utf-8"))
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "LimitsConfig",
     "ListenerConfig",
     "PolicyConfig",
+    "StreamDefaultsConfig",
     "ServerConfig",
     "TLSConfig",
     "UpstreamConfig",
@@ -256,6 +257,26 @@ class LimitsConfig:
 
 
 @frozen
+class StreamDefaultsConfig:
+    """
+    One C{[[headers.stream_defaults]]} entry: what a stream implies when the
+    message does not say (Krafter: tracking off on C{transactional}, on
+    and a List-Unsubscribe on C{broadcast}).
+
+    @ivar stream: The stream these defaults are for.
+    @ivar tracking: C{"on"} or C{"off"}: the tracking value when the
+        tracking header is absent (or not C{true}/C{false}); C{"default"}:
+        leave it to the upstream.
+    @ivar list_unsubscribe: The list-unsubscribe value when the message has
+        none (RFC 2369 syntax, C{<https://...>, <mailto:...>}); empty: none.
+    """
+
+    stream: str
+    tracking: Literal["default", "on", "off"] = "default"
+    list_unsubscribe: str = ""
+
+
+@frozen
 class HeadersConfig:
     """
     The C{[headers]} table: the header policy of this deployment.
@@ -278,6 +299,15 @@ class HeadersConfig:
     @ivar keep: Header patterns passed through to the upstream.
     @ivar strip: Header patterns never passed through (wins over C{keep}).
     @ivar keep_message_id: Pass C{Message-ID} through.
+    @ivar required_forward: Required headers that are also passed through
+        to the upstream (others are consumed).  A required value of C{"*"}
+        asks for presence only (any non-empty value).
+    @ivar stream_defaults: Per-stream defaults (L{StreamDefaultsConfig}).
+    @ivar invalid_from: C{"refuse"}: a From without a valid address gets
+        C{550 5.6.0}; C{"placeholder"}: the message goes with
+        C{from_placeholder} as its From (enKod's C{EMPTY-FROM}).
+    @ivar from_placeholder: The From given to the upstream for an invalid
+        From with C{invalid_from = "placeholder"}.
     """
 
     tags: tuple[str, ...] = ("X-Tags",)
@@ -308,6 +338,10 @@ class HeadersConfig:
         "Delivered-To",
     )
     keep_message_id: bool = False
+    required_forward: tuple[str, ...] = ()
+    stream_defaults: tuple[StreamDefaultsConfig, ...] = ()
+    invalid_from: Literal["refuse", "placeholder"] = "refuse"
+    from_placeholder: str = "EMPTY-FROM"
 
 
 @frozen

@@ -29,8 +29,13 @@ from zope.interface import implementer
 from relayd import reply as R
 from relayd.config import HeadersConfig
 from relayd.interfaces import ISubmission, ISubmissionMessage
-from relayd.message import Envelope, OutboundMessage, parse_message
-from relayd.policy import MessageRates, check_message, upstream_refused_credential
+from relayd.message import Envelope, OutboundMessage
+from relayd.policy import (
+    MessageRates,
+    check_message,
+    parse_with_policy,
+    upstream_refused_credential,
+)
 from relayd.reply import Refused, Reply
 from relayd.result import Accepted
 from relayd.tokens import TokenPolicy
@@ -81,11 +86,11 @@ class Pipeline:
 
     async def _parse(self, data: bytes, envelope: Envelope) -> OutboundMessage:
         if self.threads is None or len(data) <= PARSE_IN_THREAD:
-            return parse_message(data, envelope, self.headers)
+            return parse_with_policy(data, envelope, self.headers)
         return await deferToThreadPool(
             self.threads,
             self.threads.getThreadPool(),
-            parse_message,
+            parse_with_policy,
             data,
             envelope,
             self.headers,

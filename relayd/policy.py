@@ -11,16 +11,80 @@ No reactor code here: the clock is passed in.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import deque
 
+import attrs
 from twisted.internet.interfaces import IReactorTime
 
 from relayd import reply as R
-from relayd.message import OutboundMessage
+from relayd.config import HeadersConfig
+from relayd.message import Envelope, OutboundMessage, parse_message
 from relayd.reply import Refused, Reply
 from relayd.tokens import TokenPolicy
 
-__all__ = ["MessageRates", "check_message", "upstream_refused_credential"]
+__all__ = [
+    "MessageRates",
+    "check_message",
+    "parse_with_policy",
+    "stream_defaults",
+    "upstream_refused_credential",
+]
+
+#: The top-level From field(s) of a message, with their folded lines.
+_FROM_FIELD = re.compile(rb"^From[ \t]*:.*?\r\n(?![ \t])", re.IGNORECASE | re.MULTILINE | re.DOTALL)
+
+#: Stands in for an invalid From while the message is parsed again.
+_STAND_IN = b"From: placeholder@invalid.invalid\r\n"
+
+
+def parse_with_policy(data: bytes, envelope: Envelope, policy: HeadersConfig) -> OutboundMessage:
+    """
+    L{relayd.message.parse_message}, then the deployment's rules that the
+    message pipeline leaves open: an invalid From replaced by a placeholder
+    (C{[headers] invalid_from = "placeholder"}), and the stream's defaults
+    (C{[[headers.stream_defaults]]}).
+
+    @param data: The message, CRLF line ends.
+    @param envelope: The transaction's envelope.
+    @param policy: The C{[headers]} table.
+    @return: The message for the upstream.
+    @raise Refused: As L{relayd.message.parse_message}.
+    """
+    try:
+        message = parse_message(data, envelope, policy)
+    except Refused as e:
+        if policy.invalid_from != "placeholder" or e.reply not in (
+            R.FROM_WITHOUT_ADDRESS,
+            R.NO_FROM_HEADER,
+        ):
+            raise
+        head, sep, body = data.partition(b"\r\n\r\n")
+        head = _FROM_FIELD.sub(b"", head + b"\r\n")
+        message = parse_message(_STAND_IN + head + sep[2:] + body, envelope, policy)
+        message = attrs.evolve(message, from_=policy.from_placeholder, author_address="")
+    return stream_defaults(message, policy)
+
+
+def stream_defaults(message: OutboundMessage, policy: HeadersConfig) -> OutboundMessage:
+    """
+    Apply the defaults of the message's stream where the message says
+    nothing.
+
+    @param message: The parsed message.
+    @param policy: The C{[headers]} table.
+    @return: The message, with C{track} and C{list_unsubscribe} filled in.
+    """
+    for defaults in policy.stream_defaults:
+        if defaults.stream != message.stream:
+            continue
+        changes: dict[str, object] = {}
+        if message.track is None and defaults.tracking != "default":
+            changes["track"] = defaults.tracking == "on"
+        if not message.list_unsubscribe and defaults.list_unsubscribe:
+            changes["list_unsubscribe"] = defaults.list_unsubscribe
+        return attrs.evolve(message, **changes) if changes else message
+    return message
 
 
 def check_message(message: OutboundMessage, policy: TokenPolicy) -> None:

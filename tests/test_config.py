@@ -121,8 +121,14 @@ class DefaultTests(SynchronousTestCase):
         )
 
     def test_headers_defaults(self) -> None:
+        headers = attrs.asdict(self.config.headers)
         self.assertEqual(
-            attrs.asdict(self.config.headers),
+            [headers.pop(k) for k in ("required_forward", "stream_defaults", "invalid_from")],
+            [(), (), "refuse"],
+        )
+        self.assertEqual(headers.pop("from_placeholder"), "EMPTY-FROM")
+        self.assertEqual(
+            headers,
             {
                 "tags": ("X-Tags",),
                 "max_tags": 10,

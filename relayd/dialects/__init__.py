@@ -25,8 +25,8 @@ No reactor code here: dialects are pure functions of their input.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 from importlib.metadata import entry_points
+from typing import Any
 
 from relayd.config import ConfigError
 from relayd.dialects import (
