@@ -536,11 +536,9 @@ def _check(config: Config) -> Config:
     _check_auth(config.auth)
     if not config.upstream.url.startswith(("http://", "https://")):
         raise ConfigError("upstream.url: expected an http:// or https:// URL")
-    from relayd.dialects import get_dialect
-    from relayd.replytexts import ReplyTexts
-
-    get_dialect(config.upstream.dialect)
-    ReplyTexts.from_config(config.replies)
+    # upstream.dialect (built-in or plugin) and [replies] names are checked
+    # by relayd.service.make_service (relayd.dialects, relayd.replytexts),
+    # which import this module.
     if not 78 <= config.limits.max_line_length <= 65536:
         raise ConfigError("limits.max_line_length: expected 78 to 65536 octets")
     if not 512 <= config.limits.max_command_length <= 65536:

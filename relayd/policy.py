@@ -78,12 +78,11 @@ def stream_defaults(message: OutboundMessage, policy: HeadersConfig) -> Outbound
     for defaults in policy.stream_defaults:
         if defaults.stream != message.stream:
             continue
-        changes: dict[str, object] = {}
-        if message.track is None and defaults.tracking != "default":
-            changes["track"] = defaults.tracking == "on"
-        if not message.list_unsubscribe and defaults.list_unsubscribe:
-            changes["list_unsubscribe"] = defaults.list_unsubscribe
-        return attrs.evolve(message, **changes) if changes else message
+        track = message.track
+        if track is None and defaults.tracking != "default":
+            track = defaults.tracking == "on"
+        unsubscribe = message.list_unsubscribe or defaults.list_unsubscribe or None
+        return attrs.evolve(message, track=track, list_unsubscribe=unsubscribe)
     return message
 
 

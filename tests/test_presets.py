@@ -155,3 +155,18 @@ class PresetTests(SynchronousTestCase):
         self.assertEqual(
             texts.apply(R.queued("f78b876d")), Reply(250, "2.0.0", "Thanks! Queued as: f78b876d")
         )
+
+
+class ReplyTextsConfigTests(SynchronousTestCase):
+    def test_unknown_name_and_placeholder_are_refused(self) -> None:
+        from relayd.config import ConfigError
+
+        e = self.assertRaises(ConfigError, ReplyTexts.from_config, {"nosuch": "x"})
+        self.assertEqual(str(e), "replies.nosuch: unknown reply name")
+        e = self.assertRaises(ConfigError, ReplyTexts.from_config, {"queued": "{nope}"})
+        self.assertEqual(str(e), "replies.queued: placeholders must be among {id}")
+
+    def test_upstream_text_passes_unchanged(self) -> None:
+        texts = ReplyTexts.from_config({"temporary_failure": "later"})
+        self.assertEqual(texts.apply(Reply(550, "5.6.0", "bad domain")).text, "bad domain")
+        self.assertEqual(texts.apply(R.TEMPORARY_FAILURE), Reply(451, "4.3.0", "later"))
