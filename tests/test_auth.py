@@ -20,7 +20,7 @@ from zope.interface.verify import verifyObject
 from relayd.auth import TokenChecker, TokenRealm, make_portal
 from relayd.config import LimitsConfig
 from relayd.interfaces import ISubmission
-from relayd.smtp import RelaySMTPFactory
+from relayd.smtp.session import RelaySMTPFactory
 from relayd.tokens import TokenPolicy, TokenStore
 
 TOKEN = "rly_test-token"

@@ -16,13 +16,9 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from relayd.config import LimitsConfig
-from relayd.smtp import (
-    AuthThrottle,
-    ConnectionLimiter,
-    PathError,
-    RelaySMTPFactory,
-    parse_path,
-)
+from relayd.smtp.guards import AuthThrottle, ConnectionLimiter
+from relayd.smtp.session import RelaySMTPFactory
+from relayd.smtp.syntax import PathError, parse_path
 from relayd.testing import (
     TOKEN,
     FakeDelivery,

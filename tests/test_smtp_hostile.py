@@ -25,8 +25,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from relayd.config import LimitsConfig
 from relayd.reply import Refused, Reply
-from relayd.smtp import AuthThrottle, RelaySMTPFactory
-from relayd.smtp.session import Transaction
+from relayd.smtp.envelope import Transaction
+from relayd.smtp.guards import AuthThrottle
+from relayd.smtp.session import RelaySMTPFactory
 from relayd.testing import TOKEN, FakeDelivery, TLSStringTransport, make_fake_portal
 from tests.test_smtp import b64, data_parts, plain
 
