@@ -59,6 +59,7 @@ class TokenCheckerTests(SynchronousTestCase):
             self.checker.requestAvatarId(UsernamePassword(username, password))  # type: ignore[arg-type]
         )
         self.assertIsInstance(result, bytes)
+        assert isinstance(result, bytes)  # for mypy
         return result
 
     def assertRefused(self, username: str | bytes, password: str | bytes) -> None:
@@ -194,7 +195,10 @@ class TokenRealmTests(SynchronousTestCase):
         built from the token and its policy, and a logout callable.
         """
         interface, avatar, logout = self.realm.requestAvatar(
-            TOKEN, None, IMessageDeliveryFactory, ISubmission
+            TOKEN,  # type: ignore[arg-type]  # text avatar IDs are taken too
+            None,
+            IMessageDeliveryFactory,
+            ISubmission,
         )
         self.assertIs(interface, ISubmission)
         assert isinstance(avatar, _Avatar)
