@@ -17,11 +17,97 @@ from relayd.config import LimitsConfig
 from relayd.reply import Refused, Reply
 from relayd.testing import TOKEN, FakeDelivery, SMTPDriver, reply_line
 from tests.smtp.support import (
+    HOST,
     WireChecks,
     logged_in,
     plain,
     roomy,
 )
+
+#: Every reply of the session, and of the delivery path the session passes
+#: on, with its line on the wire: a change of text fails here.
+WIRE = [
+    (R.GREETING, "220 ESMTP relayd ready"),
+    (R.TOO_MANY_CONNECTIONS, "421 4.7.0 Too many connections, try again later"),
+    (R.IDLE_TIMEOUT, "421 4.4.2 Timeout exceeded, closing connection"),
+    (R.SESSION_LIFETIME_EXCEEDED, "421 4.4.2 Session lifetime exceeded, closing connection"),
+    (R.TOO_MANY_ERRORS, "421 4.7.0 Too many errors, closing connection"),
+    (R.LINE_TOO_LONG_CLOSING, "421 4.7.0 Line too long, closing connection"),
+    (R.LOCAL_ERROR_CLOSING, "421 4.3.0 Local error, closing connection"),
+    (R.IMPROPER_PIPELINING, "421 4.5.0 Improper pipelining after DATA, closing connection"),
+    (R.TOO_MANY_MESSAGES, "421 4.7.0 Too many messages in this session, closing connection"),
+    (R.AUTH_LOCKED_OUT, "421 4.7.0 Too many failed authentication attempts, try again later"),
+    (
+        R.TOO_MANY_AUTH_FAILURES,
+        "421 4.7.0 Too many failed authentication attempts, closing connection",
+    ),
+    (R.LINE_TOO_LONG, "500 5.5.2 Line too long"),
+    (R.BARE_LF_IN_COMMAND, "550 5.6.0 Bare <LF> received; lines must end with <CR><LF>"),
+    (R.NUL_IN_COMMAND, "501 5.5.2 NUL character in command"),
+    (R.COMMAND_NOT_UTF8, "500 5.5.2 Command is not valid UTF-8"),
+    (R.COMMAND_NOT_RECOGNIZED, "500 5.5.2 Error: command not recognized"),
+    (R.COMMAND_NOT_IMPLEMENTED, "502 5.5.1 Error: command not implemented"),
+    (R.NO_CHUNKING, "502 5.5.1 Error: command not implemented (no CHUNKING)"),
+    (R.LOCAL_ERROR, "451 4.3.0 Local error in processing, try again later"),
+    (R.SYNTAX_EHLO, "501 5.5.4 Syntax: EHLO hostname"),
+    (R.SYNTAX_HELO, "501 5.5.4 Syntax: HELO hostname"),
+    (R.NEED_EHLO, "503 5.5.1 Error: send HELO/EHLO first"),
+    (R.SYNTAX_STARTTLS, "501 5.5.4 Syntax: STARTTLS"),
+    (R.TLS_ALREADY_ACTIVE, "503 5.5.1 Error: TLS already active"),
+    (R.STARTTLS_NOT_AVAILABLE, "503 5.5.1 Error: STARTTLS not available"),
+    (R.READY_TO_START_TLS, "220 2.0.0 Ready to start TLS"),
+    (R.OK, "250 2.0.0 Ok"),
+    (R.CANNOT_VRFY, "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery"),
+    (
+        R.HELP,
+        "214 2.0.0 See RFC 5321; commands: EHLO HELO STARTTLS AUTH MAIL RCPT DATA RSET NOOP VRFY HELP QUIT",
+    ),
+    (R.BYE, "221 2.0.0 Bye"),
+    (
+        R.ENCRYPTION_REQUIRED,
+        "538 5.7.11 Encryption required for requested authentication mechanism",
+    ),
+    (R.ALREADY_AUTHENTICATED, "503 5.5.1 Error: already authenticated"),
+    (R.AUTH_DURING_TRANSACTION, "503 5.5.1 Error: AUTH not allowed during a mail transaction"),
+    (R.SYNTAX_AUTH, "501 5.5.4 Syntax: AUTH mechanism [initial-response]"),
+    (R.UNRECOGNIZED_AUTH_TYPE, "504 5.5.4 Unrecognized authentication type"),
+    (R.PLAIN_CHALLENGE, "334 "),
+    (R.LOGIN_USERNAME_CHALLENGE, "334 VXNlcm5hbWU6"),
+    (R.LOGIN_PASSWORD_CHALLENGE, "334 UGFzc3dvcmQ6"),
+    (R.AUTH_ABORTED, "501 5.7.0 Authentication aborted"),
+    (R.CANNOT_DECODE_AUTH, "501 5.5.2 Cannot decode AUTH response"),
+    (R.MALFORMED_AUTH_PLAIN, "501 5.5.2 Malformed AUTH PLAIN response"),
+    (R.AUTH_SUCCESSFUL, "235 2.7.0 Authentication successful"),
+    (R.AUTH_INVALID, "535 5.7.8 Authentication credentials invalid"),
+    (R.AUTH_REQUIRED, "530 5.7.0 Authentication required"),
+    (R.NESTED_MAIL, "503 5.5.1 Error: nested MAIL command"),
+    (R.NEED_MAIL, "503 5.5.1 Error: need MAIL command"),
+    (R.SYNTAX_MAIL, "501 5.5.4 Syntax: MAIL FROM:<address>"),
+    (R.SYNTAX_RCPT, "501 5.5.4 Syntax: RCPT TO:<address>"),
+    (R.SYNTAX_PARAMETERS, "501 5.5.4 Syntax error in parameters"),
+    (R.BAD_SIZE, "501 5.5.4 Bad SIZE parameter"),
+    (R.UNSUPPORTED_BODY, "501 5.5.4 Unsupported BODY parameter"),
+    (R.SMTPUTF8_TAKES_NO_VALUE, "501 5.5.4 SMTPUTF8 takes no value"),
+    (R.BAD_SENDER_SYNTAX, "501 5.1.7 Bad sender address syntax"),
+    (R.BAD_RECIPIENT_SYNTAX, "501 5.1.3 Bad recipient address syntax"),
+    (R.NON_ASCII_ADDRESS, "553 5.6.7 Non-ASCII address requires SMTPUTF8"),
+    (R.TOO_MANY_RECIPIENTS, "452 4.5.3 Error: too many recipients"),
+    (R.SENDER_OK, "250 2.1.0 Ok"),
+    (R.RECIPIENT_OK, "250 2.1.5 Ok"),
+    (R.SYNTAX_DATA, "501 5.5.4 Syntax: DATA"),
+    (R.NO_VALID_RECIPIENTS, "554 5.5.1 Error: no valid recipients"),
+    (R.START_MAIL_INPUT, "354 End data with <CR><LF>.<CR><LF>"),
+    (R.MESSAGE_TOO_BIG, "552 5.3.4 Message size exceeds fixed maximum message size"),
+    (
+        R.BARE_NEWLINE_IN_DATA,
+        "550 5.6.0 Message contains bare <CR> or <LF>; lines must end with <CR><LF>",
+    ),
+    (R.unsupported_parameter("RET"), "555 5.5.4 Unsupported parameter RET"),
+    (R.message_line_too_long(998), "552 5.3.4 Message line too long (limit 998 octets)"),
+    (R.queued("id-1"), "250 2.0.0 Ok: queued as id-1"),
+    (R.queued(""), "250 2.0.0 Ok: queued"),
+    (R.SENDER_NOT_ALLOWED, "550 5.7.1 Sender not allowed"),
+]
 
 
 class GreetingTests(SynchronousTestCase):
@@ -296,3 +382,35 @@ class DrainTests(SynchronousTestCase):
         self.successResultOf(stopped)
         s.delivery.release_eom()
         self.assertEqual(s.factory.tracker.pending, 0)
+
+
+class ReplyWireTests(SynchronousTestCase):
+    """
+    The named replies of L{relayd.reply} as the session writes them.
+    """
+
+    def test_every_named_reply_on_the_wire(self) -> None:
+        """
+        Each reply is written as its code, enhanced status code (if any)
+        and text, then CRLF; L{reply_line} gives the same line.
+        """
+        s = SMTPDriver()
+        s.replies()
+        for reply, wire in WIRE:
+            s.proto.send(reply)
+            self.assertEqual(s.transport.value(), wire.encode("ascii") + b"\r\n", wire)
+            self.assertEqual(reply_line(reply), wire)
+            s.transport.clear()
+
+    def test_closing_replies_name_the_host(self) -> None:
+        """
+        A 421 names the server before its text (RFC 5321 section 3.8).
+        """
+        s = SMTPDriver()
+        s.replies()
+        s.proto.closing(R.TOO_MANY_ERRORS)
+        self.assertEqual(
+            s.transport.value(),
+            b"421 4.7.0 mx.example.test Too many errors, closing connection\r\n",
+        )
+        self.assertEqual(s.line(R.TOO_MANY_ERRORS), reply_line(R.TOO_MANY_ERRORS, HOST))
