@@ -310,8 +310,8 @@ class AuthEdgeTests(SynchronousTestCase, WireChecks):
 
     def test_bare_lf_in_auth_response_in_reject_mode_ends_exchange(self) -> None:
         """
-        In reject mode a bare-LF AUTH response gets 550 but the session
-        stays in the AUTH exchange: the next command is read as base64.
+        In reject mode a bare-LF AUTH response gets 550 and ends the AUTH
+        exchange: the next line is a command again, not base64.
         """
         s = SMTPDriver(implicit_tls=True, limits=LimitsConfig(bare_newline="reject"))
         s.ehlo()
@@ -420,7 +420,7 @@ class ThrottleTests(SynchronousTestCase):
 
     def test_auth_delay_timer_cancelled_on_connection_lost(self) -> None:
         """
-        The delayed 535 uses a bare C{clock.callLater} that nobody cancels.
+        A connection lost while its 535 is delayed leaves no timer behind.
         """
         clock = Clock()
         first = SMTPDriver(implicit_tls=True, clock=clock)
@@ -457,8 +457,8 @@ class ThrottleTests(SynchronousTestCase):
 
     def test_auth_lockout_table_is_bounded(self) -> None:
         """
-        C{AuthThrottle._locked} only forgets an IP when that IP asks
-        again: every IP that was ever locked stays in memory.
+        Expired lockouts are forgotten even for IPs that never come back:
+        the lockout table stays small.
         """
         clock = Clock()
         t = AuthThrottle(clock, limit=1, lockout=60)
@@ -470,13 +470,11 @@ class ThrottleTests(SynchronousTestCase):
 
     def test_lockout_pruning_is_not_quadratic(self) -> None:
         """
-        C{AuthThrottle._prune_locked} scans the whole lockout table on
-        every new lockout once it holds 1000 entries, so N live lockouts
-        cost O(N^2): 20000 take about 14 s of reactor time (40000: 64 s),
-        each further one ~1-8 ms.  Lockouts all last C{lockout} seconds,
-        so the table is in expiry order and can be pruned from the front
-        in amortized O(1).  (Generous bound: a linear version takes about
-        0.1 s.)
+        20000 live lockouts cost linear time, not quadratic: lockouts all
+        last C{lockout} seconds, so the table is in expiry order and is
+        pruned from the front.  (A scan of the whole table on every new
+        lockout takes about 14 s here; the linear pruning about 0.1 s.
+        The bound is generous.)
         """
         import time
 

@@ -162,9 +162,10 @@ class FinalReplyTests(SynchronousTestCase):
 
     def test_one_refused_message_refuses_the_transaction(self) -> None:
         """
-        LATENT (the shipped avatar uses one message per transaction):
-        with several messages, only the first one's reply is sent, so a
-        refused message can get 250.
+        When the recipients of a transaction got several messages and one
+        of them is refused, the final dot does not get 250 (the shipped
+        avatar makes one message per transaction; an avatar may make
+        more).
         """
         s = logged_in(delivery=_TwoMessageDelivery())
         s.send(
@@ -175,8 +176,8 @@ class FinalReplyTests(SynchronousTestCase):
 
     def test_message_that_cannot_be_opened_gets_451(self) -> None:
         """
-        LATENT (the shipped avatar's factory cannot raise): C{smtp_DATA}
-        calls the factories outside any error handling.
+        A message that cannot be opened at DATA gets 451, is logged, and
+        the session goes on (the shipped avatar's factory cannot raise).
         """
         s = logged_in(delivery=_RaisingFactoryDelivery())
         s.send("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n")

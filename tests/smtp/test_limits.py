@@ -249,8 +249,8 @@ class CommandLineTests(SynchronousTestCase, WireChecks):
 
     def test_command_line_of_513_octets_is_too_long(self) -> None:
         """
-        RFC 5321 section 4.5.3.1.4: 512 octets including CRLF.  The check
-        C{newline > limit} lets 513-octet lines through.
+        RFC 5321 section 4.5.3.1.4: 512 octets including CRLF; a
+        513-octet line gets 500.
         """
         s = logged_in()
         line = b"NOOP " + b"x" * 506 + b"\r\n"

@@ -300,8 +300,8 @@ class ReplyShapeTests(SynchronousTestCase, WireChecks):
 
     def test_reply_text_cannot_inject_lines(self) -> None:
         """
-        LATENT (today's rejection texts are clean): L{RelaySMTP.reply}
-        writes the text as given, so a CR/LF in it forges a reply.
+        A CR or LF in a reply's text cannot forge a second reply line
+        (today's rejection texts are clean; an avatar's may not be).
         """
         s = logged_in(delivery=_MultiLineRejectDelivery())
         s.send("MAIL FROM:<a@example.com>\r\n")

@@ -307,13 +307,13 @@ class LongDataLineTests(SynchronousTestCase, WireChecks):
     def test_final_dot_right_after_long_line_every_split_but_cr_lf(self) -> None:
         """
         C{<long line><CR><LF>.<CR><LF>}, cut once anywhere (the cut
-        between that CR and LF is in L{KnownBugs}).
+        between that CR and LF: L{test_cr_lf_split_right_after_long_line}).
         """
         s = logged_in(limits=roomy())
         stream = self.LONG + b"\r\n.\r\n"
         for i in range(0, len(stream)):
             if i == len(self.LONG) + 1:
-                continue  # KnownBugs.test_cr_lf_split_right_after_long_line
+                continue  # test_cr_lf_split_right_after_long_line
             self.check(stream, [i], s)
 
     def test_hidden_commands_after_long_line_every_split_but_cr_lf(self) -> None:
@@ -370,11 +370,10 @@ class LongDataLineTests(SynchronousTestCase, WireChecks):
 
     def test_lf_dot_crlf_after_two_long_lines_does_not_end_data(self) -> None:
         """
-        SMUGGLING.  After an over-long line whose dropped tail ended in CR
-        at a packet end, C{_data_skip_cr} stays True; a later over-long
-        line followed by a bare C{<LF>.<CR><LF>} at the start of a packet
-        then ends DATA, and the hidden commands run as a second
-        transaction.
+        An over-long line whose dropped tail ends in CR at a packet end,
+        then a second over-long line followed by a bare C{<LF>.<CR><LF>}
+        at the start of a packet: DATA does not end there, and the hidden
+        commands never run as a second transaction.
         """
         s = logged_in()
         s.start()
@@ -388,10 +387,10 @@ class LongDataLineTests(SynchronousTestCase, WireChecks):
 
     def test_cr_lf_split_right_after_long_line(self) -> None:
         """
-        C{<2000 octets><CR>} | C{<LF>.<CR><LF>}: the CR that ended the
-        packet which started the skip is forgotten, so the real final dot
-        is not seen; the client waits forever and later commands are eaten
-        as message content.
+        C{<2000 octets><CR>} | C{<LF>.<CR><LF>}: the CR at the end of the
+        packet that began dropping the long line still counts, so the real
+        final dot ends DATA (with 552) and later input is read as
+        commands.
         """
         s = logged_in()
         s.start()
@@ -401,8 +400,8 @@ class LongDataLineTests(SynchronousTestCase, WireChecks):
 
     def test_cr_lf_split_after_long_partial_line(self) -> None:
         """
-        Same as above, entering the skip through the partial-line path
-        (complete lines before the long one in the same packet).
+        The same, with complete lines before the long one in the same
+        packet.
         """
         s = logged_in()
         s.start()
@@ -411,10 +410,9 @@ class LongDataLineTests(SynchronousTestCase, WireChecks):
 
     def test_bare_cr_line_length_does_not_depend_on_packets(self) -> None:
         """
-        C{600 x a, <CR>, 600 x b, <CR><LF>}: in one packet the line is
-        measured after bare CRs became line ends (two short lines: 250);
-        cut before its LF, the 1201-octet partial line trips the skip
-        (552).  Same bytes, different verdict.
+        C{600 x a, <CR>, 600 x b, <CR><LF>} gets the same verdict sent
+        whole and cut anywhere: the line-length verdict does not depend on
+        packet boundaries.
         """
         stream = b"a" * 600 + b"\r" + b"b" * 600 + b"\r\n.\r\n"
         s = logged_in(limits=roomy())
@@ -520,7 +518,8 @@ class PropertyTests(SynchronousTestCase, WireChecks):
     @settings(max_examples=200, deadline=None)
     @given(
         # No DATA command: whether input pipelined after a refused DATA is
-        # discarded may depend on packet boundaries (see KnownBugs).
+        # discarded depends on packet boundaries (DATA is a synchronisation
+        # point: see tests.smtp.test_pipelining).
         st.lists(st.sampled_from([p for p in DANGEROUS if p != b"DATA\r\n"]), max_size=30),
         st.lists(st.integers(min_value=0, max_value=2000), max_size=25),
         st.sampled_from(["normalize", "reject"]),
@@ -569,8 +568,10 @@ class PropertyTests(SynchronousTestCase, WireChecks):
     def test_long_lines_are_split_invariant(self, pieces: list[bytes], cuts: list[int]) -> None:
         """
         The split-invariance property with over-long lines in the mix.
-        The first example is the bare-CR bug above; the other two are the
-        fixed framing bugs of L{FixedDefectRegressions}.
+        The examples are the cases of
+        L{LongDataLineTests.test_bare_cr_line_length_does_not_depend_on_packets},
+        L{LongDataLineTests.test_cr_lf_split_right_after_long_line} and
+        L{LongDataLineTests.test_lf_dot_crlf_after_two_long_lines_does_not_end_data}.
         """
         stream = b"".join(pieces)
         results = []
