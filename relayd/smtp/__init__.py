@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_imports -*-
 """
 relayd's SMTP server: the session protocol and the parts it is built from.
 

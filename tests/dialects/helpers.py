@@ -14,8 +14,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from relayd.dialects.request import ProviderDialect
 from relayd.message import OutboundMessage
+from relayd.result import UpstreamResult
 from relayd.testing import Answer, FakeUpstream, RecordedRequest
-from relayd.upstream import USER_AGENT, UpstreamResult
+from relayd.upstream import USER_AGENT
 
 TOKEN = "key-123"
 NOW = 1_700_000_000.0
