@@ -244,8 +244,6 @@ class UpstreamConfig:
             raise ConfigError("upstream.idle_timeout: expected more than 0 seconds")
 
 
-
-
 @frozen
 class LimitsConfig:
     """

@@ -28,7 +28,8 @@ from relayd.config import Config, ConfigError
 from relayd.delivery import Pipeline, make_avatar_factory
 from relayd.policy import MessageRates
 from relayd.replytexts import ReplyTexts
-from relayd.smtp import AuthThrottle, ConnectionLimiter, DeliveryTracker, RelaySMTPFactory
+from relayd.smtp.guards import AuthThrottle, ConnectionLimiter, DeliveryTracker
+from relayd.smtp.session import RelaySMTPFactory
 from relayd.tls import ServerTLS, ensure_self_signed, implicit_tls_factory
 from relayd.tokens import TokenStore
 from relayd.upstream import make_client

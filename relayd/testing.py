@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_upstream -*-
+# -*- test-case-name: tests.test_testing -*-
 """
 Test helpers shipped with relayd, for its own tests and for anyone testing
 code built on it.
@@ -10,10 +10,14 @@ Sections:
   - SMTP sessions: L{TLSStringTransport}, L{FakeDelivery} (an
     L{ISubmission} avatar that records transactions) and
     L{make_fake_portal}, to drive L{relayd.smtp} without a network.
+  - The SMTP test driver (L{SMTPDriver}): one session on a recording
+    transport, input in, reply lines out; L{reply_line} for the line a
+    L{Reply} is on the wire.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 from collections import deque
@@ -24,16 +28,28 @@ import attrs
 from attrs import field, frozen
 from twisted.cred.portal import Portal
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ITLSTransport
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
+from relayd.config import LimitsConfig
 from relayd.interfaces import ISubmission, ISubmissionMessage
 from relayd.message import Attachment, Envelope, OutboundMessage
-from relayd.reply import SENDER_NOT_ALLOWED, Refused, Reply
+from relayd.reply import (
+    AUTH_SUCCESSFUL,
+    RECIPIENT_OK,
+    SENDER_NOT_ALLOWED,
+    SENDER_OK,
+    START_MAIL_INPUT,
+    Refused,
+    Reply,
+)
+from relayd.smtp.session import RelaySMTP, RelaySMTPFactory
 
 __all__ = [
     "TOKEN",
@@ -42,10 +58,15 @@ __all__ = [
     "FakeDelivery",
     "FakeUpstream",
     "RecordedRequest",
+    "RecordingTransport",
+    "SMTPDriver",
     "SentMessage",
     "TLSStringTransport",
+    "auth_plain",
     "make_fake_portal",
+    "reply_line",
     "sample_message",
+    "split_at",
 ]
 
 
@@ -394,3 +415,230 @@ def make_fake_portal(avatar: Any, token: str = TOKEN) -> Portal:
         return avatar
 
     return make_portal(TokenStore.from_tokens({"test": token}), factory)
+
+
+# ---------------------------------------------------------------------------
+# The SMTP test driver
+# ---------------------------------------------------------------------------
+
+
+def reply_line(reply: Reply, hostname: str | None = None) -> str:
+    """
+    The line a reply is on the wire, without its line end.
+
+    @param reply: The reply.
+    @param hostname: For a reply the session sends with its hostname
+        before the text (the greeting, a C{421}: RFC 5321 section 3.8),
+        that hostname.
+    @return: C{"<code> <status> <text>"}, or C{"<code> <text>"} when the
+        reply has no enhanced status code.
+    """
+    text = f"{hostname} {reply.text}" if hostname is not None else reply.text
+    return f"{reply.code} {reply.status} {text}" if reply.status else f"{reply.code} {text}"
+
+
+def auth_plain(user: str, password: str, authzid: str = "") -> str:
+    """
+    The base64 response of AUTH PLAIN (RFC 4616 section 2).
+
+    @return: C{base64(authzid NUL user NUL password)}, as text.
+    """
+    return base64.b64encode(f"{authzid}\0{user}\0{password}".encode()).decode()
+
+
+def split_at(data: bytes, cuts: Iterable[int]) -> list[bytes]:
+    """
+    Cut C{data} into packets.
+
+    @param cuts: Offsets to cut at, in any order; those out of range
+        (C{<= 0} or C{>= len(data)}) and repeated ones are ignored.
+    @return: The non-empty pieces, in order.
+    """
+    points = sorted({c for c in cuts if 0 < c < len(data)})
+    pieces, start = [], 0
+    for p in points:
+        pieces.append(data[start:p])
+        start = p
+    pieces.append(data[start:])
+    return [p for p in pieces if p]
+
+
+class RecordingTransport(TLSStringTransport):
+    """
+    A L{TLSStringTransport} that keeps every write, also after
+    L{StringTransport.clear}.
+
+    @ivar wire: Every byte written, in order.
+    @ivar chunks: Every write, one item each.
+    @ivar after_close: What was written after C{loseConnection} (a
+        protocol must write nothing then).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.wire = bytearray()
+        self.after_close = bytearray()
+        self.chunks: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if self.disconnecting:
+            self.after_close += data
+        self.wire += data
+        self.chunks.append(bytes(data))
+        super().write(data)
+
+
+#: The placeholder TLS context of L{SMTPDriver}: STARTTLS is offered, and
+#: L{TLSStringTransport} only records that it began.
+_FAKE_TLS_CONTEXT = object()
+
+
+class SMTPDriver:
+    """
+    One SMTP session (L{RelaySMTP}) on a L{RecordingTransport}, driven as a
+    client would: bytes in with L{send}, reply lines out.  Time comes from
+    a L{Clock}, the avatar is a L{FakeDelivery} unless another portal is
+    given.
+
+    @ivar clock: The session's clock.
+    @ivar delivery: The avatar behind the fake portal.
+    @ivar factory: The session's factory (pass it to a second driver to
+        share connection caps and AUTH throttling).
+    @ivar transport: The recording transport.
+    @ivar proto: The session.
+    @ivar hostname: The server's name in the greeting and 421 replies.
+    """
+
+    def __init__(
+        self,
+        *,
+        implicit_tls: bool = False,
+        limits: LimitsConfig | None = None,
+        clock: Clock | None = None,
+        delivery: FakeDelivery | None = None,
+        factory: RelaySMTPFactory | None = None,
+        portal: Portal | None = None,
+        hostname: str = "mx.example.test",
+        ip: str = "192.0.2.1",
+        context_factory: Any = _FAKE_TLS_CONTEXT,
+    ) -> None:
+        """
+        @param implicit_tls: The listener is implicit TLS (RFC 8314): the
+            session is secure from the start.
+        @param limits: The C{[limits]} configuration (default: defaults).
+        @param factory: Build the session with this factory; the other
+            parameters but C{ip} and C{delivery} are then ignored.
+        @param portal: The cred portal (default: L{make_fake_portal} of
+            C{delivery} with L{TOKEN}).
+        @param ip: The client's IPv4 address.
+        @param context_factory: The TLS context for STARTTLS, or C{None}
+            for a listener without it.
+        """
+        self.clock = clock or Clock()
+        self.delivery = delivery or FakeDelivery()
+        self.factory = factory or RelaySMTPFactory(
+            portal or make_fake_portal(self.delivery),
+            hostname,
+            limits or LimitsConfig(),
+            self.clock,
+            context_factory=context_factory,
+            implicit_tls=implicit_tls,
+        )
+        self.hostname = self.factory.hostname
+        self.transport = RecordingTransport(peerAddress=IPv4Address("TCP", ip, 40000))
+        self.proto: RelaySMTP = self.factory.buildProtocol(None)
+        self.proto.makeConnection(self.transport)
+
+    def send(self, data: bytes | str) -> list[str]:
+        """
+        Deliver C{data} to the session in one packet.
+
+        @param data: Bytes, or text to encode as UTF-8.
+        @return: The reply lines written since the last call (see
+            L{replies}).
+        """
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        self.proto.dataReceived(data)
+        return self.replies()
+
+    def feed(self, data: bytes, cuts: Iterable[int]) -> list[str]:
+        """
+        Deliver C{data} in packets cut at C{cuts} (see L{split_at}).
+
+        @return: All reply lines written meanwhile.
+        """
+        out: list[str] = []
+        for piece in split_at(data, cuts):
+            out += self.send(piece)
+        return out
+
+    def bytewise(self, data: bytes) -> list[str]:
+        """
+        Deliver C{data} one octet per packet.
+
+        @return: All reply lines written meanwhile.
+        """
+        out: list[str] = []
+        for i in range(len(data)):
+            out += self.send(data[i : i + 1])
+        return out
+
+    def replies(self) -> list[str]:
+        """
+        The reply lines written since the last call, without line ends
+        (decoded as UTF-8, undecodable octets replaced).
+        """
+        out = self.transport.value().decode("utf-8", "replace")
+        self.transport.clear()
+        return [line for line in out.split("\r\n") if line]
+
+    def line(self, reply: Reply) -> str:
+        """
+        @return: The line this session sends for a reply that carries its
+            hostname (the greeting, a C{421}); see L{reply_line}.
+        """
+        return reply_line(reply, self.hostname)
+
+    def ehlo(self) -> list[str]:
+        """
+        Send C{EHLO client.example}.
+
+        @return: The reply lines.
+        """
+        return self.send("EHLO client.example\r\n")
+
+    def login(self, token: str = TOKEN) -> None:
+        """
+        Greet, STARTTLS unless the session is already secure, EHLO again,
+        and AUTH PLAIN with C{token}.
+
+        @raise AssertionError: When the EHLO or the AUTH is not accepted.
+        """
+        self.replies()
+        if not self.proto.secure:
+            self.send("EHLO client.example\r\nSTARTTLS\r\n")
+        lines = self.ehlo()
+        if not lines or lines[-1] != "250 HELP":
+            raise AssertionError(lines)
+        lines = self.send(f"AUTH PLAIN {auth_plain('apikey', token)}\r\n")
+        if lines != [reply_line(AUTH_SUCCESSFUL)]:
+            raise AssertionError(lines)
+
+    def start(self, rcpt: str = "b@example.com") -> None:
+        """
+        Begin a transaction from C{a@example.com} to C{rcpt}, up to the
+        C{354} of DATA.
+
+        @raise AssertionError: When a reply is not the expected one.
+        """
+        lines = self.send(f"MAIL FROM:<a@example.com>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n")
+        expected = [SENDER_OK, RECIPIENT_OK, START_MAIL_INPUT]
+        if lines != [reply_line(r) for r in expected]:
+            raise AssertionError(lines)
+
+    def close(self) -> None:
+        """
+        The client goes away: the connection is lost.
+        """
+        self.proto.connectionLost(None)

@@ -24,7 +24,7 @@ from relayd.auth import AuthRefused, CredentialRules, Login, make_auth_portal
 from relayd.auth_http import HTTPAuthChecker, TTLCache
 from relayd.config import AuthConfig, LimitsConfig, PolicyConfig
 from relayd.reply import Refused
-from relayd.smtp import RelaySMTPFactory
+from relayd.smtp.session import RelaySMTPFactory
 from relayd.tokens import TokenPolicy
 
 TOKEN = "kr_live_abc123"

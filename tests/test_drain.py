@@ -23,7 +23,7 @@ from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
 from relayd.service import SessionCloser
-from relayd.smtp import DeliveryTracker
+from relayd.smtp.guards import DeliveryTracker
 from relayd.workers import SupervisorWatch
 from tests.test_e2e import SIMPLE, TOKEN, Daemon
 
@@ -104,6 +104,7 @@ def send_one(daemon: Daemon, index: int, replies: dict[int, Any]) -> None:
     try:
         client = daemon.starttls() if index % 2 == 0 else daemon.implicit()
         client.timeout = 60
+        assert client.sock is not None
         client.sock.settimeout(60)
         with client:
             client.login("apikey", TOKEN)

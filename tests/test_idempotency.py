@@ -182,7 +182,7 @@ class OutcomeStoreTests(SynchronousTestCase):
         self.store.claim("k")
         self.store.record_refused("k", reply)
         self.assertEqual(self.successResultOf(self.store.claim("k")), reply)
-        self.store.record_accepted("k", None)
+        self.store.record_accepted("k", None)  # type: ignore[arg-type]  # a missing id
         self.assertEqual(self.outcome("k"), Accepted(""))
         self.store.record_refused("k", reply)
         self.assertEqual(self.outcome("k"), Accepted(""))

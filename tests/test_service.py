@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from relayd.config import ConfigError, parse_config
 from relayd.service import make_service
-from relayd.smtp import RelaySMTPFactory
+from relayd.smtp.session import RelaySMTPFactory
 from relayd.tap import Options
 from relayd.tokens import digest
 from relayd.workers import WorkerPool, worker_count

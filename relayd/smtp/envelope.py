@@ -1,32 +1,31 @@
-# -*- test-case-name: tests.test_smtp -*-
+# -*- test-case-name: tests.smtp.test_envelope,tests.smtp.test_data -*-
 """
 The mail transaction of an SMTP session: MAIL, RCPT and DATA (RFC 5321
 sections 3.3, 4.1.1.2 to 4.1.1.4), and the L{Transaction} they fill in.
 
 The functions here are verbs of L{relayd.smtp.session.RelaySMTP}, kept in
-their own module so that each stays short; each takes the session, whose
-state and replies it uses.
+their own module so that each stays short.  Each takes the session as a
+L{Session}: the state and replies a verb uses, described here so that this
+module does not import the one that calls it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import attrs
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from relayd import reply as R
-from relayd.interfaces import ISubmissionMessage
+from relayd.config import LimitsConfig
+from relayd.interfaces import ISubmission, ISubmissionMessage
 from relayd.reply import Refused, Reply
-from relayd.smtp.framing import DataReader
+from relayd.smtp.framing import DataReader, Framer
 from relayd.smtp.syntax import MAIL_ARGS, RCPT_ARGS, PathError, parse_parameters, parse_path
 
-if TYPE_CHECKING:
-    from relayd.smtp.session import RelaySMTP
-
-__all__ = ["Transaction", "bdat", "data", "mail", "rcpt"]
+__all__ = ["Session", "Transaction", "bdat", "data", "mail", "rcpt"]
 
 log = Logger()
 
@@ -53,7 +52,71 @@ class Transaction:
     data: DataReader | None = None
 
 
-def _mail_parameters(session: RelaySMTP, text: str) -> tuple[bool, int | None] | None:
+class Session(Protocol):
+    """
+    What the verbs of this module need from the SMTP session
+    (L{relayd.smtp.session.RelaySMTP} provides it).
+
+    @ivar transaction: The current mail transaction, or C{None}; the verbs
+        begin and end it.
+    """
+
+    transaction: Transaction | None
+
+    @property
+    def ehlo(self) -> str | None:
+        """The EHLO/HELO argument, or C{None} before it."""
+
+    @property
+    def authenticated(self) -> bool:
+        """AUTH succeeded (RFC 4954)."""
+
+    @property
+    def avatar(self) -> ISubmission | None:
+        """The L{ISubmission} avatar after AUTH, else C{None}."""
+
+    @property
+    def peer_ip(self) -> str:
+        """The client's IP address, as text."""
+
+    @property
+    def limits(self) -> LimitsConfig:
+        """The C{[limits]} configuration."""
+
+    @property
+    def framing(self) -> Framer:
+        """The input buffer, cut into lines and DATA."""
+
+    @property
+    def max_message_size(self) -> int:
+        """The message size limit in bytes that applies now."""
+
+    @property
+    def max_recipients(self) -> int:
+        """The recipient limit per transaction that applies now."""
+
+    @property
+    def closed(self) -> bool:
+        """The connection is closing: nothing more is read or written."""
+
+    @property
+    def _messages(self) -> int:
+        """Messages ended with a final dot in this session."""
+
+    def send(self, r: Reply) -> None:
+        """Send the reply C{r}."""
+
+    def error(self, r: Reply) -> None:
+        """Reply C{r} to a command the client got wrong (counts errors)."""
+
+    def closing(self, r: Reply) -> None:
+        """Send the C{421} C{r} and close the connection."""
+
+    def read_data(self) -> None:
+        """Read message content next (DATA accepted)."""
+
+
+def _mail_parameters(session: Session, text: str) -> tuple[bool, int | None] | None:
     """
     Check the ESMTP parameters of MAIL (RFC 1870 SIZE, RFC 6152 BODY,
     RFC 6531 SMTPUTF8, RFC 4954 section 5 AUTH) and reply to bad ones.
@@ -88,12 +151,13 @@ def _mail_parameters(session: RelaySMTP, text: str) -> tuple[bool, int | None] |
     return smtputf8, size
 
 
-def mail(session: RelaySMTP, rest: str) -> defer.Deferred[None] | None:
+def mail(session: Session, rest: str) -> defer.Deferred[None] | None:
     """
     MAIL FROM (RFC 5321 section 4.1.1.2) with SIZE (RFC 1870), BODY
     (RFC 6152), SMTPUTF8 (RFC 6531) and AUTH (RFC 4954 section 5).
     """
-    if session._need_ehlo():
+    if session.ehlo is None:
+        session.error(R.NEED_EHLO)
         return None
     if session.avatar is None or not session.authenticated:
         session.error(R.AUTH_REQUIRED)
@@ -132,7 +196,7 @@ def mail(session: RelaySMTP, rest: str) -> defer.Deferred[None] | None:
 
 
 def _validate(
-    session: RelaySMTP, call: Callable[[], Any], accepted: Callable[[Any], None]
+    session: Session, call: Callable[[], Any], accepted: Callable[[Any], None]
 ) -> defer.Deferred[None] | None:
     """
     Ask the avatar to validate, then call C{accepted} with its answer.
@@ -167,12 +231,12 @@ def _validate(
     return defer.Deferred.fromCoroutine(later())
 
 
-def _mail_accepted(session: RelaySMTP, address: str, smtputf8: bool) -> None:
+def _mail_accepted(session: Session, address: str, smtputf8: bool) -> None:
     session.transaction = Transaction(address, smtputf8)
     session.send(R.SENDER_OK)
 
 
-def rcpt(session: RelaySMTP, rest: str) -> defer.Deferred[None] | None:
+def rcpt(session: Session, rest: str) -> defer.Deferred[None] | None:
     """
     RCPT TO (RFC 5321 section 4.1.1.3).
     """
@@ -213,7 +277,7 @@ def rcpt(session: RelaySMTP, rest: str) -> defer.Deferred[None] | None:
 
 
 def _rcpt_accepted(
-    session: RelaySMTP,
+    session: Session,
     transaction: Transaction,
     address: str,
     factory: Callable[[], ISubmissionMessage],
@@ -228,7 +292,7 @@ def _rcpt_accepted(
 # -- commands: DATA --
 
 
-def _refuse_data(session: RelaySMTP, r: Reply) -> None:
+def _refuse_data(session: Session, r: Reply) -> None:
     """
     Refuse DATA.  A client that sent message content behind DATA
     without waiting for the 354 (against RFC 2920 section 3.1) would
@@ -240,7 +304,7 @@ def _refuse_data(session: RelaySMTP, r: Reply) -> None:
         session.closing(R.IMPROPER_PIPELINING)
 
 
-def data(session: RelaySMTP, rest: str) -> None:
+def data(session: Session, rest: str) -> None:
     """
     DATA (RFC 5321 section 4.1.1.4).
     """
@@ -277,7 +341,7 @@ def data(session: RelaySMTP, rest: str) -> None:
     session.send(R.START_MAIL_INPUT)
 
 
-def bdat(session: RelaySMTP, rest: str) -> None:
+def bdat(session: Session, rest: str) -> None:
     """
     BDAT (RFC 3030) without CHUNKING advertised.
     """

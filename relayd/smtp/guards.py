@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_smtp -*-
+# -*- test-case-name: tests.smtp.test_limits,tests.smtp.test_auth -*-
 """
 The in-process guards of the SMTP listeners: connection caps, failed-AUTH
 throttling, and the count of messages whose reply is still owed.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_smtp -*-
+# -*- test-case-name: tests.smtp -*-
 """
 One SMTP session: states, verbs, reply order, timers, STARTTLS and AUTH.
 

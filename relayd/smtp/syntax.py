@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_smtp -*-
+# -*- test-case-name: tests.smtp.test_envelope -*-
 """
 SMTP command grammar: RFC 5321 section 4.1.2 paths and ESMTP parameters.
 

@@ -74,7 +74,7 @@ class RejectionAssertions(SynchronousTestCase):
     def assertRejected(
         self, data: bytes, code: int, status: str, text: str, **kwargs: object
     ) -> Refused:
-        error = self.assertRaises(Refused, parse, data, **kwargs)
+        error: Refused = self.assertRaises(Refused, parse, data, **kwargs)
         self.assertEqual(
             (error.reply.code, error.reply.status, error.reply.text), (code, status, text)
         )

@@ -78,7 +78,7 @@ def _header_fields(draw: st.DrawFn) -> list[tuple[str, str]]:
         ),
     )
     words = st.text(
-        st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"),
+        st.characters(blacklist_categories=["Cs"], blacklist_characters="\r\n"),
         max_size=12,
     )
     fields = []
