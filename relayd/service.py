@@ -24,7 +24,8 @@ from twisted.logger import Logger
 from relayd.auth import make_portal
 from relayd.config import Config, ConfigError
 from relayd.delivery import Pipeline, make_avatar_factory
-from relayd.smtp import AuthThrottle, ConnectionLimiter, DeliveryTracker, RelaySMTPFactory
+from relayd.smtp import ConnectionLimiter, DeliveryTracker, RelaySMTPFactory
+from relayd.smtp.guards import LocalCounters, MemoryBudget
 from relayd.tls import ServerTLS, ensure_self_signed, implicit_tls_factory
 from relayd.tokens import TokenStore
 from relayd.upstream import make_client
@@ -164,12 +165,10 @@ def make_service(config: Config, reactor: Any, inherit_fds: tuple[int, ...] = ()
     limiter = ConnectionLimiter(limits.max_connections, limits.max_connections_per_ip)
     tracker = DeliveryTracker()
     DrainService(tracker, reactor, config.upstream.timeout + 5).setServiceParent(top)
-    throttle = AuthThrottle(
-        reactor,
-        limit=limits.auth_failures_per_ip,
-        window=limits.auth_failure_window,
-        lockout=limits.auth_lockout,
-    )
+    # Shared by every listener of this process (a Redis-backed ICounters
+    # would share them across a fleet).
+    counters = LocalCounters(reactor)
+    memory = MemoryBudget(limits.max_memory_bytes)
     listening = []
     for index, listener in enumerate(config.listeners):
         implicit = listener.tls == "implicit"
@@ -181,8 +180,10 @@ def make_service(config: Config, reactor: Any, inherit_fds: tuple[int, ...] = ()
             context_factory=context,
             implicit_tls=implicit,
             limiter=limiter,
-            throttle=throttle,
+            counters=counters,
             tracker=tracker,
+            memory=memory,
+            auth_exempt=listener.name in limits.auth_exempt_listeners,
         )
         if implicit:
             factory = implicit_tls_factory(factory, context)
