@@ -71,6 +71,7 @@ class MemoryBoundTests(unittest.TestCase):
     growth: int
     delays: list[float]
     requests: int
+    log: str
 
     @classmethod
     def setUpClass(cls) -> None:

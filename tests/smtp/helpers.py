@@ -56,9 +56,7 @@ class Session:
             implicit_tls=True,
             **factory_args,
         )
-        peer: Any = (
-            IPv6Address("TCP", ip, 40000) if ":" in ip else IPv4Address("TCP", ip, 40000)
-        )
+        peer: Any = IPv6Address("TCP", ip, 40000) if ":" in ip else IPv4Address("TCP", ip, 40000)
         self.transport = TLSStringTransport(peerAddress=peer)
         self.proto = self.factory.buildProtocol(None)
         self.proto.makeConnection(self.transport)
