@@ -17,6 +17,7 @@ This module imports no reactor code.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -267,6 +268,13 @@ class LimitsConfig:
     auth_lockout: float = 900.0
     max_messages_per_connection: int = 1000
     bare_newline: Literal["normalize", "reject"] = "normalize"
+    # guards2: memory bound, slow clients, AUTH throttling (docs/security.md)
+    max_memory_bytes: int = 256 * MiB
+    data_min_rate: int = 1024
+    data_grace: float = 30.0
+    auth_failures_per_credential: int = 5
+    auth_exempt_networks: tuple[str, ...] = ()
+    auth_exempt_listeners: tuple[str, ...] = ()
 
 
 @frozen
@@ -559,6 +567,7 @@ def _check(config: Config) -> Config:
     for limit in attrs.fields(LimitsConfig):
         if limit.type in (int, "int") and getattr(config.limits, limit.name) < 1:
             raise ConfigError(f"limits.{limit.name}: expected at least 1")
+    _check_limits(config)
     if config.upstream.max_connections < 1:
         raise ConfigError("upstream.max_connections: expected at least 1")
     if not _HOSTNAME.fullmatch(config.server.hostname):
@@ -580,6 +589,24 @@ def _check(config: Config) -> Config:
             )
         listeners.append(attrs.evolve(listener, name=name))
     return attrs.evolve(config, listeners=tuple(listeners))
+
+
+def _check_limits(config: Config) -> None:
+    """
+    Cross-field checks of the C{[limits]} guards (memory, AUTH exemptions).
+    """
+    limits = config.limits
+    for network in limits.auth_exempt_networks:
+        try:
+            ipaddress.ip_network(network)
+        except ValueError:
+            raise ConfigError(
+                f"limits.auth_exempt_networks: {network!r} is not a network (as 10.0.0.0/8)"
+            ) from None
+    names = {listener.name or listener.endpoint for listener in config.listeners}
+    for name in limits.auth_exempt_listeners:
+        if name not in names:
+            raise ConfigError(f"limits.auth_exempt_listeners: no listener is named {name!r}")
 
 
 def parse_config(text: str, path: str = "") -> Config:

@@ -389,3 +389,34 @@ def named() -> dict[str, Reply]:
         for name, value in globals().items()
         if name.isupper() and isinstance(value, Reply)
     }
+
+
+# -- guards2: back-pressure, memory bounds, slow clients, AUTH throttling
+# (relayd.smtp.flow, relayd.smtp.guards) --
+
+#: DATA refused, or a message failed at its final dot, because the
+#: messages held in memory reached C{[limits] max_memory_bytes} (RFC 5321
+#: section 4.2.2 452; RFC 3463 X.3.1: mail system full).
+INSUFFICIENT_STORAGE = Reply(452, "4.3.1", "Insufficient system storage, try again later")
+
+#: A DATA transfer below C{[limits] data_min_rate} after C{data_grace}
+#: seconds (RFC 3463 X.4.2: bad connection); sent with the hostname.
+DATA_TOO_SLOW = Reply(421, "4.4.2", "Data transfer too slow, closing connection")
+
+
+def auth_throttled(retry_after: float) -> Reply:
+    """
+    AUTH refused for a while: too many failed attempts from the client's
+    network (or with this credential).  Only AUTH is refused; the session
+    goes on (RFC 4954 section 6: 454 4.7.0, temporary authentication
+    failure).
+
+    @param retry_after: Seconds after which AUTH is answered again, at most.
+    @return: The C{454 4.7.0} saying when to retry.
+    """
+    seconds = max(1, int(retry_after + 0.999))
+    return Reply(
+        454,
+        "4.7.0",
+        f"Too many failed authentication attempts, try again in {seconds} seconds",
+    )

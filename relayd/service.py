@@ -28,7 +28,7 @@ from relayd.config import Config, ConfigError
 from relayd.delivery import Pipeline, make_avatar_factory
 from relayd.policy import MessageRates
 from relayd.replytexts import ReplyTexts
-from relayd.smtp.guards import AuthThrottle, ConnectionLimiter, DeliveryTracker
+from relayd.smtp.guards import ConnectionLimiter, DeliveryTracker, LocalCounters, MemoryBudget
 from relayd.smtp.session import RelaySMTPFactory
 from relayd.tls import ServerTLS, ensure_self_signed, implicit_tls_factory
 from relayd.tokens import TokenStore
@@ -379,12 +379,10 @@ def make_service(config: Config, reactor: Any, inherit_fds: tuple[int, ...] = ()
     stop_timeout = config.upstream.timeout + 5
     DrainService(tracker, reactor, stop_timeout).setServiceParent(top)
     SessionCloser(tracker, reactor, stop_timeout).setServiceParent(top)
-    throttle = AuthThrottle(
-        reactor,
-        limit=limits.auth_failures_per_ip,
-        window=limits.auth_failure_window,
-        lockout=limits.auth_lockout,
-    )
+    # Shared by every listener of this process (a Redis-backed ICounters
+    # would share them across a fleet).
+    counters = LocalCounters(reactor)
+    memory = MemoryBudget(limits.max_memory_bytes)
     listening = []
     for index, listener in enumerate(config.listeners):
         implicit = listener.tls == "implicit"
@@ -396,8 +394,10 @@ def make_service(config: Config, reactor: Any, inherit_fds: tuple[int, ...] = ()
             context_factory=context,
             implicit_tls=implicit,
             limiter=limiter,
-            throttle=throttle,
+            counters=counters,
             tracker=tracker,
+            memory=memory,
+            auth_exempt=listener.name in limits.auth_exempt_listeners,
         )
         factory.reply_texts = reply_texts
         if implicit:

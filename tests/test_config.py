@@ -137,6 +137,12 @@ class DefaultTests(SynchronousTestCase):
                 "auth_lockout": 900.0,
                 "max_messages_per_connection": 1000,
                 "bare_newline": "normalize",
+                "max_memory_bytes": 256 * MiB,
+                "data_min_rate": 1024,
+                "data_grace": 30.0,
+                "auth_failures_per_credential": 5,
+                "auth_exempt_networks": (),
+                "auth_exempt_listeners": (),
             },
         )
 

@@ -25,6 +25,7 @@ can be tested and fuzzed alone:
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 
 __all__ = [
     "AUTH_LINE_LIMIT",
@@ -65,6 +66,8 @@ class DataError(enum.Enum):
     TOO_BIG = "too big"
     #: A bare C{<CR>} or C{<LF>} in reject mode (C{550 5.6.0}).
     BARE_NEWLINE = "bare newline"
+    #: The memory bound of the process was reached (C{452 4.3.1}).
+    NO_MEMORY = "no memory"
 
 
 class DataReader:
@@ -72,8 +75,12 @@ class DataReader:
     The content of one DATA command, as it arrives.
 
     @ivar parts: The content so far: complete lines with C{<CR><LF>} line
-        ends, dot-stuffing undone.  Emptied when the message fails, so a
-        failed message holds no memory.
+        ends, dot-stuffing undone, in one growing C{bytearray} (one large
+        block that goes back to the system when freed, copied once by
+        L{body}).  Emptied when the message fails, so a failed message
+        holds no memory.
+    @ivar grow: Asked before the content grows to a size in bytes, or
+        C{None}; its C{False} fails the message (L{DataError.NO_MEMORY}).
     @ivar size: Octets of content taken, in bytes.
     @ivar error: The first reason the message failed, or C{None}.
     @ivar crlf: The last line taken ended with C{<CR><LF>}: a C{.<CR><LF>}
@@ -94,7 +101,8 @@ class DataReader:
         self.max_line_length = max_line_length
         self.max_size = max_size
         self.reject_bare_newline = reject_bare_newline
-        self.parts: list[bytes] = []
+        self.parts: list[bytearray] = []
+        self.grow: Callable[[int], bool] | None = None
         self.size = 0
         self.crlf = True
         self.error: DataError | None = None
@@ -116,7 +124,8 @@ class DataReader:
         @return: The message so far (C{b""} after a failure); the reader
             holds none of it afterwards.
         """
-        body, self.parts = b"".join(self.parts), []
+        body = bytes(self.parts[0]) if self.parts else b""
+        self.parts = []
         return body
 
     def take(self, block: bytes) -> None:
@@ -152,7 +161,13 @@ class DataReader:
         if self.size > self.max_size:
             self.fail(DataError.TOO_BIG)
             return
-        self.parts.append(block)
+        if self.grow is not None and not self.grow(self.size):
+            self.fail(DataError.NO_MEMORY)
+            return
+        if self.parts:
+            self.parts[0] += block
+        else:
+            self.parts.append(bytearray(block))
 
 
 class Framer:

@@ -1,22 +1,46 @@
-# -*- test-case-name: tests.smtp.test_limits,tests.smtp.test_auth -*-
+# -*- test-case-name: tests.smtp.test_limits,tests.smtp.test_auth,tests.smtp.test_auth_throttle -*-
 """
-The in-process guards of the SMTP listeners: connection caps, failed-AUTH
-throttling, and the count of messages whose reply is still owed.
+The guards of the SMTP listeners: connection caps, failed-AUTH throttling,
+the memory held by messages, and the count of messages whose reply is
+still owed.
 
 One instance of each may be shared by several listeners (the service
-builds them); time comes from an injected clock.
+builds them); time comes from an injected clock.  L{AuthGuard} keeps its
+counts in an L{ICounters}: L{LocalCounters} in this process, or a shared
+store (Redis) so that one limit holds across a fleet.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import bisect
+import hashlib
+import hmac
+import ipaddress
+import os
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
+from zope.interface import implementer
 
-__all__ = ["AuthThrottle", "ConnectionLimiter", "DeliveryTracker"]
+from relayd import reply as R
+from relayd.interfaces import ICounters
+from relayd.reply import Reply
+from relayd.smtp.syntax import MAIL_ARGS, parse_parameters
+
+__all__ = [
+    "AuthGuard",
+    "AuthThrottle",
+    "ConnectionLimiter",
+    "DeliveryTracker",
+    "LocalCounters",
+    "MemoryBudget",
+    "MessageHold",
+    "declared_size",
+    "network_key",
+]
 
 
 @attrs.define
@@ -136,8 +160,305 @@ class AuthThrottle:
     def succeeded(self, ip: str) -> None:
         """
         Forget the failures of C{ip} after a successful AUTH from it.
+
+        (The session no longer uses this class: see L{AuthGuard}, where a
+        success clears nothing.)
         """
         self._failures.pop(ip, None)
+
+
+@implementer(ICounters)
+class LocalCounters:
+    """
+    In-process sliding counters (L{ICounters}): the times of recent events
+    per key, in memory.
+
+    Memory is bounded: at most C{max_events} times per key (a count stops
+    growing there) and C{max_keys} keys; keys are kept in the order of
+    their last event and the oldest are forgotten first, expired ones in
+    amortized constant time.
+    """
+
+    def __init__(self, clock: IReactorTime, max_keys: int = 100000, max_events: int = 1000) -> None:
+        """
+        @param clock: Time source.
+        @param max_keys: Most keys held.
+        @param max_events: Most event times held per key.
+        """
+        self.clock = clock
+        self.max_keys = max_keys
+        self.max_events = max_events
+        self._events: dict[str, list[float]] = {}
+        self._longest = 0.0
+
+    def _recent(self, times: list[float], now: float, window: float) -> int:
+        """
+        @return: The index of the first time in C{times} inside C{window}.
+        """
+        return bisect.bisect_right(times, now - window)
+
+    def hit(self, key: str, window: float) -> defer.Deferred[int]:
+        """
+        See L{ICounters.hit}.
+        """
+        now = self.clock.seconds()
+        self._longest = max(self._longest, window)
+        times = self._events.pop(key, [])
+        del times[: self._recent(times, now, window)]
+        times.append(now)
+        if len(times) > self.max_events:
+            del times[: len(times) - self.max_events]
+        self._events[key] = times
+        self._forget(now)
+        return defer.succeed(len(times))
+
+    def count(self, key: str, window: float) -> defer.Deferred[int]:
+        """
+        See L{ICounters.count}.
+        """
+        times = self._events.get(key, [])
+        return defer.succeed(len(times) - self._recent(times, self.clock.seconds(), window))
+
+    def _forget(self, now: float) -> None:
+        """
+        Drop keys from the front (oldest last event): those past the
+        longest window, and any over C{max_keys}.
+        """
+        events = self._events
+        while events:
+            key, times = next(iter(events.items()))
+            if times[-1] > now - self._longest and len(events) <= self.max_keys:
+                return
+            del events[key]
+
+
+def network_key(ip: str) -> str:
+    """
+    The network a client address counts for: the address itself for IPv4,
+    its /64 for IPv6 (one subscriber's usual allocation, RFC 6177), the
+    IPv4 address for an IPv4-mapped IPv6 one.
+
+    @param ip: The client address as text (anything else is used as is).
+    @return: A key such as C{"192.0.2.1"} or C{"2001:db8:1:2::/64"}.
+    """
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+#: The HMAC key of credential counters in this process.
+_SECRET = os.urandom(32)
+
+
+def _networks(
+    networks: Iterable[str | ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """
+    @param networks: CIDR texts (C{"10.0.0.0/8"}) or networks.
+    @return: The networks.
+    @raise ValueError: One is not a network.
+    """
+    return tuple(ipaddress.ip_network(n) for n in networks)
+
+
+@attrs.define
+class AuthGuard:
+    """
+    Failed-AUTH throttling that holds, on an L{ICounters}.
+
+    Failures are counted per client network (L{network_key}) and per
+    attempted credential (an HMAC of username and password, never the
+    credential itself).  A credential that already failed counts once for
+    the network: a client retrying one wrong password does not lock out
+    the others behind the same address (NAT), a client guessing does.
+    Each failure inside C{window} seconds delays the next C{535} by one
+    more second (at most C{max_delay}); at C{limit_per_ip} distinct
+    failures the network, and at C{limit_per_credential} failures the
+    credential, is refused AUTH for C{lockout} seconds (L{R.auth_throttled},
+    other commands still work).  A success clears nothing.  Networks in
+    C{exempt} are not counted (the credential still is).
+
+    @ivar secret: The HMAC key for credentials (random per process; give
+        the same one to every node sharing the counters).
+    """
+
+    counters: ICounters
+    limit_per_ip: int = 10
+    limit_per_credential: int = 5
+    window: float = 600.0
+    lockout: float = 900.0
+    max_delay: float = 5.0
+    exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = attrs.field(
+        default=(), converter=_networks
+    )
+    secret: bytes = attrs.field(factory=lambda: _SECRET)
+
+    def _network(self, ip: str) -> str | None:
+        """
+        @return: The counter key of C{ip}'s network, C{None} if exempt.
+        """
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return "auth-net:" + ip
+        if any(address in net for net in self.exempt if net.version == address.version):
+            return None
+        return "auth-net:" + network_key(ip)
+
+    def _credential(self, username: str, password: bytes) -> str:
+        mac = hmac.new(self.secret, username.encode("utf-8") + b"\0" + password, hashlib.sha256)
+        return "auth-cred:" + mac.hexdigest()
+
+    def check(self, ip: str) -> defer.Deferred[Reply | None]:
+        """
+        May C{ip} try AUTH now?
+
+        @return: A Deferred firing with C{None}, or the L{R.auth_throttled}
+            reply when its network is locked out.
+        """
+        return defer.Deferred.fromCoroutine(self._locked(self._network(ip)))
+
+    def check_credential(self, username: str, password: bytes) -> defer.Deferred[Reply | None]:
+        """
+        May this credential be checked now?
+
+        @return: A Deferred firing with C{None}, or the L{R.auth_throttled}
+            reply when it failed too often.
+        """
+        key = self._credential(username, password)
+        return defer.Deferred.fromCoroutine(self._locked(key))
+
+    async def _locked(self, key: str | None) -> Reply | None:
+        if key is None:
+            return None
+        if await self.counters.count("lock:" + key, self.lockout):
+            return R.auth_throttled(self.lockout)
+        return None
+
+    def failed(
+        self, ip: str, username: str | None = None, password: bytes = b""
+    ) -> defer.Deferred[float]:
+        """
+        Count one failed AUTH from C{ip}, with the credential tried (or
+        none, for an exchange that gave none).
+
+        @return: A Deferred firing with the seconds to wait before the
+            C{535} reply.
+        """
+        return defer.Deferred.fromCoroutine(self._failed(ip, username, password))
+
+    async def _failed(self, ip: str, username: str | None, password: bytes) -> float:
+        network = self._network(ip)
+        counts = [1]
+        distinct = True
+        if username is not None:
+            credential = self._credential(username, password)
+            n = await self.counters.hit(credential, self.window)
+            counts.append(n)
+            distinct = n == 1
+            if n >= self.limit_per_credential:
+                await self.counters.hit("lock:" + credential, self.lockout)
+        if network is not None:
+            n = await (
+                self.counters.hit(network, self.window)
+                if distinct
+                else self.counters.count(network, self.window)
+            )
+            counts.append(max(n, 1))
+            if distinct and n >= self.limit_per_ip:
+                await self.counters.hit("lock:" + network, self.lockout)
+        return min(float(max(counts) - 1), self.max_delay)
+
+
+def declared_size(mail: str) -> int:
+    """
+    The message size a MAIL command declares (RFC 1870 SIZE parameter).
+
+    @param mail: The MAIL command's argument (C{"FROM:<a@b> SIZE=1000"}).
+    @return: The size in bytes, or 0 when none (or no valid one) is given.
+    """
+    m = MAIL_ARGS.match(mail)
+    params = parse_parameters(m.group(2)) if m else None
+    value = (params or {}).get("SIZE")
+    return int(value) if value is not None and value.isdigit() and len(value) <= 20 else 0
+
+
+class MessageHold:
+    """
+    The memory one message takes from a L{MemoryBudget}: its declared size
+    from DATA on, or what arrived when more, until L{release}.
+    """
+
+    def __init__(self, budget: MemoryBudget, reserved: int) -> None:
+        self.budget = budget
+        self.reserved = reserved
+        self.charged = reserved
+
+    def grow(self, size: int) -> bool:
+        """
+        The message holds C{size} bytes now.
+
+        @return: C{False} when that would take the budget over its limit
+            (nothing more is charged: the message should fail with
+            C{452 4.3.1}).
+        """
+        want = max(self.reserved, size)
+        extra = want - self.charged
+        if extra <= 0:
+            return True
+        # One message alone may take more than the limit (when the limit is
+        # below max_message_size): at least one is always admitted.
+        if self.budget.used + extra > self.budget.limit and self.budget.used > self.charged:
+            return False
+        self.budget.used += extra
+        self.charged = want
+        return True
+
+    def release(self) -> None:
+        """
+        The transaction ended: give the memory back (idempotent).
+        """
+        self.budget.used -= self.charged
+        self.charged = self.reserved = 0
+
+
+class MemoryBudget:
+    """
+    A bound on the message bytes held in memory by all sessions of a
+    process (C{[limits] max_memory_bytes}).
+
+    A new DATA is admitted only while its declared size (RFC 1870) fits;
+    a message that grows past what is left fails at its final dot.  Both
+    get C{452 4.3.1} (RFC 3463 X.3.1).  A message alone is always
+    admitted, so the bound is the larger of the limit and one message.
+
+    @ivar used: Bytes held now.
+    """
+
+    def __init__(self, limit: int) -> None:
+        """
+        @param limit: Most bytes held, in bytes.
+        """
+        self.limit = limit
+        self.used = 0
+
+    def admit(self, reserve: int) -> MessageHold | None:
+        """
+        Admit a new message.
+
+        @param reserve: Its declared size in bytes (0 when unknown).
+        @return: Its hold, or C{None} when the budget cannot take it.
+        """
+        if self.used and self.used + max(reserve, 1) > self.limit:
+            return None
+        self.used += reserve
+        return MessageHold(self, reserve)
 
 
 class DeliveryTracker:

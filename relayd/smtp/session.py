@@ -40,13 +40,22 @@ from twisted.python.failure import Failure
 
 from relayd import reply as R
 from relayd.config import LimitsConfig
-from relayd.interfaces import ISubmission, ISubmissionMessage
+from relayd.interfaces import ICounters, ISubmission, ISubmissionMessage
 from relayd.reply import Refused, Reply
 from relayd.replytexts import ReplyTexts
 from relayd.smtp import envelope
 from relayd.smtp.envelope import Transaction
+from relayd.smtp.flow import WAITING, DataRate, OutputFlow, ReadGate
 from relayd.smtp.framing import DataError, Framer, LineError
-from relayd.smtp.guards import AuthThrottle, ConnectionLimiter, DeliveryTracker
+from relayd.smtp.guards import (
+    AuthGuard,
+    ConnectionLimiter,
+    DeliveryTracker,
+    LocalCounters,
+    MemoryBudget,
+    MessageHold,
+    declared_size,
+)
 from relayd.smtp.sasl import MECHANISMS, Aborted, Challenge, Credentials, SASLExchange, Step
 
 __all__ = ["RelaySMTP", "RelaySMTPFactory", "State"]
@@ -123,6 +132,9 @@ class RelaySMTP(Protocol):
         self._session_call: IDelayedCall | None = None
         self._auth_delay: IDelayedCall | None = None
         self._expire_after_reply: Reply | None = None
+        self._hold: MessageHold | None = None  # memory of the message in DATA
+        self._rate: DataRate | None = None  # the DATA minimum rate
+        self._declared_size = 0  # the last MAIL's SIZE (RFC 1870)
         self._reset_session()
 
     # -- session state --
@@ -163,6 +175,11 @@ class RelaySMTP(Protocol):
     # -- connection --
 
     def connectionMade(self) -> None:
+        # Back-pressure (relayd.smtp.flow): no input is read or handled
+        # while a command waits or the client does not read its replies.
+        self.gate = ReadGate(self.transport)
+        self.flow = OutputFlow(self.gate, self._drained)
+        self.flow.register()
         peer = self.transport.getPeer()
         self.peer_ip = str(getattr(peer, "host", peer))
         if not self.factory.limiter.acquire(self.peer_ip):
@@ -188,6 +205,7 @@ class RelaySMTP(Protocol):
             self.factory.limiter.release(self.peer_ip)
             self._counted = False
         self._abort_data()
+        self._release_hold()
         if self._logout is not None:
             self._logout()
             self._logout = None
@@ -251,6 +269,10 @@ class RelaySMTP(Protocol):
             why=why.text.removesuffix(", closing connection"),
         )
         self.closing(why)
+        if self.flow.blocked:
+            # The client reads nothing: waiting to flush would keep the
+            # connection (and its buffers) forever.
+            self.transport.abortConnection()
 
     @property
     def closed(self) -> bool:
@@ -265,6 +287,10 @@ class RelaySMTP(Protocol):
         """
         self._state = State.DATA
         self._arm_idle()
+        self._rate = DataRate(self.clock, self.limits.data_min_rate, self.limits.data_grace)
+        reader = self.transaction.data if self.transaction is not None else None
+        if reader is not None and self._hold is not None:
+            reader.grow = self._hold.grow
 
     # -- replies --
 
@@ -320,17 +346,32 @@ class RelaySMTP(Protocol):
         """
         if self._state == State.CLOSED:
             return
-        self._arm_idle()
+        if self._state == State.DATA:
+            self._arm_idle()
+            if self._rate is not None and not self._rate.took(len(data)):
+                log.info("closing session from {peer}: DATA too slow", peer=self.peer_ip)
+                self.closing(R.DATA_TOO_SLOW)
+                return
+        elif not self.framing.buffer and not self.framing.discarding:
+            # A command line must be whole within the idle timeout from
+            # its first byte: later packets do not restart the timer.
+            self._arm_idle()
         if not self.framing.feed(data):
             self.closing(R.LINE_TOO_LONG_CLOSING)
             return
+        self.flow.received(len(self.framing.buffer))
         self._process()
 
     def _process(self) -> None:
         """
         Handle buffered input until it runs out or a command is pending.
         """
-        while self.framing.buffer and not self._pending and self._state != State.CLOSED:
+        while (
+            self.framing.buffer
+            and not self._pending
+            and self._state != State.CLOSED
+            and not self.flow.blocked
+        ):
             if self._state == State.DATA:
                 assert self.transaction is not None and self.transaction.data is not None
                 if not self.framing.read_data(self.transaction.data):
@@ -349,6 +390,18 @@ class RelaySMTP(Protocol):
                 continue
             self._line(line)
 
+    def _drained(self) -> None:
+        """
+        The client read its replies: handle the input buffered meanwhile.
+        """
+        if self._pending or self._state == State.CLOSED:
+            return
+        try:
+            self._process()
+        except Exception:
+            log.failure("handling pipelined input failed")
+            self.closing(R.LOCAL_ERROR_CLOSING)
+
     def _line(self, line: bytes) -> None:
         """
         Handle one command line (or AUTH response line).
@@ -358,7 +411,9 @@ class RelaySMTP(Protocol):
             self.error(R.NUL_IN_COMMAND)
             return
         if self._state == State.AUTH:
-            self._auth_step(self._sasl_respond(line))
+            d = self._auth_step(self._sasl_respond(line))
+            if d is not None:
+                self._wait(d)
             return
         try:
             text = line.decode("utf-8")
@@ -395,7 +450,7 @@ class RelaySMTP(Protocol):
                 self._timed_out(self._expire_after_reply)
             if not waiting or self._state == State.CLOSED:
                 return
-            self.transport.resumeProducing()
+            self.gate.release(WAITING)
             self._arm_idle()
             try:
                 self._process()
@@ -410,7 +465,7 @@ class RelaySMTP(Protocol):
         d.addErrback(failed).addBoth(done)
         if self._pending:
             waiting = True
-            self.transport.pauseProducing()
+            self.gate.hold(WAITING)
             # relayd is the one waiting: the client's idle timer stops.
             if self._idle_call is not None and self._idle_call.active():
                 self._idle_call.cancel()
@@ -428,9 +483,11 @@ class RelaySMTP(Protocol):
         messages, data = transaction.messages, transaction.data
         body = data.body()
         self._messages += 1
+        self._rate = None
         if data.error is not None:
             for m in messages:
                 m.connectionLost()
+            self._release_hold()
             self.send(self._data_reply(data.error))
             return
         self.factory.tracker.begin(self)
@@ -445,6 +502,8 @@ class RelaySMTP(Protocol):
             return R.message_line_too_long(self.limits.max_line_length)
         if error is DataError.BARE_NEWLINE:
             return R.BARE_NEWLINE_IN_DATA
+        if error is DataError.NO_MEMORY:
+            return R.INSUFFICIENT_STORAGE
         return R.MESSAGE_TOO_BIG
 
     async def _deliver(self, messages: list[ISubmissionMessage], body: bytes) -> None:
@@ -470,7 +529,16 @@ class RelaySMTP(Protocol):
                 )
             self.send(reply)
         finally:
+            self._release_hold()
             self.factory.tracker.end(self)
+
+    def _release_hold(self) -> None:
+        """
+        The transaction ended: give its memory back to the budget.
+        """
+        if self._hold is not None:
+            self._hold.release()
+            self._hold = None
 
     def _abort_data(self) -> None:
         transaction = self.transaction
@@ -601,8 +669,6 @@ class RelaySMTP(Protocol):
             self.error(R.ALREADY_AUTHENTICATED)
         elif self.transaction is not None:
             self.error(R.AUTH_DURING_TRANSACTION)
-        elif self.factory.throttle.locked(self.peer_ip):
-            self.closing(R.AUTH_LOCKED_OUT)
         else:
             parts = rest.split()
             if not parts or len(parts) > 2:
@@ -610,10 +676,25 @@ class RelaySMTP(Protocol):
             elif parts[0].upper() not in MECHANISMS:
                 self.error(R.UNRECOGNIZED_AUTH_TYPE)
             else:
-                self._sasl = SASLExchange(parts[0].upper())
-                self._state = State.AUTH
-                initial = parts[1].encode("ascii", "replace") if len(parts) == 2 else None
-                self._auth_step(self._sasl.start(initial))
+                # The throttle may answer later (shared counters): wait for
+                # it, replies stay in order.
+                self._wait(defer.Deferred.fromCoroutine(self._auth_start(parts)))
+
+    async def _auth_start(self, parts: list[str]) -> None:
+        """
+        Begin the AUTH exchange, unless the client's network is throttled
+        (L{AuthGuard.check}: C{454 4.7.0}, the session goes on).
+        """
+        refusal = await self.factory.guard.check(self.peer_ip)
+        if refusal is not None:
+            self.send(refusal)
+            return
+        self._sasl = SASLExchange(parts[0].upper())
+        self._state = State.AUTH
+        initial = parts[1].encode("ascii", "replace") if len(parts) == 2 else None
+        d = self._auth_step(self._sasl.start(initial))
+        if d is not None:
+            await d
 
     def _sasl_respond(self, line: bytes) -> Step:
         assert self._sasl is not None
@@ -627,40 +708,48 @@ class RelaySMTP(Protocol):
             self._state = State.COMMAND
             self._sasl = None
 
-    def _auth_step(self, step: Step) -> None:
+    def _auth_step(self, step: Step) -> defer.Deferred[None] | None:
         """
         Act on what the AUTH exchange says comes next.
+
+        @return: The Deferred of the login or failure to wait for, if any.
         """
         if isinstance(step, Challenge):
             self.send(step.reply)
-            return
+            return None
         self._end_auth()
         if isinstance(step, Aborted):
             self.error(step.reply)
-        elif isinstance(step, Credentials):
-            self._wait(defer.Deferred.fromCoroutine(self._login(step.username, step.password)))
-        else:
-            self._wait(defer.Deferred.fromCoroutine(self._auth_failed()))
+            return None
+        if isinstance(step, Credentials):
+            return defer.Deferred.fromCoroutine(self._login(step.username, step.password))
+        return defer.Deferred.fromCoroutine(self._auth_failed())
 
     async def _login(self, username: str, password: bytes) -> None:
+        refusal = await self.factory.guard.check_credential(username, password)
+        if refusal is not None:
+            self.send(refusal)
+            return
         credentials = UsernamePassword(username.encode("utf-8"), password)
         try:
             iface, avatar, logout = await self.portal.login(credentials, None, ISubmission)
         except UnauthorizedLogin as e:
-            await self._auth_failed(getattr(e, "reply", R.AUTH_INVALID))
+            await self._auth_failed(username, password, getattr(e, "reply", R.AUTH_INVALID))
             return
         except Refused as e:  # the auth backend cannot answer: 454
             self.send(e.reply)
             return
-        self.factory.throttle.succeeded(self.peer_ip)
+        # A success clears no failure count (docs/security.md).
         self.authenticated = True
         self.avatar = cast(ISubmission, avatar)
         self._logout = logout
         log.info("authenticated {peer} as token {name}", peer=self.peer_ip, name=self.avatar.name)
         self.send(R.AUTH_SUCCESSFUL)
 
-    async def _auth_failed(self, refusal: Reply = R.AUTH_INVALID) -> None:
-        delay = self.factory.throttle.failed(self.peer_ip)
+    async def _auth_failed(
+        self, username: str | None = None, password: bytes = b"", refusal: Reply = R.AUTH_INVALID
+    ) -> None:
+        delay = await self.factory.guard.failed(self.peer_ip, username, password)
         self._auth_failures += 1
         log.info("failed AUTH from {peer}", peer=self.peer_ip)
         if delay > 0:
@@ -676,6 +765,7 @@ class RelaySMTP(Protocol):
 
     def smtp_MAIL(self, rest: str) -> defer.Deferred[None] | None:
         """MAIL FROM: see L{envelope.mail}."""
+        self._declared_size = declared_size(rest)
         return envelope.mail(self, rest)
 
     def smtp_RCPT(self, rest: str) -> defer.Deferred[None] | None:
@@ -683,8 +773,21 @@ class RelaySMTP(Protocol):
         return envelope.rcpt(self, rest)
 
     def smtp_DATA(self, rest: str) -> None:
-        """DATA: see L{envelope.data}."""
+        """
+        DATA: see L{envelope.data}; C{452 4.3.1} when the message does not
+        fit in L{MemoryBudget} (its declared SIZE, RFC 1870).
+        """
+        transaction = self.transaction
+        if not rest and transaction is not None and transaction.forward_paths:
+            reserve = min(self._declared_size, self.max_message_size)
+            self._hold = self.factory.memory.admit(reserve)
+            if self._hold is None:
+                log.info("DATA refused to {peer}: memory bound reached", peer=self.peer_ip)
+                envelope._refuse_data(self, R.INSUFFICIENT_STORAGE)
+                return
         envelope.data(self, rest)
+        if self._state != State.DATA:
+            self._release_hold()
 
     def smtp_BDAT(self, rest: str) -> None:
         """BDAT: see L{envelope.bdat}."""
@@ -705,7 +808,9 @@ class RelaySMTPFactory(ServerFactory):
     @ivar implicit_tls: Connections are TLS from the first byte (the
         factory is wrapped in TLS by L{relayd.tls.implicit_tls_factory}).
     @ivar limiter: Open-connection counters (may be shared by listeners).
-    @ivar throttle: Failed-AUTH counters per IP (may be shared).
+    @ivar guard: Failed-AUTH throttling (L{AuthGuard}) on C{counters}
+        (may be shared, as the counters).
+    @ivar memory: The bound on message bytes in memory (may be shared).
     @ivar tracker: Messages whose reply is still owed (may be shared).
     """
 
@@ -723,8 +828,10 @@ class RelaySMTPFactory(ServerFactory):
         context_factory: Any = None,
         implicit_tls: bool = False,
         limiter: ConnectionLimiter | None = None,
-        throttle: AuthThrottle | None = None,
+        counters: ICounters | None = None,
         tracker: DeliveryTracker | None = None,
+        memory: MemoryBudget | None = None,
+        auth_exempt: bool = False,
     ) -> None:
         self.portal = portal
         self.hostname = hostname
@@ -736,11 +843,15 @@ class RelaySMTPFactory(ServerFactory):
         self.limiter = limiter or ConnectionLimiter(
             limits.max_connections, limits.max_connections_per_ip
         )
-        self.throttle = throttle or AuthThrottle(
-            clock,
-            limit=limits.auth_failures_per_ip,
+        self.memory = memory or MemoryBudget(limits.max_memory_bytes)
+        self.guard = AuthGuard(
+            counters or LocalCounters(clock),
+            limit_per_ip=limits.auth_failures_per_ip,
+            limit_per_credential=limits.auth_failures_per_credential,
             window=limits.auth_failure_window,
             lockout=limits.auth_lockout,
+            # An exempt listener counts no network (credentials still are).
+            exempt=("0.0.0.0/0", "::/0") if auth_exempt else limits.auth_exempt_networks,
         )
 
     def buildProtocol(self, addr: Any) -> RelaySMTP:  # type: ignore[override]

@@ -92,7 +92,7 @@ def data_parts(proto: RelaySMTP) -> list[bytes]:
     transaction = proto.transaction
     if transaction is None or transaction.data is None:
         return []
-    return list(transaction.data.parts)
+    return [bytes(part) for part in transaction.data.parts]
 
 
 def inbuf(proto: RelaySMTP) -> bytearray:

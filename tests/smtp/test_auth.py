@@ -327,8 +327,10 @@ class ThrottleTests(SynchronousTestCase):
 
     def test_failures_across_connections_slow_down_then_lock_out(self) -> None:
         """
-        Failed AUTH from one IP is answered later each time, then refused;
-        another IP is not affected.
+        Failed AUTH from one IP, each with another wrong credential, is
+        answered later each time, then AUTH alone is refused with a
+        C{454 4.7.0} that says when to retry (the session stays open);
+        another IP is not affected, and the lockout expires.
         """
         clock = Clock()
         first = SMTPDriver(
@@ -337,23 +339,27 @@ class ThrottleTests(SynchronousTestCase):
         factory = first.factory
         first.send("EHLO c\r\n")
         self.assertEqual(
-            first.send(f"AUTH PLAIN {plain('', 'x')}\r\n"),
+            first.send(f"AUTH PLAIN {plain('', 'x0')}\r\n"),
             [reply_line(R.AUTH_INVALID)],
         )
         second = SMTPDriver(implicit_tls=True, clock=clock, factory=factory)
         second.send("EHLO c\r\n")
-        self.assertEqual(second.send(f"AUTH PLAIN {plain('', 'x')}\r\n"), [])
+        self.assertEqual(second.send(f"AUTH PLAIN {plain('', 'x1')}\r\n"), [])
         clock.advance(1)
         self.assertEqual(second.replies(), [reply_line(R.AUTH_INVALID)])
-        second.send(f"AUTH PLAIN {plain('', 'x')}\r\n")
+        second.send(f"AUTH PLAIN {plain('', 'x2')}\r\n")
         clock.advance(5)
         second.replies()
         third = SMTPDriver(implicit_tls=True, clock=clock, factory=factory)
         third.send("EHLO c\r\n")
-        self.assertEqual(
-            third.send(f"AUTH PLAIN {plain('', TOKEN)}\r\n"),
-            [reply_line(R.AUTH_LOCKED_OUT, HOST)],
+        refused = third.send(f"AUTH PLAIN {plain('', TOKEN)}\r\n")
+        self.assertEqual(len(refused), 1)
+        self.assertRegex(
+            refused[0],
+            r"^454 4\.7\.0 Too many failed authentication attempts, try again in \d+ seconds$",
         )
+        self.assertFalse(third.transport.disconnecting)
+        self.assertEqual(third.send("NOOP\r\n"), [reply_line(R.OK)])
         other = SMTPDriver(implicit_tls=True, clock=clock, factory=factory, ip="198.51.100.7")
         other.send("EHLO c\r\n")
         self.assertEqual(
@@ -385,6 +391,11 @@ class ThrottleTests(SynchronousTestCase):
         self.assertTrue(s.transport.disconnecting)
 
     def test_failures_across_connections_lock_the_ip_out(self) -> None:
+        """
+        Distinct wrong credentials from one IP over several connections
+        lock that IP out of AUTH: even the right token then gets the
+        C{454 4.7.0}, and the session stays open for other commands.
+        """
         clock = Clock()
         first = SMTPDriver(
             implicit_tls=True,
@@ -395,16 +406,15 @@ class ThrottleTests(SynchronousTestCase):
         for n in range(4):
             s = first if n == 0 else SMTPDriver(clock=clock, factory=factory)
             s.ehlo()
-            out = s.send(f"AUTH PLAIN {plain('apikey', 'bad')}\r\n")
+            out = s.send(f"AUTH PLAIN {plain('apikey', f'bad{n}')}\r\n")
             clock.advance(10)
             self.assertIn(reply_line(R.AUTH_INVALID), out + s.replies())
         late = SMTPDriver(clock=clock, factory=factory)
         late.ehlo()
-        self.assertEqual(
-            late.send(f"AUTH PLAIN {plain('apikey', TOKEN)}\r\n"),
-            [reply_line(R.AUTH_LOCKED_OUT, HOST)],
-        )
-        self.assertTrue(late.transport.disconnecting)
+        refused = late.send(f"AUTH PLAIN {plain('apikey', TOKEN)}\r\n")
+        self.assertEqual(len(refused), 1)
+        self.assertTrue(refused[0].startswith("454 4.7.0 Too many failed authentication attempts"))
+        self.assertFalse(late.transport.disconnecting)
 
     def test_delayed_535_keeps_later_commands_in_order(self) -> None:
         clock = Clock()

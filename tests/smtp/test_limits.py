@@ -58,7 +58,9 @@ class TimeoutTests(SynchronousTestCase, WireChecks):
         self.assertEqual(s.replies(), [reply_line(R.IDLE_TIMEOUT, HOST)])
 
     def test_data_timeout_is_per_block(self) -> None:
-        s = logged_in()
+        # The minimum DATA rate (tests/smtp/test_slow_clients.py) is out of
+        # the way here: this is the timeout between blocks alone.
+        s = logged_in(limits=LimitsConfig(data_grace=10_000))
         s.start()
         s.send("partial")
         s.clock.advance(599)
@@ -88,7 +90,7 @@ class TimeoutTests(SynchronousTestCase, WireChecks):
         self.assertTrue(s.transport.disconnecting)
 
     def test_session_lifetime_even_when_busy(self) -> None:
-        s = logged_in(limits=LimitsConfig(session_timeout=100))
+        s = logged_in(limits=LimitsConfig(session_timeout=100, data_grace=10_000))
         s.start()
         for _ in range(99):
             s.clock.advance(1)

@@ -1,0 +1,166 @@
+# -*- test-case-name: tests.smtp.test_backpressure -*-
+"""
+Flow control of one SMTP connection: stop reading from a client that does
+not read its replies, and keep a DATA transfer above a minimum rate.
+
+L{ReadGate} pauses the transport while any reason to hold input exists (a
+command waiting for a Deferred, replies the client is not reading).
+L{OutputFlow} is registered with the transport as a streaming producer
+(L{twisted.internet.interfaces.IPushProducer}): Twisted calls its
+C{pauseProducing} when the transport's write buffer is full (64 KiB for
+TCP; a TLS transport passes the TCP event on, and also pauses while its
+handshake is under way) and C{resumeProducing} once it drained.  The
+session handles no buffered command meanwhile, and reading stops once
+L{INPUT_LIMIT} bytes of input wait (not at once: a TLS handshake, which
+pauses its producer, must still read), so a client pipelining commands
+without reading makes relayd hold at most one transport buffer of replies
+and about L{INPUT_LIMIT} bytes of input.
+
+L{DataRate} is the minimum DATA rate after a grace period (the slow-drip
+defence: RFC 5321 section 4.5.3.2 only bounds the wait between packets).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from zope.interface import implementer
+
+__all__ = ["INPUT_LIMIT", "OUTPUT", "WAITING", "DataRate", "OutputFlow", "ReadGate"]
+
+#: Bytes of input buffered while the output is blocked before reading stops.
+INPUT_LIMIT = 65536
+
+#: A reason to hold input: a command waits for a Deferred (RFC 2920).
+WAITING = "waiting"
+#: A reason to hold input: the client is not reading its replies.
+OUTPUT = "output"
+
+
+class ReadGate:
+    """
+    Pauses reading from a transport while at least one reason holds.
+
+    @ivar reasons: The reasons holding input now.
+    """
+
+    def __init__(self, transport: Any) -> None:
+        """
+        @param transport: An L{twisted.internet.interfaces.IPushProducer}
+            transport (TCP, or C{TLSMemoryBIOProtocol}, which passes
+            C{pauseProducing} to the TCP transport under it).
+        """
+        self.transport = transport
+        self.reasons: set[str] = set()
+
+    def hold(self, reason: str) -> None:
+        """
+        Stop reading for C{reason} (idempotent).
+        """
+        if not self.reasons:
+            self.transport.pauseProducing()
+        self.reasons.add(reason)
+
+    def release(self, reason: str) -> None:
+        """
+        Forget C{reason}; read again when no reason is left.
+        """
+        if reason not in self.reasons:
+            return
+        self.reasons.discard(reason)
+        if not self.reasons:
+            self.transport.resumeProducing()
+
+
+@implementer(IPushProducer)
+class OutputFlow:
+    """
+    The session's replies, as a streaming producer registered with its
+    transport: while the transport's write buffer is full, input is held.
+
+    @ivar blocked: The transport asked to stop writing: the client is not
+        reading.  The session handles no further command meanwhile.
+    """
+
+    def __init__(self, gate: ReadGate, drained: Callable[[], None]) -> None:
+        """
+        @param gate: The session's read gate.
+        @param drained: Called when the transport drained after C{blocked}:
+            the session goes on with the input it has buffered.
+        """
+        self.gate = gate
+        self.drained = drained
+        self.blocked = False
+        self.stopped = False
+
+    def register(self) -> None:
+        """
+        Register with the transport (C{registerProducer(self, True)}).
+        """
+        self.gate.transport.registerProducer(self, True)
+
+    def pauseProducing(self) -> None:
+        """
+        The transport's write buffer is full: handle no more commands.
+        """
+        self.blocked = not self.stopped
+
+    def received(self, buffered: int) -> None:
+        """
+        Input arrived: stop reading if the output is blocked and C{buffered}
+        bytes of input wait.
+
+        @param buffered: Bytes of input not handled yet.
+        """
+        if self.blocked and buffered >= INPUT_LIMIT:
+            self.gate.hold(OUTPUT)
+
+    def resumeProducing(self) -> None:
+        """
+        The transport drained: read and handle input again.
+        """
+        if self.stopped or not self.blocked:
+            return
+        self.blocked = False
+        self.gate.release(OUTPUT)
+        self.drained()
+
+    def stopProducing(self) -> None:
+        """
+        The connection is gone: nothing more happens.
+        """
+        self.stopped = True
+
+
+class DataRate:
+    """
+    The minimum rate of a DATA transfer after a grace period.
+
+    A transfer that started C{t} seconds ago must have delivered at least
+    C{min_rate * (t - grace)} bytes; one that did not is too slow (answered
+    C{421 4.4.2} by the session).
+    """
+
+    def __init__(self, clock: IReactorTime, min_rate: float, grace: float) -> None:
+        """
+        @param clock: Time source.
+        @param min_rate: Bytes per second the transfer must keep.
+        @param grace: Seconds from the C{354} reply before the rate counts.
+        """
+        self.clock = clock
+        self.min_rate = min_rate
+        self.grace = grace
+        self.started = clock.seconds()
+        self.received = 0
+
+    def took(self, size: int) -> bool:
+        """
+        Count C{size} received bytes.
+
+        @return: C{False} when the transfer is below the minimum rate.
+        """
+        self.received += size
+        elapsed = self.clock.seconds() - self.started
+        return self.received >= self.min_rate * (elapsed - self.grace)
