@@ -1,8 +1,8 @@
 # -*- test-case-name: tests.test_proxy -*-
 """
-One listening service per C{[[listeners]]} entry: its endpoint parsed, its
-factory wrapped for the PROXY protocol (C{haproxy:} endpoints), and a port
-that cannot be bound reported in one line.
+One listening service per C{[[listeners]]} entry: its endpoint parsed (a
+bad one is a one-line L{ConfigError}), its factory wrapped for the PROXY
+protocol (C{haproxy:} endpoints).
 
 A listener in the supervisor listens on its endpoint; in a worker process
 (L{relayd.workers}) it adopts the inherited socket, with the same factory
@@ -11,13 +11,11 @@ wrapping, so a C{haproxy:} listener reads the PROXY header in every process.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import Service
 from twisted.internet import defer, endpoints
-from twisted.internet.error import CannotListenError
 
 from relayd.config import ConfigError, ListenerConfig
 from relayd.proxy import ProxyHeaderFactory, strip_prefix
@@ -51,32 +49,12 @@ def parse_endpoint(reactor: Any, description: str, key: str) -> Any:
 class ListenerService(StreamServerEndpointService):
     """
     Listens on one endpoint.  A port that cannot be bound (in use, no
-    permission) stops start-up with one line on standard error and exit
-    status 1 (not 78: the port may be free when systemd tries again).
-
-    @ivar where: The listener, for the message:
-        C{"listeners[0] 'submission' (tcp:587)"}.
+    permission) raises out of C{startService} at once, so that
+    L{relayd.service.Daemon} stops start-up with one line naming the
+    listener.
     """
 
     _raiseSynchronously = True
-
-    def __init__(self, endpoint: Any, factory: Any, where: str) -> None:
-        super().__init__(endpoint, factory)
-        self.where = where
-
-    def privilegedStartService(self) -> None:
-        try:
-            super().privilegedStartService()
-        except CannotListenError as e:
-            why = e.socketError.strerror if isinstance(e.socketError, OSError) else e.socketError
-            self._exit(f"{self.where}: cannot listen: {why}")
-        except OSError as e:
-            self._exit(f"{self.where}: cannot listen: {e.strerror or e}")
-
-    def _exit(self, message: str) -> None:
-        sys.stderr.write(f"relayd: {message}\n")
-        sys.stderr.flush()
-        raise SystemExit(1)
 
     def when_listening(self) -> defer.Deferred[Any]:
         """
@@ -127,6 +105,4 @@ def listener_service(
     if inherit_fd is not None:
         return AdoptedPortService(reactor, inherit_fd, factory)
     endpoint = parse_endpoint(reactor, description, f"listeners[{index}].endpoint")
-    return ListenerService(
-        endpoint, factory, f"listeners[{index}] {listener.name!r} ({listener.endpoint})"
-    )
+    return ListenerService(endpoint, factory)

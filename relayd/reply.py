@@ -82,6 +82,9 @@ TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again late
 IDLE_TIMEOUT = Reply(421, "4.4.2", "Timeout exceeded, closing connection")
 SESSION_LIFETIME_EXCEEDED = Reply(421, "4.4.2", "Session lifetime exceeded, closing connection")
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
+#: The daemon is stopping (RFC 5321 section 3.8; RFC 3463 X.3.2: system not
+#: accepting network messages).
+SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, closing connection")
 LINE_TOO_LONG_CLOSING = Reply(421, "4.7.0", "Line too long, closing connection")
 LOCAL_ERROR_CLOSING = Reply(421, "4.3.0", "Local error, closing connection")
 IMPROPER_PIPELINING = Reply(421, "4.5.0", "Improper pipelining after DATA, closing connection")
