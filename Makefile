@@ -7,10 +7,11 @@ BIN = $(VENV)/bin
 
 .PHONY: run test lint unit bench clean
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/.installed: setup.cfg pyproject.toml examples/relayd-dialect-acme/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
+	$(BIN)/python -m pip install -q --no-deps -e examples/relayd-dialect-acme --config-settings editable_mode=compat
 	touch $@
 
 run: $(VENV)/.installed

@@ -37,6 +37,8 @@ __all__ = [
     "HeadersConfig",
     "LimitsConfig",
     "ListenerConfig",
+    "PolicyConfig",
+    "StreamDefaultsConfig",
     "ServerConfig",
     "TLSConfig",
     "UpstreamConfig",
@@ -142,15 +144,79 @@ class TLSConfig:
 
 
 @frozen
+class PolicyConfig:
+    """
+    The C{[auth.defaults]} table: the per-customer policy applied when the
+    auth backend (or the tokens file) says nothing about a key.  Same keys
+    as a tokens file entry and the http backend's JSON answer
+    (C{docs/upstream-api.md}, "Auth contract").
+
+    @ivar senders: Allowed sender addresses and domains; empty means any.
+    @ivar streams: Allowed streams; empty means any.
+    @ivar max_recipients: Recipients per transaction (0: the server's limit).
+    @ivar max_message_size: Bytes per message (0: the server's limit).
+    @ivar attachments: Messages may carry attachments.
+    @ivar messages_per_minute: Transactions a minute per credential (0: no
+        limit).
+    """
+
+    senders: tuple[str, ...] = ()
+    streams: tuple[str, ...] = ()
+    max_recipients: int = 0
+    max_message_size: int = 0
+    attachments: bool = True
+    messages_per_minute: int = 0
+
+
+#: The C{[auth] usernames} words: which SMTP user names go with a token.
+USERNAME_RULES = ("token", "apikey", "blank", "any")
+
+
+@frozen
 class AuthConfig:
     """
-    The C{[auth]} table.
+    The C{[auth]} table: who may submit, and what relayd forwards upstream.
 
+    @ivar backend: C{"tokens_file"}: the local tokens file;
+        C{"http"}: ask the provider's auth endpoint (C{url}) and cache its
+        answer; C{"passthrough"}: accept any credential matching
+        C{pattern} and let the upstream decide at the end of DATA.
     @ivar tokens_file: Path of the TOML tokens file (SHA-256 digests of API
-        tokens, see L{relayd.tokens}).
+        tokens, see L{relayd.tokens}); C{tokens_file} backend only.
+    @ivar credentials: C{"token"}: the password is an API token and the
+        user name is checked against C{usernames}; C{"account"}: user name
+        and password together are the credential (C{http} and
+        C{passthrough} only).
+    @ivar usernames: With C{credentials = "token"}: the user names
+        accepted, any of C{"token"} (the token again), C{"apikey"} (that
+        word, any case), C{"blank"} (empty) and C{"any"}.
+    @ivar forward: How the credential reaches the upstream and the auth
+        endpoint, as C{{token}} in C{upstream.token_format}: C{"password"}
+        (the password as is) or C{"basic"} (C{base64(user:password)}, for
+        C{Authorization: Basic}, RFC 7617).
+    @ivar url: The auth endpoint (C{http} backend).
+    @ivar timeout: Seconds to wait for the auth endpoint; then C{454}.
+    @ivar cache_ttl: Seconds an accepted credential is remembered.
+    @ivar negative_cache_ttl: Seconds a refused credential is remembered.
+    @ivar cache_size: At most this many credentials remembered (each cache).
+    @ivar pattern: Regular expression a credential must match in full
+        (C{passthrough}; optional for the others: a credential that does
+        not match is refused without asking).
+    @ivar defaults: The policy where the backend gives none.
     """
 
+    backend: Literal["tokens_file", "http", "passthrough"] = "tokens_file"
     tokens_file: str = ""
+    credentials: Literal["token", "account"] = "token"
+    usernames: tuple[str, ...] = ("blank", "apikey", "token")
+    forward: Literal["password", "basic"] = "password"
+    url: str = ""
+    timeout: float = 5.0
+    cache_ttl: float = 60.0
+    negative_cache_ttl: float = 10.0
+    cache_size: int = 10000
+    pattern: str = ""
+    defaults: PolicyConfig = field(factory=PolicyConfig)
 
 
 @frozen
@@ -159,14 +225,21 @@ class UpstreamConfig:
     The C{[upstream]} table: where and how accepted messages are sent.
 
     @ivar url: The HTTP(S) URL the dialect's request is sent to.
-    @ivar dialect: The upstream API's request format: C{"native"},
-        C{"raw"}, C{"mailpace"} or C{"postmark"}.
+    @ivar dialect: The upstream API's request format: one of
+        L{relayd.dialects.DIALECTS}.
     @ivar timeout: Seconds to wait for the upstream's whole answer.
     @ivar token_header: The request header that carries the client's token.
         The empty string means the dialect's own default.
     @ivar token_format: How the header value is built from the token;
         C{{token}} is replaced.  The empty string means the dialect's default.
     @ivar max_connections: Persistent connections kept per upstream host.
+    @ivar idle_timeout: Seconds an idle persistent connection is kept
+        before relayd closes it.  The default, 4, is below the shortest
+        keep-alive timeout of common upstream servers (Node.js and Apache
+        httpd: 5 s; nginx 75 s; AWS load balancers 60 s): relayd then closes
+        an idle connection before the server does, so a request rarely
+        meets a connection the server is closing at that very moment.
+        Reconnecting after 4 s idle costs one TLS handshake.
     """
 
     url: str = "http://127.0.0.1:8025/send"
@@ -175,6 +248,12 @@ class UpstreamConfig:
     token_header: str = ""
     token_format: str = ""
     max_connections: int = 64
+    idle_timeout: float = field(default=4.0)
+
+    @idle_timeout.validator
+    def _check_idle_timeout(self, attribute: Any, value: float) -> None:
+        if not value > 0:
+            raise ConfigError("upstream.idle_timeout: expected more than 0 seconds")
 
 
 @frozen
@@ -203,6 +282,26 @@ class LimitsConfig:
 
 
 @frozen
+class StreamDefaultsConfig:
+    """
+    One C{[[headers.stream_defaults]]} entry: what a stream implies when the
+    message does not say (Krafter: tracking off on C{transactional}, on
+    and a List-Unsubscribe on C{broadcast}).
+
+    @ivar stream: The stream these defaults are for.
+    @ivar tracking: C{"on"} or C{"off"}: the tracking value when the
+        tracking header is absent (or not C{true}/C{false}); C{"default"}:
+        leave it to the upstream.
+    @ivar list_unsubscribe: The list-unsubscribe value when the message has
+        none (RFC 2369 syntax, C{<https://...>, <mailto:...>}); empty: none.
+    """
+
+    stream: str
+    tracking: Literal["default", "on", "off"] = "default"
+    list_unsubscribe: str = ""
+
+
+@frozen
 class HeadersConfig:
     """
     The C{[headers]} table: the header policy of this deployment.
@@ -225,6 +324,15 @@ class HeadersConfig:
     @ivar keep: Header patterns passed through to the upstream.
     @ivar strip: Header patterns never passed through (wins over C{keep}).
     @ivar keep_message_id: Pass C{Message-ID} through.
+    @ivar required_forward: Required headers that are also passed through
+        to the upstream (others are consumed).  A required value of C{"*"}
+        asks for presence only (any non-empty value).
+    @ivar stream_defaults: Per-stream defaults (L{StreamDefaultsConfig}).
+    @ivar invalid_from: C{"refuse"}: a From without a valid address gets
+        C{550 5.6.0}; C{"placeholder"}: the message goes with
+        C{from_placeholder} as its From (enKod's C{EMPTY-FROM}).
+    @ivar from_placeholder: The From given to the upstream for an invalid
+        From with C{invalid_from = "placeholder"}.
     """
 
     tags: tuple[str, ...] = ("X-Tags",)
@@ -255,6 +363,10 @@ class HeadersConfig:
         "Delivered-To",
     )
     keep_message_id: bool = False
+    required_forward: tuple[str, ...] = ()
+    stream_defaults: tuple[StreamDefaultsConfig, ...] = ()
+    invalid_from: Literal["refuse", "placeholder"] = "refuse"
+    from_placeholder: str = "EMPTY-FROM"
 
 
 @frozen
@@ -289,6 +401,7 @@ class Config:
     limits: LimitsConfig = field(factory=LimitsConfig)
     headers: HeadersConfig = field(factory=HeadersConfig)
     dev_upstream: DevUpstreamConfig = field(factory=DevUpstreamConfig)
+    replies: dict[str, str] = field(factory=dict)
     path: str = ""
 
 
@@ -399,6 +512,35 @@ def _build(cls: Any, table: dict[str, Any], prefix: str) -> Any:
         ) from e
 
 
+def _check_auth(auth: AuthConfig) -> None:
+    """
+    Cross-field checks of the C{[auth]} table.
+
+    @raise ConfigError: (without the file name) naming the key.
+    """
+    if auth.backend == "tokens_file":
+        if not auth.tokens_file:
+            raise ConfigError("auth.tokens_file: required setting is missing")
+        if auth.credentials == "account":
+            raise ConfigError("auth.credentials: 'account' needs the http or passthrough backend")
+    if auth.backend == "http" and not auth.url.startswith(("http://", "https://")):
+        raise ConfigError("auth.url: expected an http:// or https:// URL")
+    if auth.backend == "passthrough" and not auth.pattern:
+        raise ConfigError("auth.pattern: required setting is missing")
+    if auth.pattern:
+        try:
+            re.compile(auth.pattern)
+        except re.error as e:
+            raise ConfigError(f"auth.pattern: not a regular expression: {e}") from None
+    for word in auth.usernames:
+        if word not in USERNAME_RULES:
+            raise ConfigError(
+                "auth.usernames: expected any of " + ", ".join(repr(w) for w in USERNAME_RULES)
+            )
+    if not auth.usernames:
+        raise ConfigError("auth.usernames: expected at least one")
+
+
 def _check(config: Config) -> Config:
     """
     Cross-field checks that types alone cannot express; resolve paths.
@@ -416,14 +558,12 @@ def _check(config: Config) -> Config:
         raise ConfigError("listeners: at least one [[listeners]] entry is needed")
     if not config.tls.certificate or not config.tls.key:
         raise ConfigError("tls.certificate: a certificate and key are required")
-    if not config.auth.tokens_file:
-        raise ConfigError("auth.tokens_file: required setting is missing")
+    _check_auth(config.auth)
     if not config.upstream.url.startswith(("http://", "https://")):
         raise ConfigError("upstream.url: expected an http:// or https:// URL")
-    if config.upstream.dialect not in ("native", "raw", "mailpace", "postmark"):
-        raise ConfigError(
-            "upstream.dialect: expected one of 'native', 'raw', 'mailpace', 'postmark'"
-        )
+    # upstream.dialect (built-in or plugin) and [replies] names are checked
+    # by relayd.service.make_service (relayd.dialects, relayd.replytexts),
+    # which import this module.
     if not 78 <= config.limits.max_line_length <= 65536:
         raise ConfigError("limits.max_line_length: expected 78 to 65536 octets")
     if not 512 <= config.limits.max_command_length <= 65536:

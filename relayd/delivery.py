@@ -29,7 +29,13 @@ from zope.interface import implementer
 from relayd import reply as R
 from relayd.config import HeadersConfig
 from relayd.interfaces import ISubmission, ISubmissionMessage
-from relayd.message import Envelope, OutboundMessage, parse_message
+from relayd.message import Envelope, OutboundMessage
+from relayd.policy import (
+    MessageRates,
+    check_message,
+    parse_with_policy,
+    upstream_refused_credential,
+)
 from relayd.reply import Refused, Reply
 from relayd.result import Accepted
 from relayd.tokens import TokenPolicy
@@ -75,14 +81,16 @@ class Pipeline:
     headers: HeadersConfig
     clock: IReactorTime
     threads: Any = None
+    rates: MessageRates | None = None
+    revoke_on_upstream_refusal: bool = False
 
     async def _parse(self, data: bytes, envelope: Envelope) -> OutboundMessage:
         if self.threads is None or len(data) <= PARSE_IN_THREAD:
-            return parse_message(data, envelope, self.headers)
+            return parse_with_policy(data, envelope, self.headers)
         return await deferToThreadPool(
             self.threads,
             self.threads.getThreadPool(),
-            parse_message,
+            parse_with_policy,
             data,
             envelope,
             self.headers,
@@ -113,6 +121,7 @@ class Pipeline:
                     if message.stream
                     else R.STREAM_REQUIRED
                 )
+            check_message(message, policy)
             body = self.upstream.encode(message)
             mapped, stripped = message.mapped, message.stripped
             # Only the request body is needed from here on: let a large
@@ -204,9 +213,10 @@ class TransactionMessage:
         self._parts = []
         envelope = Envelope(self.mail_from, tuple(self.rcpt_to), self.smtputf8)
         avatar = self._avatar
-        return defer.Deferred.fromCoroutine(
+        d = defer.Deferred.fromCoroutine(
             avatar.pipeline.relay(envelope, data, avatar.token, avatar.policy)
         )
+        return d.addCallback(avatar.judged)
 
     def connectionLost(self) -> None:
         """
@@ -231,6 +241,20 @@ class RelayDelivery:
         self.policy = policy
         self.pipeline = pipeline
         self._current: TransactionMessage | None = None
+        self._revoked = False
+
+    def judged(self, reply: Reply) -> Reply:
+        """
+        Note the reply to the final dot: after the upstream refused the
+        credential (HTTP 401/403, with C{revoke_on_upstream_refusal}, the
+        C{passthrough} backend), the session's later transactions are
+        refused at MAIL.
+
+        @return: C{reply}.
+        """
+        if self.pipeline.revoke_on_upstream_refusal and upstream_refused_credential(reply):
+            self._revoked = True
+        return reply
 
     @property
     def name(self) -> str:
@@ -270,8 +294,13 @@ class RelayDelivery:
         @raise Refused: C{550 5.7.1 Sender not allowed} when the
             token may not send from that address.
         """
+        if self._revoked:
+            raise Refused(R.CREDENTIAL_REFUSED_UPSTREAM)
         if not self.policy.allows_sender(origin):
             raise Refused(R.SENDER_NOT_ALLOWED)
+        rates = self.pipeline.rates
+        if rates is not None and not rates.allow(self.token, self.policy):
+            raise Refused(R.MESSAGE_RATE_EXCEEDED)
         self._current = TransactionMessage(self, origin, smtputf8)
         return origin
 

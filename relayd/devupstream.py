@@ -24,6 +24,8 @@ external service.  Development only: bind it to 127.0.0.1.
     While the first is still being stored, a repeat is C{409}.  A request
     that was refused (400, 422, 500) leaves no trace of its key.  Keys
     are not told apart by token, and are forgotten on restart.
+  - C{POST /auth}: the auth contract (C{docs/upstream-api.md}, "Auth
+    contract"; L{auth_resource}) for C{[auth] backend = "http"}.
   - Testing knob: a request header C{X-Relayd-Dev-Status: <code>} makes
     C{POST /send} answer that status (with C{{"error": ...}}) and store
     nothing, to try relayd's error paths by hand.
@@ -51,7 +53,15 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from relayd.idempotency import Accepted, OutcomeStore
 from relayd.interfaces import IOutcomeStore
 
-__all__ = ["DEV_STATUS_HEADER", "IDEMPOTENCY_KEY_HEADER", "KEY_WINDOW", "MAX_KEYS", "make_site"]
+__all__ = [
+    "REFUSED_PREFIX",
+    "auth_resource",
+    "DEV_STATUS_HEADER",
+    "IDEMPOTENCY_KEY_HEADER",
+    "KEY_WINDOW",
+    "MAX_KEYS",
+    "make_site",
+]
 
 log = Logger()
 
@@ -356,6 +366,42 @@ class _Messages(Resource):
         _finish(request, gone, 500, {"error": "Cannot read the outbox"})
 
 
+#: Credentials the development API's C{POST /auth} refuses, with the text
+#: of the refusal: a way to see a 535 with the endpoint's own text.
+REFUSED_PREFIX = "revoked"
+
+
+class _Auth(Resource):
+    """
+    C{POST /auth}: the auth contract, for development.  Any credential in
+    C{Authorization: Bearer <token>} or C{Basic <base64>} is valid and gets
+    an unrestricted policy named C{"dev"}; a token that starts with
+    L{REFUSED_PREFIX} gets C{401 {"error": "API key revoked"}}; no
+    credential gets C{401 {"error": "Missing credential"}}.
+    """
+
+    isLeaf = True
+
+    def render_POST(self, request: Request) -> bytes:
+        authorization = request.getHeader(b"Authorization") or b""
+        scheme, _, credential = authorization.partition(b" ")
+        credential = credential.strip()
+        if scheme.lower() not in (b"bearer", b"basic") or not credential:
+            return _answer(request, 401, {"error": "Missing credential"})
+        if credential.startswith(REFUSED_PREFIX.encode("ascii")):
+            return _answer(request, 401, {"error": "API key revoked"})
+        return _answer(request, 200, {"name": "dev"})
+
+
+def auth_resource() -> Resource:
+    """
+    The development API's C{/auth} resource (the auth contract).
+
+    @return: A leaf resource answering C{POST}.
+    """
+    return _Auth()
+
+
 def make_site(outbox: str, reactor: Any) -> Site:
     """
     Build the development API.
@@ -372,6 +418,7 @@ def make_site(outbox: str, reactor: Any) -> Site:
     root = Resource()
     root.putChild(b"send", _Send(store, reactor, keys))
     root.putChild(b"messages", _Messages(store, reactor))
+    root.putChild(b"auth", auth_resource())
     site = Site(root, reactor=reactor)
     site.displayTracebacks = False
     return site

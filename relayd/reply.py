@@ -307,3 +307,85 @@ UPSTREAM_TOO_BIG = Reply(552, "5.3.4", FALLBACK_TOO_BIG)
 #: The upstream answered HTTP 429 (RFC 3463 X.7.1, temporary: the client
 #: may retry later).
 UPSTREAM_RATE_LIMITED = Reply(451, "4.7.1", FALLBACK_RATE)
+
+
+# -- upstream2: retry hints of the upstream (relayd.upstream) ---------------
+
+
+def upstream_retry_after(status: int, seconds: int) -> Reply:
+    """
+    The reply to an upstream C{429} or C{503} that said when to come back
+    (C{Retry-After}, RFC 9110 section 10.2.3): C{451 4.7.1} (RFC 3463 X.7.1,
+    temporary) with the wait in the text, so the client's queue can plan
+    its next attempt.
+
+    @param status: The HTTP status: C{429} (rate limit) or C{503}
+        (unavailable).
+    @param seconds: The wait, in whole seconds (at least 0).
+    @return: For example C{451 4.7.1 Upstream rate limit reached, try again
+        in 30 seconds}.
+    """
+    wait = "1 second" if seconds == 1 else f"{seconds} seconds"
+    what = "Upstream rate limit reached" if status == 429 else "Upstream unavailable"
+    return Reply(451, "4.7.1", f"{what}, try again in {wait}")
+
+
+# -- provider2: provider mode (relayd.auth, relayd.auth_http, the
+#    per-customer policy, relayd.replytexts) --------------------------------
+
+#: The user name given with a token is not one C{[auth] usernames} accepts.
+AUTH_USERNAME_REFUSED = Reply(
+    535, "5.7.8", "Authentication credentials invalid: user name not accepted"
+)
+
+#: The auth backend could not answer (error, timeout): RFC 4954 section 6.
+AUTH_TEMPORARY_FAILURE = Reply(454, "4.7.0", "Temporary authentication failure")
+
+#: The upstream refused this session's credential (HTTP 401/403) at the end
+#: of an earlier DATA: later transactions of the session are refused at MAIL.
+CREDENTIAL_REFUSED_UPSTREAM = Reply(
+    554, "5.7.1", "Upstream refused the credentials of this session"
+)
+
+#: The customer's policy does not allow attachments.
+ATTACHMENTS_NOT_ALLOWED = Reply(550, "5.7.1", "Attachments are not allowed for this account")
+
+#: The customer's C{messages_per_minute} is used up (RFC 3463 X.7.1, temporary).
+MESSAGE_RATE_EXCEEDED = Reply(451, "4.7.1", "Too many messages per minute, try again later")
+
+
+def auth_refused(text: str) -> Reply:
+    """
+    The auth endpoint refused the credential with a text of its own.
+
+    @param text: Its text, already cleaned to printable ASCII.
+    @return: C{535 5.7.8} with that text, or L{AUTH_INVALID} when empty.
+    """
+    return AUTH_INVALID.with_text(text) if text else AUTH_INVALID
+
+
+#: The replies made by a function, for C{[replies]} overrides: name to
+#: (reply code, enhanced status code, default text with C{{field}}
+#: placeholders).  Each function above builds its text from this template.
+TEMPLATES: dict[str, tuple[int, str, str]] = {
+    "queued": (250, "2.0.0", "Ok: queued as {id}"),
+    "stream_not_allowed": (550, "5.7.1", "Stream '{stream}' not allowed for this token"),
+    "unknown_stream": (550, "5.7.1", "unknown stream '{stream}'"),
+    "missing_required_header": (550, "5.7.1", "Missing required header {header}"),
+    "message_line_too_long": (552, "5.3.4", "Message line too long (limit {limit} octets)"),
+    "unsupported_parameter": (555, "5.5.4", "Unsupported parameter {keyword}"),
+}
+
+
+def named() -> dict[str, Reply]:
+    """
+    Every reply constant of this module by its C{[replies]} name: the
+    constant's name in lower case (C{AUTH_INVALID} is C{auth_invalid}).
+
+    @rtype: L{dict} of L{str} to L{Reply}
+    """
+    return {
+        name.lower(): value
+        for name, value in globals().items()
+        if name.isupper() and isinstance(value, Reply)
+    }

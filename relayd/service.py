@@ -23,10 +23,12 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.logger import Logger
 
-from relayd.auth import make_portal
+from relayd.auth import make_auth_portal
 from relayd.config import Config, ConfigError
 from relayd.delivery import Pipeline, make_avatar_factory
 from relayd.listeners import ListenerService, listener_service, parse_endpoint
+from relayd.policy import MessageRates
+from relayd.replytexts import ReplyTexts
 from relayd.sdnotify import Readiness
 from relayd.smtp import AuthThrottle, ConnectionLimiter, DeliveryTracker, RelaySMTPFactory
 from relayd.tls import ServerTLS, ensure_self_signed, implicit_tls_factory
@@ -79,7 +81,8 @@ class TokensReloader(Service):
         never raise.
         """
         try:
-            self.store.reload()
+            if self.store.path is not None:
+                self.store.reload()
         except ConfigError as e:
             log.error("tokens file not reloaded: {error}", error=str(e))
         else:
@@ -286,6 +289,34 @@ class _UpstreamCloser(Service):
         return self.client.close()
 
 
+def _http_checker(config: Config, reactor: Any) -> Any:
+    """
+    The C{http} auth backend's checker, or C{None} for the other backends.
+    """
+    if config.auth.backend != "http":
+        return None
+    from relayd.auth import CredentialRules
+    from relayd.auth_http import HTTPAuthChecker
+    from relayd.dialects import get_dialect
+    from relayd.upstream import make_http_client, make_pool
+
+    dialect = get_dialect(config.upstream.dialect)
+    http = make_http_client(reactor, make_pool(reactor, config.upstream), config.auth.timeout)
+    return HTTPAuthChecker(
+        http,
+        config.auth.url,
+        reactor,
+        rules=CredentialRules.from_config(config.auth),
+        defaults=config.auth.defaults,
+        header=config.upstream.token_header or dialect.token_header,
+        header_format=config.upstream.token_format or dialect.token_format,
+        timeout=config.auth.timeout,
+        ttl=config.auth.cache_ttl,
+        negative_ttl=config.auth.negative_cache_ttl,
+        size=config.auth.cache_size,
+    )
+
+
 def make_service(config: Config, reactor: Any, inherit_fds: tuple[int, ...] = ()) -> Daemon:
     """
     Build the daemon from its configuration.
@@ -315,7 +346,10 @@ def make_service(config: Config, reactor: Any, inherit_fds: tuple[int, ...] = ()
                 path=config.tls.certificate,
             )
     context = ServerTLS(config.tls)
-    store = TokenStore.load(config.auth.tokens_file)
+    if config.auth.backend == "tokens_file":
+        store = TokenStore.load(config.auth.tokens_file)
+    else:
+        store = TokenStore(())
     reloader = TokensReloader(store, reactor, tls=context)
     reloader.setServiceParent(top)
     if inherit_fds and len(inherit_fds) != len(config.listeners):
@@ -323,8 +357,21 @@ def make_service(config: Config, reactor: Any, inherit_fds: tuple[int, ...] = ()
 
     client = make_client(reactor, config.upstream)
     _UpstreamCloser(client).setServiceParent(top)
-    pipeline = Pipeline(client, config.headers, reactor, threads=reactor)
-    portal = make_portal(store, make_avatar_factory(pipeline))
+    pipeline = Pipeline(
+        client,
+        config.headers,
+        reactor,
+        threads=reactor,
+        rates=MessageRates(reactor),
+        revoke_on_upstream_refusal=config.auth.backend == "passthrough",
+    )
+    portal = make_auth_portal(
+        config.auth,
+        make_avatar_factory(pipeline),
+        store=store,
+        checker=_http_checker(config, reactor),
+    )
+    reply_texts = ReplyTexts.from_config(config.replies)
     limits = config.limits
     limiter = ConnectionLimiter(limits.max_connections, limits.max_connections_per_ip)
     tracker = DeliveryTracker()
@@ -352,6 +399,7 @@ def make_service(config: Config, reactor: Any, inherit_fds: tuple[int, ...] = ()
             throttle=throttle,
             tracker=tracker,
         )
+        factory.reply_texts = reply_texts
         if implicit:
             factory = implicit_tls_factory(factory, context)
         service = listener_service(

@@ -14,6 +14,8 @@ with the policy that goes with it::
     streams = ["outbound", "broadcast"]              # optional, empty = any
     max_recipients = 50                              # optional
     max_message_size = 10485760                      # optional, bytes
+    attachments = false                              # optional, default true
+    messages_per_minute = 120                        # optional
 
 Tokens are long random strings (256 bits from L{secrets.token_urlsafe}), so
 one unsalted SHA-256 is enough to make the file useless for logging in;
@@ -84,7 +86,17 @@ _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 _HEX_DIGEST = re.compile(r"[0-9a-fA-F]{64}")
 
-_KEYS = frozenset({"sha256", "senders", "streams", "max_recipients", "max_message_size"})
+_KEYS = frozenset(
+    {
+        "sha256",
+        "senders",
+        "streams",
+        "max_recipients",
+        "max_message_size",
+        "attachments",
+        "messages_per_minute",
+    }
+)
 
 
 def digest(token: str) -> bytes:
@@ -158,6 +170,10 @@ class TokenPolicy:
         C{None} for the server's limit.
     @ivar max_message_size: At most this many bytes per message, or C{None}
         for the server's limit.
+    @ivar attachments: May messages carry attachments?  C{False} refuses
+        a message with one at the end of DATA.
+    @ivar messages_per_minute: At most this many transactions a minute for
+        this credential (counted at MAIL FROM), or C{None} for no limit.
     """
 
     name: str
@@ -165,6 +181,8 @@ class TokenPolicy:
     streams: tuple[str, ...] = field(default=(), converter=_strings)
     max_recipients: int | None = None
     max_message_size: int | None = None
+    attachments: bool = True
+    messages_per_minute: int | None = None
 
     def allows_sender(self, address: str) -> bool:
         """
@@ -237,6 +255,17 @@ def _positive(value: Any, key: str) -> int:
     return value
 
 
+def _boolean(value: Any, key: str) -> bool:
+    """
+    Check a boolean.
+
+    @raise ConfigError: (without the file name) when it is not one.
+    """
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false")
+    return value
+
+
 def _entry(name: str, table: Any) -> tuple[bytes, TokenPolicy]:
     """
     Check one C{[tokens.NAME]} table.
@@ -272,6 +301,12 @@ def _entry(name: str, table: Any) -> tuple[bytes, TokenPolicy]:
         max_message_size=(
             _positive(table["max_message_size"], f"{prefix}.max_message_size")
             if "max_message_size" in table
+            else None
+        ),
+        attachments=_boolean(table.get("attachments", True), f"{prefix}.attachments"),
+        messages_per_minute=(
+            _positive(table["messages_per_minute"], f"{prefix}.messages_per_minute")
+            if "messages_per_minute" in table
             else None
         ),
     )
@@ -445,6 +480,10 @@ def _describe(policy: TokenPolicy) -> str:
         parts.append(f"max_recipients={policy.max_recipients}")
     if policy.max_message_size is not None:
         parts.append(f"max_message_size={policy.max_message_size}")
+    if not policy.attachments:
+        parts.append("attachments=false")
+    if policy.messages_per_minute is not None:
+        parts.append(f"messages_per_minute={policy.messages_per_minute}")
     return f"{policy.name}  " + " ".join(parts)
 
 

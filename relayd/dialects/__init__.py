@@ -13,12 +13,20 @@ One module per request format, all built on L{relayd.dialects.base}:
   - L{relayd.dialects.postmark}:
     U{https://postmarkapp.com/developer/api/email-api}.
 
+Third-party dialects register in the C{relayd.dialects} entry point group
+(C{[options.entry_points] relayd.dialects = acme = relayd_dialect_acme:AcmeDialect});
+the entry point names a zero-argument callable returning an L{IDialect}
+(C{docs/providers.md}, "Dialect plugins").  A built-in name wins over a
+plugin of the same name.
+
 No reactor code here: dialects are pure functions of their input.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any
 
 from relayd.config import ConfigError
 from relayd.dialects import (
@@ -36,7 +44,10 @@ from relayd.dialects import (
 )
 from relayd.interfaces import IDialect
 
-__all__ = ["DIALECTS", "get_dialect"]
+__all__ = ["DIALECTS", "ENTRY_POINT_GROUP", "get_dialect", "plugin_dialects"]
+
+#: The entry point group third-party dialects register in.
+ENTRY_POINT_GROUP = "relayd.dialects"
 
 #: The built-in dialects by C{upstream.dialect} name, in the order the docs
 #: list them.
@@ -62,14 +73,34 @@ def get_dialect(name: str) -> IDialect:
     """
     Look up a dialect by its C{upstream.dialect} name.
 
-    @param name: One of L{DIALECTS}.
+    @param name: One of L{DIALECTS}, or a plugin's entry point name.
     @return: A new dialect object.
-    @raise ConfigError: For any other name.
+    @raise ConfigError: For any other name, or a plugin that cannot be
+        loaded or does not provide L{IDialect}.
     """
-    try:
+    if name in _BUILT_IN:
         return _BUILT_IN[name]()
-    except KeyError:
+    plugins = plugin_dialects()
+    if name not in plugins:
         raise ConfigError(
             f"upstream.dialect: unknown dialect {name!r}; expected one of "
-            + ", ".join(repr(n) for n in DIALECTS)
+            + ", ".join(repr(n) for n in DIALECTS + tuple(sorted(plugins)))
+        )
+    try:
+        dialect = plugins[name].load()()
+    except Exception as e:
+        raise ConfigError(
+            f"upstream.dialect: plugin {name!r} cannot be loaded: {type(e).__name__}: {e}"
         ) from None
+    if not IDialect.providedBy(dialect):
+        raise ConfigError(f"upstream.dialect: plugin {name!r} does not provide IDialect")
+    return dialect
+
+
+def plugin_dialects() -> dict[str, Any]:
+    """
+    The installed third-party dialects, by name.
+
+    @return: Entry point name to its L{importlib.metadata.EntryPoint}.
+    """
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}

@@ -142,6 +142,7 @@ class _Rules:
         "unsubscribe",
         "prefix",
         "required",
+        "forwarded",
         "keep_message_id",
     )
 
@@ -154,6 +155,7 @@ class _Rules:
         self.unsubscribe = policy.list_unsubscribe.strip().lower()
         self.prefix = policy.metadata_prefix.strip().lower()
         self.required = {name.strip().lower(): name for name in policy.required}
+        self.forwarded = frozenset(name.strip().lower() for name in policy.required_forward)
         self.keep_message_id = policy.keep_message_id
 
 
@@ -292,7 +294,7 @@ def _map_control(rules: _Rules, fields: SortedFields, name: str, key: str, raw: 
             fields.add_stripped(name)
             return True
         fields.add_metadata(meta_key, raw)
-    elif key not in rules.required:
+    elif key not in rules.required or key in rules.forwarded:
         return False
     fields.add_mapped(name)
     return True
@@ -310,6 +312,8 @@ def _keep_or_strip(rules: _Rules, fields: SortedFields, name: str, key: str, raw
     """
     if key == "message-id":
         keep = rules.keep_message_id
+    elif key in rules.forwarded:
+        keep = True
     else:
         keep = (
             key not in _NEVER_KEPT
@@ -331,12 +335,16 @@ def check_required(values: Mapping[str, list[str]], policy: HeadersConfig) -> No
     @param policy: The C{[headers]} table.
     @raise relayd.reply.Refused: C{550 5.7.1} naming the first required
         header that no field of that name holds with the required value
-        (compared case-insensitively, decoded).
+        (compared case-insensitively, decoded); a required value of
+        C{"*"} is met by any non-empty value.
     """
     for key, configured in _RULES.get(policy).required.items():
         wanted = policy.required[configured].strip().casefold()
-        present = values.get(key, [])
-        if not any(decode_words(header_text(v)).casefold() == wanted for v in present):
+        present = [decode_words(header_text(v)).strip().casefold() for v in values.get(key, [])]
+        if wanted == "*":
+            if not any(present):
+                raise Refused(missing_required_header(printable(configured)))
+        elif wanted not in present:
             raise Refused(missing_required_header(printable(configured)))
 
 

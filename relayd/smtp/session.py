@@ -41,7 +41,8 @@ from twisted.python.failure import Failure
 from relayd import reply as R
 from relayd.config import LimitsConfig
 from relayd.interfaces import ISubmission, ISubmissionMessage
-from relayd.reply import Reply
+from relayd.reply import Refused, Reply
+from relayd.replytexts import ReplyTexts
 from relayd.smtp import envelope
 from relayd.smtp.envelope import Transaction
 from relayd.smtp.framing import DataError, Framer, LineError
@@ -284,8 +285,10 @@ class RelaySMTP(Protocol):
 
     def send(self, r: Reply) -> None:
         """
-        Send the reply L{Reply} C{r}.
+        Send the reply L{Reply} C{r}, with the deployment's text for it
+        (C{[replies]}, L{relayd.replytexts}).
         """
+        r = self.factory.reply_texts.apply(r)
         self.reply(r.code, r.status, r.text)
 
     def closing(self, r: Reply) -> None:
@@ -643,8 +646,11 @@ class RelaySMTP(Protocol):
         credentials = UsernamePassword(username.encode("utf-8"), password)
         try:
             iface, avatar, logout = await self.portal.login(credentials, None, ISubmission)
-        except UnauthorizedLogin:
-            await self._auth_failed()
+        except UnauthorizedLogin as e:
+            await self._auth_failed(getattr(e, "reply", R.AUTH_INVALID))
+            return
+        except Refused as e:  # the auth backend cannot answer: 454
+            self.send(e.reply)
             return
         self.factory.throttle.succeeded(self.peer_ip)
         self.authenticated = True
@@ -653,7 +659,7 @@ class RelaySMTP(Protocol):
         log.info("authenticated {peer} as token {name}", peer=self.peer_ip, name=self.avatar.name)
         self.send(R.AUTH_SUCCESSFUL)
 
-    async def _auth_failed(self) -> None:
+    async def _auth_failed(self, refusal: Reply = R.AUTH_INVALID) -> None:
         delay = self.factory.throttle.failed(self.peer_ip)
         self._auth_failures += 1
         log.info("failed AUTH from {peer}", peer=self.peer_ip)
@@ -662,7 +668,7 @@ class RelaySMTP(Protocol):
             self._auth_delay = self.clock.callLater(delay, d.callback, None)
             await d
             self._auth_delay = None
-        self.error(R.AUTH_INVALID)
+        self.error(refusal)
         if self._auth_failures >= self.limits.max_auth_failures and self._state != State.CLOSED:
             self.closing(R.TOO_MANY_AUTH_FAILURES)
 
@@ -705,6 +711,8 @@ class RelaySMTPFactory(ServerFactory):
 
     protocol = RelaySMTP  # type: ignore[assignment]
     noisy = False
+    #: The deployment's reply texts (C{[replies]}); the service sets them.
+    reply_texts = ReplyTexts()
 
     def __init__(
         self,
