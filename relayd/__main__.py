@@ -62,6 +62,39 @@ def _toml(value: Any) -> str:
     raise TypeError(type(value))  # pragma: no cover
 
 
+_BARE_KEY = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def _key(name: str) -> str:
+    return name if name and set(name) <= _BARE_KEY else _toml(name)
+
+
+def _table(values: dict[str, Any], prefix: str, lines: list[str]) -> None:
+    """
+    Append C{values} as TOML: its plain keys, then its sub-tables
+    (C{[prefix.key]}) and arrays of tables (C{[[prefix.key]]}).
+    """
+    nested = []
+    for name, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, dict) or (
+            isinstance(value, (list, tuple)) and value and isinstance(value[0], dict)
+        ):
+            nested.append((name, value))
+        else:
+            lines.append(f"{_key(name)} = {_toml(value)}")
+    for name, value in nested:
+        path = f"{prefix}.{_key(name)}" if prefix else _key(name)
+        if isinstance(value, dict):
+            lines += ["", f"[{path}]"]
+            _table(value, path, lines)
+        else:
+            for item in value:
+                lines += ["", f"[[{path}]]"]
+                _table(item, path, lines)
+
+
 def render_config(config: Any) -> str:
     """
     @param config: A loaded L{relayd.config.Config}.
@@ -69,21 +102,11 @@ def render_config(config: Any) -> str:
         (defaults and resolved paths included), which L{relayd.config}
         reads back to the same configuration.
     """
+    values = attrs.asdict(config)
+    values.pop("path", None)
     lines: list[str] = []
-    for field in attrs.fields(type(config)):
-        value = getattr(config, field.name)
-        if field.name == "path":
-            continue
-        if field.name == "listeners":
-            for listener in value:
-                lines.append("[[listeners]]")
-                lines += [f"{k} = {_toml(v)}" for k, v in attrs.asdict(listener).items()]
-                lines.append("")
-            continue
-        lines.append(f"[{field.name}]")
-        lines += [f"{k} = {_toml(v)}" for k, v in attrs.asdict(value).items()]
-        lines.append("")
-    return "\n".join(lines)
+    _table(values, "", lines)
+    return "\n".join(lines).lstrip("\n") + "\n"
 
 
 def check(path: str, stdout: TextIO, stderr: TextIO) -> int:
