@@ -67,10 +67,18 @@ class ServerConfig:
         (RFC 5321 section 4.1.1.1 and 4.2).
     @ivar workers: How many processes accept connections; C{0} means one
         per CPU core.  The listening sockets are shared between them.
+    @ivar proxy_networks: The networks (C{"10.0.0.0/8"}, C{"::1/128"}) the
+        PROXY protocol headers of C{haproxy:} listeners are accepted from,
+        unless the listener names its own.  A connection from elsewhere is
+        refused (L{relayd.proxy}).
+    @ivar proxy_timeout: Seconds a proxied connection has to send its
+        PROXY header before it is closed.
     """
 
     hostname: str = "localhost"
     workers: int = 1
+    proxy_networks: tuple[str, ...] = ()
+    proxy_timeout: float = 5.0
 
 
 @frozen
@@ -83,11 +91,14 @@ class ListenerConfig:
     @ivar tls: C{"starttls"}: plain connection, STARTTLS offered (RFC 3207);
         C{"implicit"}: TLS from the first byte (RFC 8314 section 3).
     @ivar name: A label for logs (defaults to the endpoint).
+    @ivar proxy_networks: For a C{haproxy:} endpoint: the networks PROXY
+        headers are accepted from; empty: C{server.proxy_networks}.
     """
 
     endpoint: str
     tls: Literal["starttls", "implicit"] = "starttls"
     name: str = ""
+    proxy_networks: tuple[str, ...] = ()
 
 
 @frozen
@@ -583,12 +594,47 @@ def _check(config: Config) -> Config:
                 f"listeners[{i}].name: {name!r} is used twice; give each listener a name"
             )
         names.add(name)
-        if listener.endpoint.startswith("haproxy:") and config.server.workers != 1:
-            raise ConfigError(
-                f"listeners[{i}].endpoint: haproxy: listeners need server.workers = 1"
-            )
         listeners.append(attrs.evolve(listener, name=name))
-    return attrs.evolve(config, listeners=tuple(listeners))
+    for i, network in enumerate(config.server.proxy_networks):
+        _network(network, f"server.proxy_networks[{i}]")
+    return attrs.evolve(config, listeners=tuple(_proxied(config, listeners)))
+
+
+def _network(text: str, key: str) -> None:
+    """
+    @raise ConfigError: C{text} is not an IP network (C{"10.0.0.0/8"}) or
+        address.
+    """
+    try:
+        ipaddress.ip_network(text)
+    except ValueError as e:
+        raise ConfigError(f"{key}: expected an IP network such as 10.0.0.0/8: {e}") from None
+
+
+def _proxied(config: Config, listeners: list[ListenerConfig]) -> list[ListenerConfig]:
+    """
+    Give each C{haproxy:} listener its effective C{proxy_networks} (its own,
+    else C{server.proxy_networks}); refuse one with none, or networks on a
+    listener that reads no PROXY header.
+    """
+    effective = []
+    for i, listener in enumerate(listeners):
+        key = f"listeners[{i}].proxy_networks"
+        for j, network in enumerate(listener.proxy_networks):
+            _network(network, f"{key}[{j}]")
+        if not listener.endpoint.startswith("haproxy:"):
+            if listener.proxy_networks:
+                raise ConfigError(f"{key}: only for haproxy: endpoints")
+            effective.append(listener)
+            continue
+        networks = listener.proxy_networks or config.server.proxy_networks
+        if not networks:
+            raise ConfigError(
+                f"{key}: a haproxy: listener needs the proxies' networks"
+                " (here or in server.proxy_networks)"
+            )
+        effective.append(attrs.evolve(listener, proxy_networks=networks))
+    return effective
 
 
 def _check_limits(config: Config) -> None:

@@ -4,8 +4,9 @@ Service wiring: one L{MultiService} with a listening service per configured
 listener, sharing one portal, one upstream client and one set of limits,
 plus the bundled development upstream when the configuration asks for it.
 
-Listeners are made with L{twisted.application.strports.service}, so a port
-that cannot be bound stops the daemon instead of being logged and skipped.
+Listeners are made by L{relayd.listeners}, so a port that cannot be bound
+stops the daemon (one line, exit status 1) instead of being logged and
+skipped.
 Implicit TLS (RFC 8314) is put on the factory, not in the endpoint string,
 so the same code works behind C{systemd:} sockets and C{haproxy:} (PROXY
 protocol) endpoints.
@@ -18,7 +19,6 @@ import signal
 import sys
 from typing import Any
 
-from twisted.application import strports
 from twisted.application.service import MultiService, Service
 from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.logger import Logger
@@ -26,15 +26,16 @@ from twisted.logger import Logger
 from relayd.auth import make_auth_portal
 from relayd.config import Config, ConfigError
 from relayd.delivery import Pipeline, make_avatar_factory
+from relayd.listeners import ListenerService, listener_service, parse_endpoint
 from relayd.policy import MessageRates
 from relayd.replytexts import ReplyTexts
+from relayd.sdnotify import Readiness
 from relayd.smtp.guards import ConnectionLimiter, DeliveryTracker, LocalCounters, MemoryBudget
 from relayd.smtp.session import RelaySMTPFactory
 from relayd.tls import ServerTLS, ensure_self_signed, implicit_tls_factory
 from relayd.tokens import TokenStore
 from relayd.upstream import make_client
 from relayd.workers import (
-    AdoptedPortService,
     SupervisorWatch,
     WorkerPool,
     worker_argv,
@@ -402,15 +403,15 @@ def make_service(config: Config, reactor: Any, inherit_fds: tuple[int, ...] = ()
         factory.reply_texts = reply_texts
         if implicit:
             factory = implicit_tls_factory(factory, context)
-        if inherit_fds:
-            service: Any = AdoptedPortService(reactor, inherit_fds[index], factory)
-        else:
-            try:
-                service = strports.service(listener.endpoint, factory, reactor=reactor)
-            except (ValueError, KeyError, TypeError) as e:
-                raise ConfigError(
-                    f"listeners[{index}].endpoint: {listener.endpoint!r}: {e}"
-                ) from None
+        service = listener_service(
+            index,
+            listener,
+            factory,
+            reactor,
+            config.server.proxy_timeout,
+            inherit_fds[index] if inherit_fds else None,
+        )
+        if not inherit_fds:
             listening.append(service)
         service.setName(listener.name)
         service.setServiceParent(top)
@@ -420,19 +421,27 @@ def make_service(config: Config, reactor: Any, inherit_fds: tuple[int, ...] = ()
     if inherit_fds:
         # Standard input is a pipe from the supervisor (relayd.workers).
         SupervisorWatch(reactor, 0, terminator.stop).setServiceParent(top)
+        # Tells the supervisor once the adopted sockets accept connections.
+        Readiness(reactor, []).setServiceParent(top)
         return top
 
     if config.dev_upstream.enabled:
         from relayd.devupstream import make_site
 
         site = make_site(config.dev_upstream.outbox, reactor)
-        dev = strports.service(config.dev_upstream.endpoint, site, reactor=reactor)
+        dev = ListenerService(
+            parse_endpoint(reactor, config.dev_upstream.endpoint, "dev_upstream.endpoint"), site
+        )
         dev.setName("dev_upstream")
         dev.setServiceParent(top)
         top.endpoints["dev_upstream"] = f"dev_upstream ({config.dev_upstream.endpoint})"
+        listening_too = [*listening, dev]
+    else:
+        listening_too = listening
 
     # Last: the workers start once every listener of this process listens.
     workers = worker_count(config.server.workers)
+    pool = None
     if workers > 1:
         pool = WorkerPool(
             reactor,
@@ -441,6 +450,10 @@ def make_service(config: Config, reactor: Any, inherit_fds: tuple[int, ...] = ()
             worker_argv(os.path.abspath(config.path)),
             stop_timeout=stop_timeout + 5,
         )
-        pool.setServiceParent(top)
         reloader.pool = pool
+    # READY=1 to systemd once every listener (and every worker) listens;
+    # before the pool, which starts the workers with its NOTIFY_SOCKET.
+    Readiness(reactor, listening_too, pool).setServiceParent(top)
+    if pool is not None:
+        pool.setServiceParent(top)
     return top

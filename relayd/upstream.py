@@ -16,6 +16,7 @@ the reply's text.  Network problems never raise.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,7 @@ from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
 from relayd import __version__
+from relayd.config import ConfigError
 from relayd.dialects import get_dialect
 from relayd.dialects.base import HTTPRequest, retry_after_seconds
 from relayd.interfaces import IDialect
@@ -349,6 +351,18 @@ class _Exchange:
         self.timed_out = False
 
 
+def _is_ip_literal(host: str) -> bool:
+    """
+    @return: Whether C{host} is an IPv4 or IPv6 address (RFC 3986 section
+        3.2.2), not a name.
+    """
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _not_sent(error: BaseException) -> bool:
     """
     Whether a request that got no answer certainly never reached the
@@ -422,9 +436,17 @@ class _ParsedURI(EncodedURL):
     def parse(cls, url: str) -> _ParsedURI:
         """
         @param url: The configured C{upstream.url}.
-        @return: Its URI form (IRI host names IDNA-encoded, RFC 3987).
+        @return: Its URI form (IRI host names IDNA-encoded, RFC 3987; an
+            IP literal such as C{[::1]} as it is: hyperlink would
+            IDNA-encode it, and fail).
+        @raise ConfigError: The URL cannot be parsed.
         """
-        uri = EncodedURL.from_text(url).to_uri()
+        try:
+            uri = EncodedURL.from_text(url)
+            if not _is_ip_literal(uri.host):
+                uri = uri.to_uri()
+        except (ValueError, UnicodeError) as e:
+            raise ConfigError(f"upstream.url: {url!r}: {e}") from None
         parsed = cls.from_text(uri.to_text())
         assert isinstance(parsed, cls)
         return parsed

@@ -182,6 +182,8 @@ class WorkerPool(Service):
     @ivar count: How many workers to run besides the supervisor.
     @ivar argv: The worker's command line, without the file descriptors
         argument (appended here).
+    @ivar env: The workers' environment; C{None}: this process's
+        (L{relayd.sdnotify.Readiness} gives them their own C{NOTIFY_SOCKET}).
     @ivar stop_timeout: Seconds a stopping worker has to drain (finish its
         messages in flight and close its sessions) before it is killed.
     """
@@ -198,6 +200,7 @@ class WorkerPool(Service):
         self.listening = listening
         self.count = count
         self.argv = argv
+        self.env: dict[str, str] | None = None
         self.stop_timeout = stop_timeout
         self._fds: list[int] = []
         self.workers: dict[int, Any] = {}
@@ -234,7 +237,11 @@ class WorkerPool(Service):
         proto = _WorkerProtocol(self, index)
         try:
             self.workers[index] = self.reactor.spawnProcess(
-                proto, argv[0], argv, env=os.environ.copy(), childFDs=child_fds
+                proto,
+                argv[0],
+                argv,
+                env=dict(os.environ if self.env is None else self.env),
+                childFDs=child_fds,
             )
         except OSError:
             log.failure("could not start worker {index}; trying again", index=index)

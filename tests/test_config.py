@@ -59,7 +59,10 @@ class DefaultTests(SynchronousTestCase):
         self.config = parse_config(REQUIRED, "/etc/relayd/relayd.toml")
 
     def test_server_defaults(self) -> None:
-        self.assertEqual(attrs.asdict(self.config.server), {"hostname": "localhost", "workers": 1})
+        self.assertEqual(
+            attrs.asdict(self.config.server),
+            {"hostname": "localhost", "workers": 1, "proxy_networks": (), "proxy_timeout": 5.0},
+        )
 
     def test_listener_defaults(self) -> None:
         """
@@ -526,16 +529,20 @@ class ListenerTests(SynchronousTestCase):
             "r.toml: listeners[1].name: 'a' is used twice; give each listener a name",
         )
 
-    def test_haproxy_needs_one_worker(self) -> None:
+    def test_haproxy_needs_proxy_networks(self) -> None:
         """
-        The PROXY protocol endpoint cannot share its socket with workers.
+        A PROXY protocol endpoint needs the networks its headers are
+        accepted from (its own or the server's); it works with workers.
         """
         text = REQUIRED.replace('"tcp:2525"', '"haproxy:tcp:25"')
         self.assertEqual(
             refusal("[server]\nworkers = 2\n" + text),
-            "r.toml: listeners[0].endpoint: haproxy: listeners need server.workers = 1",
+            "r.toml: listeners[0].proxy_networks: a haproxy: listener needs the proxies'"
+            " networks (here or in server.proxy_networks)",
         )
-        self.assertEqual(parse_config(text).listeners[0].endpoint, "haproxy:tcp:25")
+        config = parse_config('[server]\nworkers = 2\nproxy_networks = ["10.0.0.0/8"]\n' + text)
+        self.assertEqual(config.listeners[0].endpoint, "haproxy:tcp:25")
+        self.assertEqual(config.listeners[0].proxy_networks, ("10.0.0.0/8",))
 
 
 class LoadTests(SynchronousTestCase):
