@@ -34,6 +34,7 @@ __all__ = [
     "ConfigError",
     "DevUpstreamConfig",
     "HeadersConfig",
+    "IdempotencyConfig",
     "LimitsConfig",
     "ListenerConfig",
     "ServerConfig",
@@ -213,6 +214,11 @@ class HeadersConfig:
     @ivar keep: Header patterns passed through to the upstream.
     @ivar strip: Header patterns never passed through (wins over C{keep}).
     @ivar keep_message_id: Pass C{Message-ID} through.
+    @ivar missing_from: A message without a From header field:
+        C{"reject"} refuses it (C{550 5.6.0}, RFC 5322 section 3.6.2);
+        C{"envelope"} adds C{From:} with the authenticated reverse-path, as
+        a submission server may (RFC 6409 section 8.1); a message with the
+        null reverse-path is refused either way.
     """
 
     tags: tuple[str, ...] = ("X-Tags",)
@@ -243,6 +249,25 @@ class HeadersConfig:
         "Delivered-To",
     )
     keep_message_id: bool = False
+    missing_from: Literal["reject", "envelope"] = "reject"
+
+
+@frozen
+class IdempotencyConfig:
+    """
+    The C{[idempotency]} table: how long relayd remembers what became of
+    each transaction's upstream request (L{relayd.idempotency}).
+
+    @ivar window: Seconds relayd keeps waiting for the upstream's answer
+        after the client was told C{451} at C{upstream.timeout}, and keeps
+        a retry of that message from being sent meanwhile; more than
+        C{upstream.timeout}.
+    @ivar max_records: Most idempotency records kept in memory; the
+        oldest written is dropped first.
+    """
+
+    window: float = 600.0
+    max_records: int = 100_000
 
 
 @frozen
@@ -276,6 +301,7 @@ class Config:
     upstream: UpstreamConfig = field(factory=UpstreamConfig)
     limits: LimitsConfig = field(factory=LimitsConfig)
     headers: HeadersConfig = field(factory=HeadersConfig)
+    idempotency: IdempotencyConfig = field(factory=IdempotencyConfig)
     dev_upstream: DevUpstreamConfig = field(factory=DevUpstreamConfig)
     path: str = ""
 
@@ -419,6 +445,13 @@ def _check(config: Config) -> Config:
     for limit in attrs.fields(LimitsConfig):
         if limit.type in (int, "int") and getattr(config.limits, limit.name) < 1:
             raise ConfigError(f"limits.{limit.name}: expected at least 1")
+    if config.idempotency.window <= config.upstream.timeout:
+        raise ConfigError(
+            "idempotency.window: expected more seconds than upstream.timeout"
+            f" ({config.upstream.timeout:g})"
+        )
+    if config.idempotency.max_records < 1:
+        raise ConfigError("idempotency.max_records: expected at least 1")
     if config.upstream.max_connections < 1:
         raise ConfigError("upstream.max_connections: expected at least 1")
     if not _HOSTNAME.fullmatch(config.server.hostname):

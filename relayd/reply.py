@@ -304,3 +304,16 @@ UPSTREAM_TOO_BIG = Reply(552, "5.3.4", FALLBACK_TOO_BIG)
 #: The upstream answered HTTP 429 (RFC 3463 X.7.1, temporary: the client
 #: may retry later).
 UPSTREAM_RATE_LIMITED = Reply(451, "4.7.1", FALLBACK_RATE)
+
+
+# -- delivery2: idempotent delivery (relayd.delivery) ----------------------
+
+#: A retry of a message whose first attempt is still open at the upstream
+#: (its idempotency key is claimed, no answer yet): nothing is sent; the
+#: client retries later and then gets the first attempt's outcome (RFC 3463
+#: X.3.0, temporary).
+FIRST_ATTEMPT_IN_FLIGHT = Reply(
+    451,
+    "4.3.0",
+    "The first attempt of this message is still being processed, try again later",
+)

@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from relayd.auth import make_portal
 from relayd.config import Config, ConfigError
 from relayd.delivery import Pipeline, make_avatar_factory
+from relayd.idempotency import OutcomeStore
 from relayd.smtp import AuthThrottle, ConnectionLimiter, DeliveryTracker, RelaySMTPFactory
 from relayd.tls import ServerTLS, ensure_self_signed, implicit_tls_factory
 from relayd.tokens import TokenStore
@@ -158,7 +159,21 @@ def make_service(config: Config, reactor: Any, inherit_fds: tuple[int, ...] = ()
 
     client = make_client(reactor, config.upstream)
     _UpstreamCloser(client).setServiceParent(top)
-    pipeline = Pipeline(client, config.headers, reactor, threads=reactor)
+    # The fleet's shared store (Redis) replaces this one where it is wired.
+    outcomes = OutcomeStore(
+        reactor,
+        max_entries=config.idempotency.max_records,
+        in_flight_window=config.idempotency.window,
+    )
+    pipeline = Pipeline(
+        client,
+        config.headers,
+        reactor,
+        threads=reactor,
+        store=outcomes,
+        timeout=config.upstream.timeout,
+        window=config.idempotency.window,
+    )
     portal = make_portal(store, make_avatar_factory(pipeline))
     limits = config.limits
     limiter = ConnectionLimiter(limits.max_connections, limits.max_connections_per_ip)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import enum
 import re
+import secrets
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -115,6 +116,8 @@ class RelaySMTP(Protocol):
         self._state = State.COMMAND
         self._counted = False
         self._pending = False
+        self._paused = False
+        self.session_id = secrets.token_hex(6)
         self._errors = 0
         self._auth_failures = 0
         self._messages = 0
@@ -295,9 +298,13 @@ class RelaySMTP(Protocol):
         """
         if self._state == State.CLOSED:
             return
-        self._arm_idle()
+        if not self._pending:
+            self._arm_idle()
         if not self.framing.feed(data):
             self.closing(R.LINE_TOO_LONG_CLOSING)
+            return
+        if self._pending:
+            self._hold_input()
             return
         self._process()
 
@@ -358,8 +365,10 @@ class RelaySMTP(Protocol):
     def _wait(self, d: defer.Deferred[Any]) -> None:
         """
         Hold further input until C{d} fires (RFC 2920 section 3.1: replies
-        in command order).  The transport is paused meanwhile, so a client
-        cannot make relayd buffer without bound.
+        in command order).  The transport is paused as soon as input is
+        buffered, so a client cannot make relayd buffer without bound; until
+        then reading goes on, so that a client that leaves (after the final
+        dot, say) is noticed by L{connectionLost} while relayd waits.
         """
         self._pending = True
         waiting = False
@@ -370,7 +379,9 @@ class RelaySMTP(Protocol):
                 self._timed_out(self._expire_after_reply)
             if not waiting or self._state == State.CLOSED:
                 return
-            self.transport.resumeProducing()
+            if self._paused:
+                self._paused = False
+                self.transport.resumeProducing()
             self._arm_idle()
             try:
                 self._process()
@@ -385,11 +396,20 @@ class RelaySMTP(Protocol):
         d.addErrback(failed).addBoth(done)
         if self._pending:
             waiting = True
-            self.transport.pauseProducing()
+            self._hold_input()
             # relayd is the one waiting: the client's idle timer stops.
             if self._idle_call is not None and self._idle_call.active():
                 self._idle_call.cancel()
             self._idle_call = None
+
+    def _hold_input(self) -> None:
+        """
+        While a command is pending, pause the transport once input waits
+        in the buffer.
+        """
+        if not self._paused and self.framing.buffer:
+            self._paused = True
+            self.transport.pauseProducing()
 
     # -- DATA --
 
@@ -436,11 +456,15 @@ class RelaySMTP(Protocol):
             # taken.
             refused = [r for r in results if r.code != 250]
             reply = refused[0] if refused else results[0]
-            if self._state == State.CLOSED and reply.code == 250:
+            if self._state == State.CLOSED:
                 log.warn(
                     "client {peer} left before the reply to a relayed message"
-                    " ({reply}); it may send the message again",
+                    " (session {session_id}: {code} {status} {reply}); it may send"
+                    " the message again",
                     peer=self.peer_ip,
+                    session_id=self.session_id,
+                    code=reply.code,
+                    status=reply.status,
                     reply=reply.text,
                 )
             self.send(reply)
