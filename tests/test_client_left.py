@@ -64,7 +64,7 @@ def leave_all(relayd: Relayd, messages: list[bytes]) -> None:
 class ClientLeftTests(TestCase):
     timeout = 60
 
-    def test_client_left_before_the_reply_is_logged(self) -> None:
+    def test_client_left_before_the_reply_is_logged(self) -> Deferred[None]:
         """
         20 clients send the final dot and close at once; the upstream
         answers a second later: 20 warnings, each with its session id and

@@ -270,9 +270,7 @@ class DeliveryPromiseTests(TestCase):
         if not case.honour_key:
             # relayd's own records answered the retries: one request each.
             requests = Counter(r.subject for r in upstream.requests)
-            self.assertEqual(
-                sorted(str(s) for s, n in requests.items() if n > 1), [], "sent again"
-            )
+            self.assertEqual(sorted(str(s) for s, n in requests.items() if n > 1), [], "sent again")
         log = self.relayd.logtext()[log_start:]
         self.assertNotIn("Traceback", log)
 
