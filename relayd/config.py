@@ -301,8 +301,8 @@ class Config:
     upstream: UpstreamConfig = field(factory=UpstreamConfig)
     limits: LimitsConfig = field(factory=LimitsConfig)
     headers: HeadersConfig = field(factory=HeadersConfig)
-    idempotency: IdempotencyConfig = field(factory=IdempotencyConfig)
     dev_upstream: DevUpstreamConfig = field(factory=DevUpstreamConfig)
+    idempotency: IdempotencyConfig = field(factory=IdempotencyConfig)
     path: str = ""
 
 
