@@ -41,9 +41,9 @@ from relayd.idempotency import OutcomeStore, content_digest, idempotency_key
 from relayd.interfaces import IOutcomeStore, ISubmission, ISubmissionMessage
 from relayd.message import Envelope, OutboundMessage, parse_message
 from relayd.reply import Refused, Reply
-from relayd.result import Accepted, InFlight, Outcome
+from relayd.result import Accepted, InFlight, NotSent, Outcome
 from relayd.tokens import TokenPolicy
-from relayd.upstream import UpstreamClient
+from relayd.upstream import PreparedRequest, UpstreamClient
 
 __all__ = [
     "Pipeline",
@@ -52,98 +52,6 @@ __all__ = [
 ]
 
 log = Logger()
-
-
-# -- SHIM(upstream2): remove at merge ----------------------------------------
-#
-# The upstream2 branch gives relayd.upstream.UpstreamClient prepare() and
-# post_prepared() and relayd.result NotSent.  Until it lands, _prepare and
-# _post_prepared fall back to today's client (encode, its private HTTP
-# helpers, plus the Idempotency-Key header and the deadline).  At merge:
-# import NotSent from relayd.result, call self.upstream.prepare(...) and
-# self.upstream.post_prepared(...) directly, and delete this section.
-
-try:
-    from relayd.result import NotSent  # type: ignore[attr-defined,unused-ignore]
-except ImportError:  # SHIM(upstream2)
-
-    @attrs.frozen
-    class NotSent:  # type: ignore[no-redef,unused-ignore]
-        """
-        SHIM(upstream2): the request certainly did not reach the upstream.
-        """
-
-        reply: Reply
-
-
-@attrs.frozen
-class _ShimRequest:
-    """
-    SHIM(upstream2): what C{UpstreamClient.prepare} returns.
-    """
-
-    body: bytes
-    headers: dict[str, list[str]]
-    size: int
-    idempotency_key: str | None
-
-
-def _prepare(upstream: Any, message: OutboundMessage, token: str, key: str) -> Any:
-    """
-    SHIM(upstream2): C{upstream.prepare(message, token, key)}.
-    """
-    prepare = getattr(upstream, "prepare", None)
-    if prepare is not None:
-        return prepare(message, token, key)
-    body = upstream.encode(message)
-    headers = upstream._headers(token)
-    headers["Idempotency-Key"] = [key]
-    return _ShimRequest(body, headers, len(body), key)
-
-
-async def _post_prepared(upstream: Any, request: Any, deadline: float) -> Any:
-    """
-    SHIM(upstream2): C{await upstream.post_prepared(request, deadline)}.
-    """
-    post_prepared = getattr(upstream, "post_prepared", None)
-    if post_prepared is not None:
-        return await post_prepared(request, deadline=deadline)
-    from twisted.internet.error import ConnectError
-
-    from relayd.upstream import MAX_ANSWER, _read_body
-
-    status: list[int] = []
-    answer = bytearray()
-
-    async def exchange() -> None:
-        response = await upstream.http.post(
-            upstream._url,
-            data=request.body,
-            headers=request.headers,
-            allow_redirects=False,
-            unbuffered=True,
-            reactor=upstream._reactor,
-        )
-        status.append(response.code)
-        await _read_body(response, answer, MAX_ANSWER)
-
-    d = defer.Deferred.fromCoroutine(exchange())
-    timer = upstream._reactor.callLater(deadline, d.cancel)
-    try:
-        await d
-    except ConnectError:
-        return NotSent(R.TEMPORARY_FAILURE)
-    except Exception as e:
-        if not status:
-            log.warn("upstream: no answer: {error}", error=type(e).__name__)
-            return R.TEMPORARY_FAILURE
-    finally:
-        if timer.active():
-            timer.cancel()
-    return upstream._result(status[0], bytes(answer))
-
-
-# -- end of SHIM(upstream2) ---------------------------------------------------
 
 
 def _printable(text: str, limit: int = 64) -> str:
@@ -273,7 +181,7 @@ class Pipeline:
             key = idempotency_key(
                 policy.name, envelope.mail_from, envelope.rcpt_to, message_id(data), digest
             )
-            request = _prepare(self.upstream, message, token, key)
+            request = self.upstream.prepare(message, token, key)
             sent = _Sent(
                 key,
                 policy.name,
@@ -336,7 +244,7 @@ class Pipeline:
         )
         return earlier
 
-    async def _answer(self, request: Any, sent: _Sent) -> Reply:
+    async def _answer(self, request: PreparedRequest, sent: _Sent) -> Reply:
         """
         Send the claimed request; answer the client with its result, or
         with C{451 4.3.0} after L{timeout} seconds while the request goes
@@ -372,13 +280,15 @@ class Pipeline:
         sending.addCallback(done).addErrback(failed)
         return await answered
 
-    async def _send(self, request: Any, sent: _Sent, in_time: Callable[[], bool]) -> Reply:
+    async def _send(
+        self, request: PreparedRequest, sent: _Sent, in_time: Callable[[], bool]
+    ) -> Reply:
         """
         POST the request, record its outcome under its key, and say what
         the client is told (if it still waits: C{in_time()}).
         """
         try:
-            result = await _post_prepared(self.upstream, request, self.window)
+            result = await self.upstream.post_prepared(request, deadline=self.window)
         except Exception:
             log.failure("sending message {key} failed", key=sent.key)
             await self._record(self.store.release(sent.key))

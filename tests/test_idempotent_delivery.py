@@ -18,18 +18,14 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from relayd import delivery
 from relayd import reply as R
 from relayd.config import HeadersConfig
 from relayd.delivery import Pipeline, RelayDelivery, message_id
 from relayd.idempotency import OutcomeStore, content_digest, idempotency_key
 from relayd.message import OutboundMessage
 from relayd.reply import Reply
-from relayd.result import Accepted, InFlight, UpstreamResult
+from relayd.result import Accepted, InFlight, NotSent, UpstreamResult
 from relayd.tokens import TokenPolicy
-
-# SHIM(upstream2): at merge, import NotSent from relayd.result instead.
-NotSent: Any = getattr(delivery, "NotSent")  # noqa: B009
 
 MESSAGE = (
     b"From: Ann <ann@example.com>\r\nTo: bob@example.net\r\nSubject: hello\r\n"
