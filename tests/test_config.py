@@ -165,6 +165,7 @@ class DefaultTests(SynchronousTestCase):
                     "Delivered-To",
                 ),
                 "keep_message_id": False,
+                "missing_from": "reject",
             },
         )
 
