@@ -35,6 +35,7 @@ __all__ = [
     "ConfigError",
     "DevUpstreamConfig",
     "HeadersConfig",
+    "IdempotencyConfig",
     "LimitsConfig",
     "ListenerConfig",
     "PolicyConfig",
@@ -340,6 +341,11 @@ class HeadersConfig:
         C{from_placeholder} as its From (enKod's C{EMPTY-FROM}).
     @ivar from_placeholder: The From given to the upstream for an invalid
         From with C{invalid_from = "placeholder"}.
+    @ivar missing_from: A message without a From header field:
+        C{"reject"} refuses it (C{550 5.6.0}, RFC 5322 section 3.6.2);
+        C{"envelope"} adds C{From:} with the authenticated reverse-path, as
+        a submission server may (RFC 6409 section 8.1); a message with the
+        null reverse-path is refused either way.
     """
 
     tags: tuple[str, ...] = ("X-Tags",)
@@ -374,6 +380,25 @@ class HeadersConfig:
     stream_defaults: tuple[StreamDefaultsConfig, ...] = ()
     invalid_from: Literal["refuse", "placeholder"] = "refuse"
     from_placeholder: str = "EMPTY-FROM"
+    missing_from: Literal["reject", "envelope"] = "reject"
+
+
+@frozen
+class IdempotencyConfig:
+    """
+    The C{[idempotency]} table: how long relayd remembers what became of
+    each transaction's upstream request (L{relayd.idempotency}).
+
+    @ivar window: Seconds relayd keeps waiting for the upstream's answer
+        after the client was told C{451} at C{upstream.timeout}, and keeps
+        a retry of that message from being sent meanwhile; more than
+        C{upstream.timeout}.
+    @ivar max_records: Most idempotency records kept in memory; the
+        oldest written is dropped first.
+    """
+
+    window: float = 600.0
+    max_records: int = 100_000
 
 
 @frozen
@@ -409,6 +434,7 @@ class Config:
     headers: HeadersConfig = field(factory=HeadersConfig)
     dev_upstream: DevUpstreamConfig = field(factory=DevUpstreamConfig)
     replies: dict[str, str] = field(factory=dict)
+    idempotency: IdempotencyConfig = field(factory=IdempotencyConfig)
     path: str = ""
 
 
@@ -579,6 +605,13 @@ def _check(config: Config) -> Config:
         if limit.type in (int, "int") and getattr(config.limits, limit.name) < 1:
             raise ConfigError(f"limits.{limit.name}: expected at least 1")
     _check_limits(config)
+    if config.idempotency.window <= config.upstream.timeout:
+        raise ConfigError(
+            "idempotency.window: expected more seconds than upstream.timeout"
+            f" ({config.upstream.timeout:g})"
+        )
+    if config.idempotency.max_records < 1:
+        raise ConfigError("idempotency.max_records: expected at least 1")
     if config.upstream.max_connections < 1:
         raise ConfigError("upstream.max_connections: expected at least 1")
     if not _HOSTNAME.fullmatch(config.server.hostname):

@@ -420,3 +420,16 @@ def auth_throttled(retry_after: float) -> Reply:
         "4.7.0",
         f"Too many failed authentication attempts, try again in {seconds} seconds",
     )
+
+
+# -- delivery2: idempotent delivery (relayd.delivery) ----------------------
+
+#: A retry of a message whose first attempt is still open at the upstream
+#: (its idempotency key is claimed, no answer yet): nothing is sent; the
+#: client retries later and then gets the first attempt's outcome (RFC 3463
+#: X.3.0, temporary).
+FIRST_ATTEMPT_IN_FLIGHT = Reply(
+    451,
+    "4.3.0",
+    "The first attempt of this message is still being processed, try again later",
+)

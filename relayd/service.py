@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from relayd.auth import make_auth_portal
 from relayd.config import Config, ConfigError
 from relayd.delivery import Pipeline, make_avatar_factory
+from relayd.idempotency import OutcomeStore
 from relayd.listeners import ListenerService, listener_service, parse_endpoint
 from relayd.policy import MessageRates
 from relayd.replytexts import ReplyTexts
@@ -358,6 +359,12 @@ def make_service(config: Config, reactor: Any, inherit_fds: tuple[int, ...] = ()
 
     client = make_client(reactor, config.upstream)
     _UpstreamCloser(client).setServiceParent(top)
+    # The fleet's shared store (Redis) replaces this one where it is wired.
+    outcomes = OutcomeStore(
+        reactor,
+        max_entries=config.idempotency.max_records,
+        in_flight_window=config.idempotency.window,
+    )
     pipeline = Pipeline(
         client,
         config.headers,
@@ -365,6 +372,9 @@ def make_service(config: Config, reactor: Any, inherit_fds: tuple[int, ...] = ()
         threads=reactor,
         rates=MessageRates(reactor),
         revoke_on_upstream_refusal=config.auth.backend == "passthrough",
+        store=outcomes,
+        timeout=config.upstream.timeout,
+        window=config.idempotency.window,
     )
     portal = make_auth_portal(
         config.auth,

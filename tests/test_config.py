@@ -182,6 +182,7 @@ class DefaultTests(SynchronousTestCase):
                     "Delivered-To",
                 ),
                 "keep_message_id": False,
+                "missing_from": "reject",
             },
         )
 

@@ -122,7 +122,7 @@ class DeliveryTests(SynchronousTestCase):
         def broken(*a: object) -> None:
             raise RuntimeError("boom")
 
-        self.pipeline.upstream.post = broken  # type: ignore[method-assign,assignment]
+        self.pipeline.store.claim = broken  # type: ignore[method-assign,assignment]
         reply = self.transact(self.avatar(), ["bob@example.net"])
         self.assertEqual(reply, Reply(451, "4.3.0", "Local error in processing, try again later"))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)

@@ -10,12 +10,16 @@ relays 100 messages sent over 20 concurrent STARTTLS sessions by
 L{tests.mtaclient}, which retries C{4xx} replies as an MTA does.  The
 upstream honours the key; the daemon's upstream timeout is 1 second.
 
-Modes today's relayd is known to fail (it sends no idempotency key, so an
-upstream that took a message whose answer was lost takes it again on the
-retry) are marked C{xfail(strict=False)}: C{slow} and C{reset_after_read}.
-C{close_after_each} passes: the request written on a pooled connection
-the upstream has closed is never read by it, so relayd's 451 and the
-client's retry lose and duplicate nothing.
+relayd names every transaction with an idempotency key, sends it as
+C{Idempotency-Key}, and records each key's outcome: so the faults that lose
+an answer after the upstream took the message (C{slow}: the answer comes
+after relayd's upstream timeout; C{reset_after_read}) lose and duplicate
+nothing.  C{slow} also runs against an upstream that ignores the key
+(C{slow_key_ignored}): relayd's own record of the late answer must answer
+the retry with the first id, sending nothing.  C{close_after_each}: the
+request written on a pooled connection the upstream has closed is never
+read by it, so relayd's 451 and the client's retry lose and duplicate
+nothing.
 """
 
 from __future__ import annotations
@@ -160,32 +164,36 @@ class Case:
     @ivar upstream: Further L{FaultUpstream} arguments.
     @ivar down_for: For C{down}: seconds before the upstream comes up.
     @ivar known_failure: Why today's relayd breaks the promise, or C{None}.
+    @ivar honour_key: The upstream answers a repeated C{Idempotency-Key}
+        with the first id.
+    @ivar name: The test's name, C{test_<name>}; the mode by default.
     """
 
     mode: str
     upstream: dict[str, Any] = attrs.field(factory=dict)
     down_for: float = 0.0
     known_failure: str | None = None
+    honour_key: bool = True
+    name: str = ""
 
-
-NO_KEY = (
-    "relayd sends no Idempotency-Key yet: the upstream took the first try, "
-    "its answer was lost, and the client's retry is taken again"
-)
 
 CASES = [
     Case("ok"),
     Case("down", down_for=1.5),
+    # Answers after relayd's upstream timeout: the client's 451 and retry
+    # meet relayd's record (in flight, then accepted) and the key.
+    Case("slow", {"delay": UPSTREAM_TIMEOUT + 0.5, "fault_first": 1}),
+    # The same, and the upstream ignores the key: relayd's record alone
+    # must keep the retry from being sent.
     Case(
         "slow",
         {"delay": UPSTREAM_TIMEOUT + 0.5, "fault_first": 1},
-        known_failure="answers after relayd's upstream timeout; " + NO_KEY,
+        honour_key=False,
+        name="slow_key_ignored",
     ),
-    Case(
-        "reset_after_read",
-        {"fault_first": 1},
-        known_failure="the connection is reset after the upstream recorded the message; " + NO_KEY,
-    ),
+    # The upstream recorded the message, then reset the connection: the
+    # retry is sent again with the same key, which the upstream honours.
+    Case("reset_after_read", {"fault_first": 1}),
     Case("reset_before", {"fault_every": 3}),
     Case("5xx", {"fault_first": 1}),
     Case("429", {"fault_first": 1}),
@@ -219,7 +227,11 @@ class DeliveryPromiseTests(TestCase):
 
     async def promise(self, case: Case) -> None:
         upstream = FaultUpstream(
-            reactor, case.mode, port=self.upstream_port, honour_key=True, **case.upstream
+            reactor,
+            case.mode,
+            port=self.upstream_port,
+            honour_key=case.honour_key,
+            **case.upstream,
         )
         upstream.start()
         self.addCleanup(upstream.stop)
@@ -246,6 +258,19 @@ class DeliveryPromiseTests(TestCase):
         undelivered = [(subject[r.index], r.attempts) for r in results if r.final.code != 250]
         self.assertEqual(undelivered, [], "not delivered within the retry bounds")
         self.assertEqual(sorted(str(s) for s in recorded), sorted(subject))
+        # Every 250 names the id the upstream gave the one recorded copy.
+        ids = {r.subject: r.upstream_id for r in upstream.accepted}
+        wrong_id = [
+            (subject[r.index], r.final.text)
+            for r in results
+            if "queued as" in r.final.text
+            and not r.final.text.endswith(f"queued as {ids[subject[r.index]]}")
+        ]
+        self.assertEqual(wrong_id, [], "250 without the recorded upstream id")
+        if not case.honour_key:
+            # relayd's own records answered the retries: one request each.
+            requests = Counter(r.subject for r in upstream.requests)
+            self.assertEqual(sorted(str(s) for s, n in requests.items() if n > 1), [], "sent again")
         log = self.relayd.logtext()[log_start:]
         self.assertNotIn("Traceback", log)
 
@@ -254,9 +279,11 @@ def _case_test(case: Case) -> Callable[[DeliveryPromiseTests], Deferred[None]]:
     def test(self: DeliveryPromiseTests) -> Deferred[None]:
         return Deferred.fromCoroutine(self.promise(case))
 
-    test.__name__ = f"test_{case.mode}"
+    test.__name__ = f"test_{case.name or case.mode}"
     test.__doc__ = (
-        f"Upstream mode {case.mode}: {MESSAGES} messages over {SESSIONS} sessions; every 250 "
+        f"Upstream mode {case.mode}"
+        + ("" if case.honour_key else ", Idempotency-Key ignored")
+        + f": {MESSAGES} messages over {SESSIONS} sessions; every 250 "
         "is recorded upstream, none is recorded twice, all are delivered."
     )
     if case.known_failure is not None:
@@ -265,4 +292,4 @@ def _case_test(case: Case) -> Callable[[DeliveryPromiseTests], Deferred[None]]:
 
 
 for _case in CASES:
-    setattr(DeliveryPromiseTests, f"test_{_case.mode}", _case_test(_case))
+    setattr(DeliveryPromiseTests, f"test_{_case.name or _case.mode}", _case_test(_case))

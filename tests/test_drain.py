@@ -25,7 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from relayd.service import SessionCloser
 from relayd.smtp.guards import DeliveryTracker
 from relayd.workers import SupervisorWatch
-from tests.test_e2e import SIMPLE, TOKEN, Daemon
+from tests.test_e2e import TOKEN, Daemon, distinct
 
 MESSAGES = 20
 BIG = 5 * 1024 * 1024
@@ -97,10 +97,10 @@ def send_one(daemon: Daemon, index: int, replies: dict[int, Any]) -> None:
     One client: STARTTLS for even C{index}, implicit TLS for odd; message 0
     is 5 MB.  Records the reply to the end of data, or the exception.
     """
-    body = SIMPLE
+    body = distinct()
     if index == 0:
         line = b"x" * 998 + b"\r\n"
-        body = SIMPLE + line * (BIG // len(line))
+        body += line * (BIG // len(line))
     try:
         client = daemon.starttls() if index % 2 == 0 else daemon.implicit()
         client.timeout = 60

@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 import unittest
+import uuid
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -31,6 +32,16 @@ ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "e2e-token-not-a-secret"
 OTHER_TOKEN = "e2e-second-token-not-a-secret"
 SIMPLE = b"From: a@example.com\r\nTo: b@example.net\r\nSubject: x\r\n\r\nbody\r\n"
+
+
+def distinct() -> bytes:
+    """
+    L{SIMPLE} with a C{Message-ID} of its own: the same bytes in the same
+    envelope are one message to relayd (its idempotency key: a retry), so
+    a test that means several messages sends distinct ones.
+    """
+    mid = f"Message-ID: <{uuid.uuid4().hex}@e2e.test>\r\n".encode()
+    return SIMPLE.replace(b"\r\n\r\n", b"\r\n" + mid + b"\r\n", 1)
 
 
 def free_port() -> int:
@@ -300,7 +311,7 @@ class EndToEndTests(unittest.TestCase):
                         "PLAIN " + __import__("base64").b64encode(f"\0\0{TOKEN}".encode()).decode(),
                     )
                     self.assertEqual(code, 235)
-                refused = client.sendmail("a@example.com", ["b@example.net"], SIMPLE)
+                refused = client.sendmail("a@example.com", ["b@example.net"], distinct())
                 self.assertEqual(refused, {})
         self.assertEqual(len(self.upstream.requests), 3)
 
@@ -344,7 +355,7 @@ class EndToEndTests(unittest.TestCase):
             with self.daemon.implicit() as client:
                 client.login("apikey", TOKEN)
                 with self.assertRaises(smtplib.SMTPDataError) as e:
-                    client.sendmail("a@example.com", ["b@example.net"], SIMPLE)
+                    client.sendmail("a@example.com", ["b@example.net"], distinct())
                 self.assertEqual(e.exception.smtp_code, code, status)
                 if text is not None:
                     self.assertEqual(e.exception.smtp_error, text)
@@ -604,7 +615,7 @@ class WorkerTests(unittest.TestCase):
                 with daemon.implicit() as client:
                     client.login("apikey", TOKEN)
                     self.assertEqual(
-                        client.sendmail("a@example.com", ["b@example.net"], SIMPLE), {}
+                        client.sendmail("a@example.com", ["b@example.net"], distinct()), {}
                     )
             self.assertEqual(len(upstream.requests), 6)
         finally:

@@ -34,7 +34,7 @@ from relayd.workers import (
     worker_argv,
     worker_count,
 )
-from tests.test_e2e import SIMPLE, TOKEN, Daemon, Upstream, children
+from tests.test_e2e import TOKEN, Daemon, Upstream, children, distinct
 
 ARGV = ["/usr/bin/python3", "-m", "twisted", "relayd", "--config", "/etc/relayd/relayd.toml"]
 
@@ -420,7 +420,7 @@ class RestartEndToEndTests(unittest.TestCase):
                 with daemon.implicit() as client:
                     client.login("apikey", TOKEN)
                     self.assertEqual(
-                        client.sendmail("a@example.com", ["b@example.net"], SIMPLE), {}
+                        client.sendmail("a@example.com", ["b@example.net"], distinct()), {}
                     )
             self.assertEqual(len(upstream.requests), 6)
             self.assertIn("worker 0 ended", daemon.logtext())

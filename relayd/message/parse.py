@@ -56,7 +56,9 @@ def parse_message(data: bytes, envelope: Envelope, policy: HeadersConfig) -> Out
     @return: The message as the upstream should receive it.
     @rtype: L{OutboundMessage}
     @raise relayd.reply.Refused: C{550 5.6.0} when the From header field is
-        missing or unusable (RFC 5322 section 3.6.2) or a limit of
+        missing (unless C{policy.missing_from} is C{"envelope"} and the
+        reverse-path is not null: then C{From:} is the reverse-path, also
+        prepended to C{raw}) or unusable (RFC 5322 section 3.6.2) or a limit of
         L{relayd.message.mime} or L{relayd.message.addresses} is exceeded;
         C{550 5.7.1} when the policy refuses the message (a stream not
         allowed, a required header missing).
@@ -65,6 +67,12 @@ def parse_message(data: bytes, envelope: Envelope, policy: HeadersConfig) -> Out
     top = structure.read_entity(data, 0, len(data), 0, ())
     fields = sort_fields(top.headers, policy)
     represented = fields.represented
+    raw = data
+    if "from" not in represented and policy.missing_from == "envelope" and envelope.mail_from:
+        # RFC 6409 section 8.1: a submission server may add From from the
+        # authenticated reverse-path.
+        represented["from"] = [envelope.mail_from]
+        raw = b"From: " + envelope.mail_from.encode("utf-8") + b"\r\n" + data
     authors = read_authors(represented)
     check_required(fields.required, policy)
     stream = read_stream(fields.streams, policy)
@@ -89,7 +97,7 @@ def parse_message(data: bytes, envelope: Envelope, policy: HeadersConfig) -> Out
         track=read_track(fields.tracking),
         list_unsubscribe=first_text(fields.unsubscribe),
         metadata=tuple(fields.metadata),
-        raw=data,
+        raw=raw,
         raw_only=structure.raw_only,
         mapped=tuple(fields.mapped),
         stripped=tuple(fields.stripped),

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import enum
 import re
+import secrets
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -125,6 +126,7 @@ class RelaySMTP(Protocol):
         self._state = State.COMMAND
         self._counted = False
         self._pending = False
+        self.session_id = secrets.token_hex(6)
         self._errors = 0
         self._auth_failures = 0
         self._messages = 0
@@ -352,7 +354,7 @@ class RelaySMTP(Protocol):
                 log.info("closing session from {peer}: DATA too slow", peer=self.peer_ip)
                 self.closing(R.DATA_TOO_SLOW)
                 return
-        elif not self.framing.buffer and not self.framing.discarding:
+        elif not self._pending and not self.framing.buffer and not self.framing.discarding:
             # A command line must be whole within the idle timeout from
             # its first byte: later packets do not restart the timer.
             self._arm_idle()
@@ -360,6 +362,9 @@ class RelaySMTP(Protocol):
             self.closing(R.LINE_TOO_LONG_CLOSING)
             return
         self.flow.received(len(self.framing.buffer))
+        if self._pending:
+            self._hold_input()
+            return
         self._process()
 
     def _process(self) -> None:
@@ -438,8 +443,10 @@ class RelaySMTP(Protocol):
     def _wait(self, d: defer.Deferred[Any]) -> None:
         """
         Hold further input until C{d} fires (RFC 2920 section 3.1: replies
-        in command order).  The transport is paused meanwhile, so a client
-        cannot make relayd buffer without bound.
+        in command order).  The transport is paused as soon as input is
+        buffered, so a client cannot make relayd buffer without bound; until
+        then reading goes on, so that a client that leaves (after the final
+        dot, say) is noticed by L{connectionLost} while relayd waits.
         """
         self._pending = True
         waiting = False
@@ -465,11 +472,20 @@ class RelaySMTP(Protocol):
         d.addErrback(failed).addBoth(done)
         if self._pending:
             waiting = True
-            self.gate.hold(WAITING)
+            self._hold_input()
             # relayd is the one waiting: the client's idle timer stops.
             if self._idle_call is not None and self._idle_call.active():
                 self._idle_call.cancel()
             self._idle_call = None
+
+    def _hold_input(self) -> None:
+        """
+        While a command is pending, stop reading once input waits in the
+        buffer (RFC 2920 order).  With nothing buffered, reading goes on, so
+        that a client that leaves while the upstream decides is noticed.
+        """
+        if self.framing.buffer:
+            self.gate.hold(WAITING)
 
     # -- DATA --
 
@@ -520,11 +536,15 @@ class RelaySMTP(Protocol):
             # taken.
             refused = [r for r in results if r.code != 250]
             reply = refused[0] if refused else results[0]
-            if self._state == State.CLOSED and reply.code == 250:
+            if self._state == State.CLOSED:
                 log.warn(
                     "client {peer} left before the reply to a relayed message"
-                    " ({reply}); it may send the message again",
+                    " (session {session_id}: {code} {status} {reply}); it may send"
+                    " the message again",
                     peer=self.peer_ip,
+                    session_id=self.session_id,
+                    code=reply.code,
+                    status=reply.status,
                     reply=reply.text,
                 )
             self.send(reply)

@@ -1,0 +1,231 @@
+"""
+Tests for the idempotent delivery of L{relayd.delivery.Pipeline}: every
+transaction is claimed under its idempotency key before it is sent, a late
+answer is recorded for the retry, and a retry is answered from the record.
+
+Units on a L{Clock} with a fake upstream client that implements the
+C{prepare} / C{post_prepared} contract of L{relayd.upstream.UpstreamClient}
+and answers only when the test says so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
+from twisted.trial.unittest import SynchronousTestCase
+
+from relayd import reply as R
+from relayd.config import HeadersConfig
+from relayd.delivery import Pipeline, RelayDelivery, message_id
+from relayd.idempotency import OutcomeStore, content_digest, idempotency_key
+from relayd.message import OutboundMessage
+from relayd.reply import Reply
+from relayd.result import Accepted, InFlight, NotSent, UpstreamResult
+from relayd.tokens import TokenPolicy
+
+MESSAGE = (
+    b"From: Ann <ann@example.com>\r\nTo: bob@example.net\r\nSubject: hello\r\n"
+    b"Message-ID: <m1@example.com>\r\n\r\nbody\r\n"
+)
+TIMEOUT = 30.0
+WINDOW = 600.0
+
+
+@attrs.frozen
+class Prepared:
+    """
+    What L{FakeClient.prepare} returns (the C{PreparedRequest} contract).
+    """
+
+    body: bytes
+    headers: dict[str, list[str]]
+    size: int
+    idempotency_key: str | None
+
+
+class FakeClient:
+    """
+    An upstream client whose requests stay open until the test answers
+    them with L{answer}.
+
+    @ivar requests: C{(request, deadline)} of every C{post_prepared} call.
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[Prepared, float | None]] = []
+        self._open: list[Deferred[UpstreamResult]] = []
+
+    def prepare(self, message: OutboundMessage, token: str, key: str | None) -> Prepared:
+        body = message.subject.encode()
+        return Prepared(body, {"Idempotency-Key": [key or ""]}, len(body), key)
+
+    def post_prepared(
+        self, request: Prepared, deadline: float | None = None
+    ) -> Deferred[UpstreamResult]:
+        self.requests.append((request, deadline))
+        d: Deferred[UpstreamResult] = Deferred()
+        self._open.append(d)
+        return d
+
+    def answer(self, result: Any) -> None:
+        """
+        Answer the oldest open request.
+        """
+        self._open.pop(0).callback(result)
+
+
+class IdempotentDeliveryTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.client = FakeClient()
+        self.store = OutcomeStore(self.clock, in_flight_window=WINDOW)
+        self.pipeline = Pipeline(
+            self.client,  # type: ignore[arg-type]
+            HeadersConfig(),
+            self.clock,
+            store=self.store,
+            timeout=TIMEOUT,
+            window=WINDOW,
+        )
+        self.avatar = RelayDelivery("tok-1", TokenPolicy("web"), self.pipeline)
+
+    def submit(self, data: bytes = MESSAGE, rcpt: str = "bob@example.net") -> Deferred[Reply]:
+        """
+        One transaction from C{ann@example.com}; the reply's Deferred.
+        """
+        self.avatar.validateFrom(None, "ann@example.com")
+        message = self.avatar.validateTo(rcpt)()
+        message.bodyReceived(data)
+        return message.eomReceived()
+
+    def key(self, data: bytes = MESSAGE) -> str:
+        return idempotency_key(
+            "web", "ann@example.com", ["bob@example.net"], message_id(data), content_digest(data)
+        )
+
+    def test_request_carries_the_key_and_the_window(self) -> None:
+        """
+        The request is prepared with the transaction's idempotency key
+        (token name, envelope, Message-ID, digest) and posted with the
+        window as its deadline.
+        """
+        d = self.submit()
+        ((request, deadline),) = self.client.requests
+        self.assertEqual(request.idempotency_key, self.key())
+        self.assertEqual(deadline, WINDOW)
+        self.client.answer(Accepted("up-1"))
+        self.assertEqual(self.successResultOf(d), R.queued("up-1"))
+        self.assertEqual(self.successResultOf(self.store.lookup(self.key())), Accepted("up-1"))
+
+    def test_retry_while_in_flight_gets_451_and_sends_nothing(self) -> None:
+        """
+        A retry while the first attempt is open gets C{451 4.3.0} saying
+        so, and no second request.
+        """
+        first = self.submit()
+        self.assertNoResult(first)
+        self.assertEqual(
+            self.successResultOf(self.submit()),
+            Reply(
+                451,
+                "4.3.0",
+                "The first attempt of this message is still being processed, try again later",
+            ),
+        )
+        self.assertEqual(len(self.client.requests), 1)
+
+    def test_timeout_answers_451_and_keeps_waiting(self) -> None:
+        """
+        After C{upstream.timeout} seconds the client gets C{451 4.3.0};
+        the request is not cancelled, and its late acceptance is recorded.
+        A retry then gets C{250} with the original id and sends nothing.
+        """
+        first = self.submit()
+        self.clock.advance(TIMEOUT)
+        self.assertEqual(self.successResultOf(first), R.TEMPORARY_FAILURE)
+        self.assertIsInstance(self.successResultOf(self.store.lookup(self.key())), InFlight)
+        self.clock.advance(100)
+        with capturedLogs() as events:
+            self.client.answer(Accepted("up-late"))
+        self.assertIn("late", "".join(str(e.get("late", "")) for e in events))
+        retry = self.successResultOf(self.submit())
+        self.assertEqual(retry, Reply(250, "2.0.0", "Ok: queued as up-late"))
+        self.assertEqual(len(self.client.requests), 1)
+
+    def test_permanent_refusal_is_replayed(self) -> None:
+        """
+        A permanent refusal that came after the timeout is given to the
+        retry, which sends nothing.
+        """
+        refusal = Reply(550, "5.7.1", "Sender domain not verified")
+        first = self.submit()
+        self.clock.advance(TIMEOUT)
+        self.assertEqual(self.successResultOf(first), R.TEMPORARY_FAILURE)
+        self.client.answer(refusal)
+        self.assertEqual(self.successResultOf(self.submit()), refusal)
+        self.assertEqual(len(self.client.requests), 1)
+
+    def test_permanent_refusal_in_time(self) -> None:
+        refusal = Reply(552, "5.3.4", "Message too big")
+        first = self.submit()
+        self.client.answer(refusal)
+        self.assertEqual(self.successResultOf(first), refusal)
+        self.assertEqual(self.successResultOf(self.store.lookup(self.key())), refusal)
+
+    def test_not_sent_releases_the_key(self) -> None:
+        """
+        A request that certainly did not reach the upstream releases the
+        key: the retry is sent at once.
+        """
+        first = self.submit()
+        self.client.answer(NotSent(R.TEMPORARY_FAILURE))
+        self.assertEqual(self.successResultOf(first), R.TEMPORARY_FAILURE)
+        self.assertIsNone(self.successResultOf(self.store.lookup(self.key())))
+        retry = self.submit()
+        self.assertEqual(len(self.client.requests), 2)
+        self.client.answer(Accepted("up-2"))
+        self.assertEqual(self.successResultOf(retry), R.queued("up-2"))
+
+    def test_late_temporary_failure_releases_the_key(self) -> None:
+        """
+        A temporary failure (even after the timeout) releases the key.
+        """
+        first = self.submit()
+        self.clock.advance(TIMEOUT)
+        self.successResultOf(first)
+        self.client.answer(R.UPSTREAM_RATE_LIMITED)
+        self.assertIsNone(self.successResultOf(self.store.lookup(self.key())))
+        self.submit()
+        self.assertEqual(len(self.client.requests), 2)
+
+    def test_other_message_other_key(self) -> None:
+        """
+        Another recipient or another Message-ID is another transaction:
+        both are sent.
+        """
+        self.submit()
+        self.submit(rcpt="cy@example.org")
+        self.submit(MESSAGE.replace(b"m1@", b"m2@"))
+        keys = {request.idempotency_key for request, _ in self.client.requests}
+        self.assertEqual(len(keys), 3)
+
+    def test_refused_by_relayd_claims_nothing(self) -> None:
+        """
+        A message relayd itself refuses (no From) is neither sent nor
+        recorded.
+        """
+        reply = self.successResultOf(self.submit(b"Subject: x\r\n\r\nbody\r\n"))
+        self.assertEqual(reply, R.NO_FROM_HEADER)
+        self.assertEqual(len(self.store), 0)
+        self.assertEqual(self.client.requests, [])
+
+
+class MessageIdTests(SynchronousTestCase):
+    def test_message_id_of_the_top_level_header(self) -> None:
+        self.assertEqual(message_id(MESSAGE), "<m1@example.com>")
+        self.assertEqual(message_id(b"message-id:\r\n <a@b>\r\n\r\n"), "<a@b>")
+        self.assertIsNone(message_id(b"Subject: x\r\n\r\nMessage-ID: <body@x>\r\n"))
