@@ -218,3 +218,27 @@ transport.sendMail({{
                 client.login("apikey", "wrong")
         self.assertEqual(caught.exception.smtp_code, 535)
         self.assertEqual(caught.exception.smtp_error, b"5.7.8 Authentication credentials invalid")
+
+
+class TroubleshootingTests(unittest.TestCase):
+    """
+    C{docs/troubleshooting.md} covers every reply named in L{relayd.reply}.
+    """
+
+    def test_every_named_reply_is_documented(self) -> None:
+        import inspect
+
+        from relayd import reply
+
+        doc = (Path(__file__).resolve().parents[1] / "docs" / "troubleshooting.md").read_text()
+        missing = []
+        for name, value in vars(reply).items():
+            if isinstance(value, reply.Reply):
+                if f"[{name}]" not in doc or f"{value.code}" not in doc:
+                    missing.append(name)
+            elif name.startswith("FALLBACK_") and f"[{name}]" not in doc:
+                missing.append(name)
+            elif inspect.isfunction(value) and value.__module__ == reply.__name__:
+                if f"({name})" not in doc:
+                    missing.append(name)
+        self.assertEqual(missing, [])
