@@ -82,6 +82,9 @@ TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again late
 IDLE_TIMEOUT = Reply(421, "4.4.2", "Timeout exceeded, closing connection")
 SESSION_LIFETIME_EXCEEDED = Reply(421, "4.4.2", "Session lifetime exceeded, closing connection")
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
+#: The daemon is stopping (RFC 5321 section 3.8; RFC 3463 X.3.2: system not
+#: accepting network messages).
+SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, closing connection")
 LINE_TOO_LONG_CLOSING = Reply(421, "4.7.0", "Line too long, closing connection")
 LOCAL_ERROR_CLOSING = Reply(421, "4.3.0", "Local error, closing connection")
 IMPROPER_PIPELINING = Reply(421, "4.5.0", "Improper pipelining after DATA, closing connection")
@@ -304,3 +307,24 @@ UPSTREAM_TOO_BIG = Reply(552, "5.3.4", FALLBACK_TOO_BIG)
 #: The upstream answered HTTP 429 (RFC 3463 X.7.1, temporary: the client
 #: may retry later).
 UPSTREAM_RATE_LIMITED = Reply(451, "4.7.1", FALLBACK_RATE)
+
+
+# -- upstream2: retry hints of the upstream (relayd.upstream) ---------------
+
+
+def upstream_retry_after(status: int, seconds: int) -> Reply:
+    """
+    The reply to an upstream C{429} or C{503} that said when to come back
+    (C{Retry-After}, RFC 9110 section 10.2.3): C{451 4.7.1} (RFC 3463 X.7.1,
+    temporary) with the wait in the text, so the client's queue can plan
+    its next attempt.
+
+    @param status: The HTTP status: C{429} (rate limit) or C{503}
+        (unavailable).
+    @param seconds: The wait, in whole seconds (at least 0).
+    @return: For example C{451 4.7.1 Upstream rate limit reached, try again
+        in 30 seconds}.
+    """
+    wait = "1 second" if seconds == 1 else f"{seconds} seconds"
+    what = "Upstream rate limit reached" if status == 429 else "Upstream unavailable"
+    return Reply(451, "4.7.1", f"{what}, try again in {wait}")

@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_upstream -*-
 """
-What the upstream did with a message: L{Accepted} (with its id) or the
-L{Reply} to give the SMTP client.
+What the upstream did with a message: L{Accepted} (with its id), the
+L{Reply} to give the SMTP client, or L{NotSent} (the request certainly never
+left).
 
 The dialects build this value from the upstream's answer and the upstream
 client returns it; the delivery path reads it.  This module is a leaf: it
@@ -15,7 +16,7 @@ from attrs import frozen
 
 from relayd.reply import Reply
 
-__all__ = ["Accepted", "InFlight", "Outcome", "UpstreamResult"]
+__all__ = ["Accepted", "InFlight", "NotSent", "Outcome", "UpstreamResult"]
 
 
 @frozen
@@ -29,8 +30,25 @@ class Accepted:
     message_id: str
 
 
-#: L{Accepted}, or the L{Reply} (4xx or 5xx) the upstream's answer maps to.
-UpstreamResult = Accepted | Reply
+@frozen
+class NotSent:
+    """
+    The request certainly never reached the upstream: the connection was
+    refused, the name did not resolve, the TLS handshake failed, or the
+    deadline passed while connecting; no byte of the request was written to
+    the upstream.  The delivery path may release the transaction's
+    idempotency claim and a route may fail over to another upstream.
+
+    @ivar reply: The temporary L{Reply} for the SMTP client (C{451 4.3.0}).
+    """
+
+    reply: Reply
+
+
+#: L{Accepted}; the L{Reply} (4xx or 5xx) the upstream's answer, or a
+#: request that may have been sent and got no answer, maps to; or
+#: L{NotSent}.
+UpstreamResult = Accepted | Reply | NotSent
 
 
 @frozen

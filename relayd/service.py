@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from typing import Any
 
 from twisted.application import strports
 from twisted.application.service import MultiService, Service
+from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.logger import Logger
 
 from relayd.auth import make_portal
@@ -28,9 +30,22 @@ from relayd.smtp import AuthThrottle, ConnectionLimiter, DeliveryTracker, RelayS
 from relayd.tls import ServerTLS, ensure_self_signed, implicit_tls_factory
 from relayd.tokens import TokenStore
 from relayd.upstream import make_client
-from relayd.workers import AdoptedPortService, WorkerPool, worker_argv, worker_count
+from relayd.workers import (
+    AdoptedPortService,
+    SupervisorWatch,
+    WorkerPool,
+    worker_argv,
+    worker_count,
+)
 
-__all__ = ["DrainService", "TokensReloader", "make_service"]
+__all__ = [
+    "Daemon",
+    "DrainService",
+    "GracefulTermination",
+    "SessionCloser",
+    "TokensReloader",
+    "make_service",
+]
 
 log = Logger()
 
@@ -113,6 +128,150 @@ class DrainService(Service):
         return self.tracker.drained(self.clock, self.timeout)
 
 
+class SessionCloser(Service):
+    """
+    On stop, closes every SMTP session and waits until its connection is
+    closed, so that every reply written reaches the client: through TLS
+    (the C{close_notify} after the last reply) and TCP (the write buffer is
+    flushed before the socket closes).  Stopping the reactor any earlier
+    drops what is still buffered: a client whose message the upstream took
+    would get no C{250}, and send it again.
+
+    An idle session gets C{421 4.3.2} at once (RFC 5321 section 3.8); one
+    whose message is streaming in or under way gets its reply, then its
+    connection is closed.  After C{timeout} seconds the connections still
+    open are aborted.
+    """
+
+    def __init__(self, tracker: DeliveryTracker, clock: Any, timeout: float) -> None:
+        """
+        @param tracker: The sessions of every listener.
+        @param clock: Time source for the timeout.
+        @param timeout: Seconds to wait at most (the upstream timeout and
+            some time to write the replies).
+        """
+        self.tracker = tracker
+        self.clock = clock
+        self.timeout = timeout
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self.tracker.stop()
+        d = self.tracker.all_closed(self.clock, self.timeout)
+        d.addCallback(lambda _: self._abort_the_rest())
+        return d
+
+    def _abort_the_rest(self) -> None:
+        rest = list(self.tracker.sessions)
+        if rest:
+            log.warn(
+                "{count} session(s) still open after {timeout}s; aborting them",
+                count=len(rest),
+                timeout=self.timeout,
+            )
+        for session in rest:
+            session.transport.abortConnection()
+
+
+class GracefulTermination(Service):
+    """
+    Makes C{SIGTERM} stop the reactor like Twisted's own handler, but end
+    the process with exit status 0 once the services stopped: Twisted's
+    handler makes the process end by the signal itself, which reads as a
+    failure to anything that checks the status.
+
+    The handler is installed once the reactor runs, after Twisted's own.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self._previous: Any = None
+        self._stopping = False
+
+    def startService(self) -> None:
+        super().startService()
+        self.reactor.callWhenRunning(self._install)
+
+    def _install(self) -> None:
+        try:
+            self._previous = signal.signal(
+                signal.SIGTERM, lambda *_: self.reactor.callFromThread(self.stop, "SIGTERM")
+            )
+        except ValueError:  # not the main thread (tests)
+            self._previous = None
+
+    def stop(self, why: str) -> None:
+        """
+        Stop the reactor (once), which stops every service first.
+
+        @param why: What asked, for the log: C{"SIGTERM"}, or the worker's
+            supervisor being gone.
+        """
+        if self._stopping:
+            return
+        self._stopping = True
+        log.info("{why}: stopping", why=why)
+        try:
+            self.reactor.stop()
+        except ReactorNotRunning:
+            pass
+
+    def stopService(self) -> Any:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+        return super().stopService()
+
+
+class CannotStart(Exception):
+    """
+    A listener could not listen; the message names it, its endpoint and
+    the operating system's error.
+    """
+
+
+class Daemon(MultiService):
+    """
+    The top service.  A listener that cannot listen (port in use, no
+    permission) stops start-up with one line on standard error and exit
+    status 1, not a traceback: unlike a configuration error (78), it may
+    pass, so systemd's C{Restart=on-failure} may try again.
+
+    @ivar endpoints: What each listening service is, by its name, for the
+        error message: C{"listeners[0] 'submission' (tcp:587)"}.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.endpoints: dict[str, str] = {}
+
+    def privilegedStartService(self) -> None:
+        Service.privilegedStartService(self)
+        for service in self:
+            self._start(service, service.privilegedStartService)
+
+    def startService(self) -> None:
+        Service.startService(self)
+        for service in self:
+            self._start(service, service.startService)
+
+    def _start(self, service: Any, start: Any) -> None:
+        try:
+            start()
+        except CannotListenError as e:
+            where = self.endpoints.get(service.name, service.name)
+            why = e.socketError.strerror if isinstance(e.socketError, OSError) else e.socketError
+            self._exit(f"{where}: cannot listen: {why}")
+        except OSError as e:
+            where = self.endpoints.get(service.name, service.name)
+            self._exit(f"{where}: cannot listen: {e.strerror or e}")
+
+    def _exit(self, message: str) -> None:
+        sys.stderr.write(f"relayd: {message}\n")
+        sys.stderr.flush()
+        raise SystemExit(1)
+
+
 class _UpstreamCloser(Service):
     """
     Closes the upstream client's idle persistent connections on stop.
@@ -126,7 +285,7 @@ class _UpstreamCloser(Service):
         return self.client.close()
 
 
-def make_service(config: Config, reactor: Any, inherit_fds: tuple[int, ...] = ()) -> MultiService:
+def make_service(config: Config, reactor: Any, inherit_fds: tuple[int, ...] = ()) -> Daemon:
     """
     Build the daemon from its configuration.
 
@@ -139,10 +298,15 @@ def make_service(config: Config, reactor: Any, inherit_fds: tuple[int, ...] = ()
         inherited listening sockets, one per listener in configuration
         order.  Empty in the supervisor, which binds the listeners and
         starts C{[server] workers - 1} workers.
-    @return: The service to start; starting it binds every listener.
+    @return: The service to start; starting it binds every listener (or
+        exits with status 1 and one line when one cannot listen, see
+        L{Daemon}).  Stopping it closes every session after its reply
+        (L{SessionCloser}).
     @raise ConfigError: A certificate, key or the tokens file is unusable.
     """
-    top = MultiService()
+    top = Daemon()
+    terminator = GracefulTermination(reactor)
+    terminator.setServiceParent(top)
     if config.tls.generate_self_signed:
         if ensure_self_signed(config.tls.certificate, config.tls.key, config.server.hostname):
             log.warn(
@@ -163,7 +327,10 @@ def make_service(config: Config, reactor: Any, inherit_fds: tuple[int, ...] = ()
     limits = config.limits
     limiter = ConnectionLimiter(limits.max_connections, limits.max_connections_per_ip)
     tracker = DeliveryTracker()
-    DrainService(tracker, reactor, config.upstream.timeout + 5).setServiceParent(top)
+    # The upstream's answer, then a few seconds to write the replies.
+    stop_timeout = config.upstream.timeout + 5
+    DrainService(tracker, reactor, stop_timeout).setServiceParent(top)
+    SessionCloser(tracker, reactor, stop_timeout).setServiceParent(top)
     throttle = AuthThrottle(
         reactor,
         limit=limits.auth_failures_per_ip,
@@ -198,16 +365,13 @@ def make_service(config: Config, reactor: Any, inherit_fds: tuple[int, ...] = ()
             listening.append(service)
         service.setName(listener.name)
         service.setServiceParent(top)
+        named = f" {listener.name!r}" if listener.name != listener.endpoint else ""
+        top.endpoints[listener.name] = f"listeners[{index}]{named} ({listener.endpoint})"
 
     if inherit_fds:
+        # Standard input is a pipe from the supervisor (relayd.workers).
+        SupervisorWatch(reactor, 0, terminator.stop).setServiceParent(top)
         return top
-    workers = worker_count(config.server.workers)
-    if workers > 1:
-        pool = WorkerPool(
-            reactor, listening, workers - 1, worker_argv(os.path.abspath(config.path))
-        )
-        pool.setServiceParent(top)
-        reloader.pool = pool
 
     if config.dev_upstream.enabled:
         from relayd.devupstream import make_site
@@ -216,4 +380,18 @@ def make_service(config: Config, reactor: Any, inherit_fds: tuple[int, ...] = ()
         dev = strports.service(config.dev_upstream.endpoint, site, reactor=reactor)
         dev.setName("dev_upstream")
         dev.setServiceParent(top)
+        top.endpoints["dev_upstream"] = f"dev_upstream ({config.dev_upstream.endpoint})"
+
+    # Last: the workers start once every listener of this process listens.
+    workers = worker_count(config.server.workers)
+    if workers > 1:
+        pool = WorkerPool(
+            reactor,
+            listening,
+            workers - 1,
+            worker_argv(os.path.abspath(config.path)),
+            stop_timeout=stop_timeout + 5,
+        )
+        pool.setServiceParent(top)
+        reloader.pool = pool
     return top

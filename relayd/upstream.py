@@ -1,27 +1,40 @@
 # -*- test-case-name: tests.test_upstream -*-
 """
-The upstream client: one L{OutboundMessage} in, one JSON POST to the
-upstream API (treq over a persistent connection pool), one typed
-L{UpstreamResult} out.
+The upstream client: one L{OutboundMessage} in, one POST to the upstream
+API (treq over a persistent connection pool), one typed L{UpstreamResult}
+out.
 
 The request's format and the reading of the answer belong to the dialect
-(L{relayd.dialects}); this module owns the HTTP exchange: headers, the
-overall timeout, the bounded read of the answer, and turning every network
-problem into a temporary failure.
+(L{relayd.dialects}: its C{request} and C{answer} hooks); this module owns
+the HTTP exchange in two steps: L{UpstreamClient.prepare} builds the whole
+request (L{PreparedRequest}), L{UpstreamClient.post_prepared} sends it with
+a deadline, reads a bounded answer, tells a request that certainly never
+left (L{NotSent}) from one that may have, retries once a request that met a
+stale pooled connection (L{UpstreamPool}), and turns C{Retry-After} into
+the reply's text.  Network problems never raise.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import TYPE_CHECKING, Any
 
+from attrs import frozen
 from hyperlink import EncodedURL
+from OpenSSL import SSL
 from treq.client import HTTPClient
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IConsumer
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.error import ConnectError, ConnectingCancelledError
+from twisted.internet.interfaces import IConsumer, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web._newclient import (
+    RequestNotSent,
+    RequestTransmissionFailed,
+    ResponseNeverReceived,
+)
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IBodyProducer, IResponse
@@ -29,9 +42,10 @@ from zope.interface import implementer
 
 from relayd import __version__
 from relayd.dialects import get_dialect
+from relayd.dialects.base import HTTPRequest, retry_after_seconds
 from relayd.interfaces import IDialect
-from relayd.reply import TEMPORARY_FAILURE
-from relayd.result import Accepted, UpstreamResult
+from relayd.reply import TEMPORARY_FAILURE, Reply, upstream_retry_after
+from relayd.result import Accepted, NotSent, UpstreamResult
 
 try:
     from treq.cookies import IndexableCookieJar as _JarClass
@@ -45,7 +59,9 @@ if TYPE_CHECKING:
 __all__ = [
     "BytesProducer",
     "MAX_ANSWER",
+    "PreparedRequest",
     "UpstreamClient",
+    "UpstreamPool",
     "make_client",
     "make_http_client",
     "make_pool",
@@ -56,9 +72,6 @@ log = Logger()
 #: At most this many bytes of an answer's body are kept; the rest is read
 #: and discarded, so the connection can go back to the pool.
 MAX_ANSWER = 64 * 1024
-
-#: Seconds an idle persistent connection stays in the pool.
-IDLE_CONNECTION_TIMEOUT = 110
 
 USER_AGENT = f"relayd/{__version__}"
 
@@ -73,15 +86,27 @@ class BytesProducer:
     iterations and copies per message.  This writes the whole body at once;
     the transport buffers it.
 
+    It can be produced again: L{UpstreamPool} resends it on a fresh
+    connection when a pooled one turns out stale.
+
     @ivar length: The body's length in bytes (sent as C{Content-Length}).
+    @ivar replayable: The request carries the transaction's idempotency key
+        (L{PreparedRequest.carries_key}): a repeat is the same message to an
+        upstream that honours the key.
     """
 
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, body: bytes | BytesProducer, replayable: bool = False) -> None:
         """
-        @param body: The whole request body.
+        @param body: The whole request body (or a L{BytesProducer}, taken
+            as it is: treq adapts the C{data} it is given).
+        @param replayable: See L{replayable}.
         """
-        self._body = body
-        self.length = len(body)
+        if isinstance(body, BytesProducer):
+            self._body: bytes = body._body
+            self.replayable: bool = body.replayable
+        else:
+            self._body, self.replayable = body, replayable
+        self.length = len(self._body)
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
         """
@@ -109,19 +134,104 @@ class BytesProducer:
         """
 
 
+class _StaleRetry:
+    """
+    A pooled (reused) connection that sends its one request again, once, on
+    a fresh connection when the pooled one turns out to have been closed by
+    the upstream (a keep-alive timeout racing the request).
+
+    The request is retried when it failed before any byte of the answer
+    arrived and was not cancelled, and
+      - it was certainly not written (L{RequestNotSent}), or
+      - it may have been written (L{RequestTransmissionFailed},
+        L{ResponseNeverReceived}) and it carries the idempotency key
+        (L{BytesProducer.replayable}).
+    RFC 9112 section 9.3.1: a client must not retry a non-idempotent
+    request automatically unless it knows the request is idempotent or was
+    never applied; the key is that knowledge (Go's net/http treats a POST
+    with an C{Idempotency-Key} header the same way).  Twisted's own retry
+    (L{HTTPConnectionPool.retryAutomatically}) covers bodiless idempotent
+    methods only.
+    """
+
+    def __init__(self, connection: Any, fresh: Callable[[], Deferred[Any]]) -> None:
+        self._connection = connection
+        self._fresh = fresh
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._connection, name)
+
+    def request(self, request: Any) -> Deferred[Any]:
+        """
+        Send C{request}, retrying once (see the class docstring).
+
+        @param request: A L{twisted.web._newclient.Request}.
+        @return: A Deferred firing with the response.
+        """
+        d: Deferred[Any] = self._connection.request(request)
+
+        def failed(reason: Failure) -> Any:
+            if reason.value is None or not _stale(reason.value, request.bodyProducer):
+                return reason
+            log.info("upstream: pooled connection was closed; retrying on a fresh one")
+            return self._fresh().addCallback(lambda connection: connection.request(request))
+
+        return d.addErrback(failed)
+
+
+def _stale(error: BaseException, producer: Any) -> bool:
+    """
+    @return: Whether a request that failed with C{error} on a reused
+        connection may be sent again (see L{_StaleRetry}).
+    """
+    if isinstance(error, RequestNotSent):
+        return True
+    if not isinstance(error, (RequestTransmissionFailed, ResponseNeverReceived)):
+        return False
+    if any(r.check(CancelledError) for r in error.reasons):
+        return False
+    return bool(getattr(producer, "replayable", False))
+
+
+class UpstreamPool(HTTPConnectionPool):
+    """
+    The persistent connection pool for the upstream: Twisted's, plus one
+    retry on a fresh connection of a request that met a stale pooled
+    connection (L{_StaleRetry}).
+    """
+
+    retryAutomatically = False
+
+    def getConnection(self, key: Hashable, endpoint: IStreamClientEndpoint) -> Deferred[Any]:
+        """
+        See L{HTTPConnectionPool.getConnection}: a cached connection comes
+        wrapped in L{_StaleRetry}, a new one as it is.
+        """
+        reused = any(c.state == "QUIESCENT" for c in self._connections.get(key, ()))
+        d: Deferred[Any] = super().getConnection(key, endpoint)
+        if not reused:
+            return d
+        return d.addCallback(
+            lambda connection: _StaleRetry(connection, lambda: self._newConnection(key, endpoint))
+        )
+
+
 def make_pool(reactor: Any, config: UpstreamConfig) -> HTTPConnectionPool:
     """
     Build the persistent connection pool for the upstream: up to
-    C{config.max_connections} idle connections per host, each kept
-    L{IDLE_CONNECTION_TIMEOUT} seconds.
+    C{config.max_connections} idle connections per host, each closed after
+    C{config.idle_timeout} seconds idle, before a typical upstream's own
+    keep-alive timeout closes it under a request (see
+    L{relayd.config.UpstreamConfig.idle_timeout}).
 
     @param reactor: The reactor.
     @param config: The C{[upstream]} table.
-    @return: The pool.
+    @return: The pool (an L{UpstreamPool}).
     """
-    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool = UpstreamPool(reactor, persistent=True)
     pool.maxPersistentPerHost = config.max_connections
-    pool.cachedConnectionTimeout = IDLE_CONNECTION_TIMEOUT
+    # Seconds: Twisted's callLater takes a float (the class default is 240).
+    pool.cachedConnectionTimeout = config.idle_timeout  # type: ignore[assignment]
     return pool
 
 
@@ -197,13 +307,14 @@ def _read_body(response: IResponse, sink: bytearray, limit: int) -> Deferred[Non
     return finished
 
 
-def _describe(error: Exception, timed_out: bool, token: str) -> str:
+def _describe(error: Exception, timed_out: bool, secrets: Iterable[str]) -> str:
     """
     Say in one line why a request got no (complete) answer, for the log.
 
     @param error: What the request raised.
     @param timed_out: The timeout cancelled it.
-    @param token: The client's token, removed from the text just in case.
+    @param secrets: Credentials (the token, header values that hold it),
+        removed from the text just in case.
     @return: For example C{"ConnectionRefusedError: Connection was refused
         by other side: 111: Connection refused."}.
     """
@@ -215,8 +326,9 @@ def _describe(error: Exception, timed_out: bool, token: str) -> str:
     else:
         detail = str(error)
     text = f"{type(error).__name__}: {detail}"
-    if token:
-        text = text.replace(token, "<token>")
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= 4:
+            text = text.replace(secret, "<token>")
     return " ".join(text.split())[:300]
 
 
@@ -225,14 +337,75 @@ class _Exchange:
     What one request got before it ended, however it ended.
 
     @ivar status: The answer's HTTP status, once its headers arrived.
+    @ivar headers: The answer's headers: lower-case name to last value.
     @ivar body: The (bounded) body read so far.
-    @ivar timed_out: The timeout cancelled the request.
+    @ivar timed_out: The deadline cancelled the request.
     """
 
     def __init__(self) -> None:
         self.status: int | None = None
+        self.headers: dict[str, str] = {}
         self.body = bytearray()
         self.timed_out = False
+
+
+def _not_sent(error: BaseException) -> bool:
+    """
+    Whether a request that got no answer certainly never reached the
+    upstream: no connection (refused, unreachable, DNS: L{ConnectError}),
+    the deadline passed while connecting (L{ConnectingCancelledError}),
+    the request was refused by a connection already lost
+    (L{RequestNotSent}), or the TLS handshake failed (an L{SSL.Error} before
+    any answer byte: TLS sends application data only after its handshake,
+    RFC 8446 section 2).
+
+    @param error: What the request raised.
+    """
+    if isinstance(error, (ConnectError, ConnectingCancelledError, RequestNotSent)):
+        return True
+    if isinstance(error, (ResponseNeverReceived, RequestTransmissionFailed)):
+        return any(r.check(SSL.Error) for r in error.reasons)
+    return False
+
+
+def _answer_headers(response: IResponse) -> dict[str, str]:
+    """
+    @return: The response's headers, lower-case name to last value (Latin-1
+        decoded, RFC 9110 section 5.5).
+    """
+    return {
+        name.decode("latin-1").lower(): values[-1].decode("latin-1")
+        for name, values in response.headers.getAllRawHeaders()
+        if values
+    }
+
+
+@frozen
+class PreparedRequest:
+    """
+    One upstream request, built whole before it is sent
+    (L{UpstreamClient.prepare}).
+
+    @ivar body: The request body.
+    @ivar headers: Every request header: name to value.
+    @ivar idempotency_key: The transaction's key given to
+        L{UpstreamClient.prepare}, or C{None}.
+    @ivar carries_key: The request carries that key to the upstream (in the
+        dialect's header or body field); C{False} when the dialect's API
+        accepts none or there is no key.
+    """
+
+    body: bytes
+    headers: Mapping[str, str]
+    idempotency_key: str | None = None
+    carries_key: bool = False
+
+    @property
+    def size(self) -> int:
+        """
+        The body's size in bytes.
+        """
+        return len(self.body)
 
 
 class _ParsedURI(EncodedURL):
@@ -276,14 +449,15 @@ class UpstreamClient:
         http: Any = None,
     ) -> None:
         """
-        @param reactor: Provides L{IReactorTime} (timeouts, elapsed time);
-            with C{http=None}, also what L{Agent} needs (L{IReactorTCP}...).
+        @param reactor: Provides L{IReactorTime} (deadlines, elapsed time,
+            the time SigV4 signs); with C{http=None}, also what L{Agent}
+            needs (L{IReactorTCP}...).
         @param config: The C{[upstream]} table: URL, timeout, token header.
         @param dialect: The upstream's request and answer format.
         @param http: A treq-like client; L{None} builds one with
-            L{make_pool} and L{make_http_client}.  A custom L{HTTPClient} should use
-            C{data_to_body_producer=BytesProducer}: bodies are passed as
-            C{bytes}.
+            L{make_pool} and L{make_http_client}.  A custom L{HTTPClient}
+            should use C{data_to_body_producer=BytesProducer}: bodies are
+            passed as C{bytes}.
         """
         self._reactor = reactor
         self._config = config
@@ -297,80 +471,155 @@ class UpstreamClient:
         self._header = config.token_header or dialect.token_header
         self._format = config.token_format or dialect.token_format
 
-    def _headers(self, token: str) -> dict[str, list[str]]:
+    def _headers(self, token: str) -> dict[str, str]:
         return {
-            "Content-Type": ["application/json"],
-            "Accept": ["application/json"],
-            "User-Agent": [USER_AGENT],
-            self._header: [self._format.replace("{token}", token)],
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+            self._header: self._format.replace("{token}", token),
         }
 
-    async def _post(self, body: bytes, token: str, exchange: _Exchange) -> None:
-        response = await self.http.post(
-            self._url,
-            data=body,
-            headers=self._headers(token),
-            allow_redirects=False,
-            unbuffered=True,
-            reactor=self._reactor,
+    def _build(
+        self, message: OutboundMessage, token: str, idempotency_key: str | None
+    ) -> HTTPRequest:
+        """
+        The dialect's request: its C{request} hook, else (an L{IDialect}
+        without one) its C{body}.
+        """
+        hook = getattr(self._dialect, "request", None)
+        if hook is None:
+            return HTTPRequest(self._dialect.body(message))
+        built: HTTPRequest = hook(
+            message, token, self._config.url, self._reactor.seconds(), idempotency_key
         )
-        exchange.status = response.code
-        await _read_body(response, exchange.body, MAX_ANSWER)
+        return built
+
+    def prepare(
+        self, message: OutboundMessage, token: str, idempotency_key: str | None
+    ) -> PreparedRequest:
+        """
+        Build the whole request for C{message} now: the dialect's body and
+        headers (C{request} hook: authentication, content type, SES SigV4
+        signing at the reactor's time, the idempotency key where the
+        dialect's API accepts one, see C{docs/upstream-api.md}) over the
+        client's defaults (C{Content-Type: application/json}, C{Accept:
+        application/json}, C{User-Agent: relayd/<version>}, the token header
+        of C{upstream.token_header} / C{upstream.token_format}, else the
+        dialect's); a dialect header replaces a default of the same name
+        (case-insensitive).
+
+        @param message: The message.
+        @param token: The client's API token, sent to the upstream as is.
+        @param idempotency_key: The transaction's key
+            (L{relayd.idempotency.idempotency_key}), or C{None}.
+        @return: The request, ready for L{post_prepared}.
+        @raise relayd.reply.Refused: When the dialect cannot carry this
+            message (nothing is sent).
+        """
+        built = self._build(message, token, idempotency_key)
+        headers = self._headers(token)
+        for name, value in built.headers.items():
+            for default in [h for h in headers if h.lower() == name.lower()]:
+                del headers[default]
+            headers[name] = value
+        return PreparedRequest(built.body, headers, idempotency_key, built.carries_key)
 
     def encode(self, message: OutboundMessage) -> bytes:
         """
         Build the request body for C{message} in the upstream's dialect.
 
         @param message: The message.
-        @return: The body (JSON, UTF-8).
+        @return: The body (JSON, UTF-8, for a JSON dialect).
         @raise relayd.reply.Refused: When the dialect cannot
             carry this message.
         """
         return self._dialect.body(message)
 
-    async def send(self, message: OutboundMessage, token: str) -> UpstreamResult:
+    async def send(self, message: OutboundMessage, token: str) -> Accepted | Reply:
         """
-        L{encode} C{message}, then L{post} it.
+        L{prepare} C{message} (without an idempotency key), then
+        L{post_prepared} it.
 
         @param message: The message.
         @param token: The client's API token.
         @return: See L{post}.
-        @raise relayd.reply.Refused: See L{encode}.
+        @raise relayd.reply.Refused: See L{prepare}.
         """
-        return await self.post(self.encode(message), token)
+        return _plain(await self.post_prepared(self.prepare(message, token, None)))
 
-    async def post(self, body: bytes, token: str) -> UpstreamResult:
+    async def post(self, body: bytes, token: str) -> Accepted | Reply:
         """
-        POST an encoded message to the upstream and say what it did with it.
-
-        The request carries C{Content-Type: application/json}, C{Accept:
-        application/json}, C{User-Agent: relayd/<version>} and the token
-        header (C{upstream.token_header} / C{upstream.token_format}, else
-        the dialect's).  Redirects are not followed.  C{upstream.timeout}
-        seconds cover the whole exchange, connecting to reading the answer.
-
-          - The answer's status is the upstream's verdict, read by the
-            dialect (L{relayd.dialects.base.JSONDialect.result}), even when the
-            answer's body then fails or times out: a 2xx is then
-            L{Accepted} with an empty id, since retrying would send the
-            message twice.
-          - No answer at all (timeout, refused connection, DNS, TLS,
-            garbage) is L{TEMPORARY_FAILURE}: C{451 4.3.0}.
+        POST a body from L{encode} with the client's default headers (no
+        dialect hook: a dialect that needs one is sent by L{send} or
+        L{post_prepared}).
 
         @param body: The request body, from L{encode}.
         @param token: The client's API token, sent to the upstream as is.
-        @return: L{Accepted} or L{relayd.reply.Reply}; network problems never
-            raise.
+        @return: As L{post_prepared}, a L{NotSent} given as its reply.
+        """
+        prepared = PreparedRequest(body, self._headers(token))
+        return _plain(await self.post_prepared(prepared))
+
+    async def _post(self, request: PreparedRequest, exchange: _Exchange) -> None:
+        # Our own pool retries a keyed request (L{UpstreamPool}): it reads
+        # that from the producer.  An injected client gets plain bytes.
+        data: bytes | BytesProducer = request.body
+        if self._pool is not None:
+            data = BytesProducer(request.body, replayable=request.carries_key)
+        response = await self.http.post(
+            self._url,
+            data=data,
+            headers={name: [value] for name, value in request.headers.items()},
+            allow_redirects=False,
+            unbuffered=True,
+            reactor=self._reactor,
+        )
+        exchange.status = response.code
+        exchange.headers = _answer_headers(response)
+        await _read_body(response, exchange.body, MAX_ANSWER)
+
+    async def post_prepared(
+        self, request: PreparedRequest, deadline: float | None = None
+    ) -> UpstreamResult:
+        """
+        POST a prepared request and say what the upstream did with it.
+
+        Redirects are not followed.  C{deadline} seconds cover the whole
+        exchange, connecting to reading the answer; a request that met a
+        stale pooled connection is sent once more on a fresh one within it
+        (L{UpstreamPool}).
+
+          - The answer's status is the upstream's verdict, read by the
+            dialect (its C{answer} hook, else C{result}), even when the
+            answer's body then fails or times out: a 2xx is then
+            L{Accepted} with an empty id, since retrying would send the
+            message twice.
+          - A C{429} or C{503} with C{Retry-After} (seconds or an HTTP
+            date, RFC 9110 section 10.2.3) is C{451 4.7.1} saying when to
+            retry (L{relayd.reply.upstream_retry_after}).
+          - No answer, and the request certainly never left (refused
+            connection, DNS, TLS handshake, deadline while connecting):
+            L{NotSent} of L{TEMPORARY_FAILURE}.
+          - No answer, and the request may have been sent (timeout,
+            connection lost, garbage): L{TEMPORARY_FAILURE}, C{451 4.3.0}.
+
+        @param request: From L{prepare}.
+        @param deadline: Seconds before the request is abandoned; C{None}:
+            C{upstream.timeout}.  The delivery path passes a longer one
+            (its late-answer window) and answers the SMTP client itself.
+        @return: L{Accepted}, a L{Reply} or L{NotSent}; network problems
+            never raise.
         """
         exchange = _Exchange()
         start = self._reactor.seconds()
-        d = Deferred.fromCoroutine(self._post(body, token, exchange))
+        d = Deferred.fromCoroutine(self._post(request, exchange))
 
         def expire() -> None:
             exchange.timed_out = True
             d.cancel()
 
-        timer = self._reactor.callLater(self._config.timeout, expire)
+        wait = self._config.timeout if deadline is None else deadline
+        timer = self._reactor.callLater(wait, expire)
         error: Exception | None = None
         try:
             await d
@@ -381,18 +630,20 @@ class UpstreamClient:
                 timer.cancel()
         fields = {
             "dialect": self._dialect.name,
-            "size": len(body),
+            "size": request.size,
             "elapsed": round(self._reactor.seconds() - start, 3),
         }
         if error is not None:
-            reason = _describe(error, exchange.timed_out, token)
+            reason = _describe(error, exchange.timed_out, _secrets(request.headers))
             if exchange.status is None:
+                not_sent = _not_sent(error)
                 log.warn(
-                    "upstream {dialect}: no answer after {elapsed}s: {reason}",
+                    "upstream {dialect}: no answer after {elapsed}s ({sent}): {reason}",
                     reason=reason,
+                    sent="not sent" if not_sent else "maybe sent",
                     **fields,
                 )
-                return TEMPORARY_FAILURE
+                return NotSent(TEMPORARY_FAILURE) if not_sent else TEMPORARY_FAILURE
             log.warn(
                 "upstream {dialect}: answer {status} cut short after {elapsed}s: {reason}",
                 status=exchange.status,
@@ -400,7 +651,7 @@ class UpstreamClient:
                 **fields,
             )
         assert exchange.status is not None
-        result = self._result(exchange.status, bytes(exchange.body))
+        result = self._result(exchange.status, exchange.headers, bytes(exchange.body))
         if isinstance(result, Accepted):
             # The delivery log line already says so at info level.
             log.debug(
@@ -409,7 +660,7 @@ class UpstreamClient:
                 message_id=result.message_id,
                 **fields,
             )
-        else:
+        elif isinstance(result, Reply):
             log.info(
                 "upstream {dialect}: {status} -> {code} {enhanced} {reply} in {elapsed}s",
                 status=exchange.status,
@@ -420,16 +671,25 @@ class UpstreamClient:
             )
         return result
 
-    def _result(self, status: int, body: bytes) -> UpstreamResult:
+    def _result(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamResult:
         """
-        The dialect's reading of the answer; a dialect bug is logged and
-        does not turn a 2xx into a retry.
+        The dialect's reading of the answer, then the C{Retry-After} hint;
+        a dialect bug is logged and does not turn a 2xx into a retry.
         """
         try:
-            return self._dialect.result(status, body)
+            hook = getattr(self._dialect, "answer", None)
+            if hook is not None:
+                result: UpstreamResult = hook(status, headers, body)
+            else:
+                result = self._dialect.result(status, body)
         except Exception:
             log.failure("dialect {dialect} cannot read an answer", dialect=self._dialect.name)
-            return Accepted("") if 200 <= status < 300 else TEMPORARY_FAILURE
+            result = Accepted("") if 200 <= status < 300 else TEMPORARY_FAILURE
+        if status in (429, 503) and isinstance(result, Reply) and result.code < 500:
+            seconds = retry_after_seconds(headers.get("retry-after"), self._reactor.seconds())
+            if seconds is not None:
+                return upstream_retry_after(status, seconds)
+        return result
 
     def close(self) -> Deferred[None]:
         """
@@ -441,6 +701,28 @@ class UpstreamClient:
             return succeed(None)
         d: Deferred[None] = self._pool.closeCachedConnections()
         return d
+
+
+def _plain(result: UpstreamResult) -> Accepted | Reply:
+    """
+    @return: C{result}, a L{NotSent} as its reply (for callers that do not
+        tell them apart).
+    """
+    return result.reply if isinstance(result, NotSent) else result
+
+
+def _secrets(headers: Mapping[str, str]) -> list[str]:
+    """
+    @return: The request header values that may hold a credential, and
+        their last word (C{"Bearer <token>"}), to keep out of log lines
+        (L{_describe}).
+    """
+    values = [v for k, v in headers.items() if k.lower() not in _PUBLIC_HEADERS]
+    return values + [v.rsplit(" ", 1)[-1] for v in values]
+
+
+#: Request headers that never carry a credential.
+_PUBLIC_HEADERS = frozenset({"content-type", "accept", "user-agent", "idempotency-key"})
 
 
 def make_client(reactor: Any, config: UpstreamConfig) -> UpstreamClient:

@@ -9,7 +9,15 @@ the listening sockets as inherited file descriptors (C{childFDs}) and
 adopting them with L{IReactorSocket.adoptStreamPort}.  The kernel hands each
 new connection to one of the processes accepting on the socket.  The
 supervisor serves connections too, restarts a worker that dies, forwards
-C{SIGHUP} (tokens reload) and stops the workers when it stops.
+C{SIGHUP} (tokens reload) and stops the workers when it stops, waiting for
+them to drain.
+
+A worker's standard input is a pipe from the supervisor, which never
+writes to it.  When the supervisor is gone, even by C{SIGKILL}, the pipe
+reaches end of file and the worker stops as on C{SIGTERM} (L{SupervisorWatch}):
+no orphan keeps serving on the sockets.  Unlike C{PR_SET_PDEATHSIG} this
+works on every POSIX system and cannot miss a supervisor that died before
+the worker started watching.
 
 Limits held in memory (connection caps, failed-AUTH counters) are per
 process.
@@ -21,20 +29,23 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer
+from twisted.internet.interfaces import IReadDescriptor
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-__all__ = ["AdoptedPortService", "WorkerPool", "worker_count"]
+__all__ = ["AdoptedPortService", "SupervisorWatch", "WorkerPool", "worker_count"]
 
 log = Logger()
 
-# Seconds to wait before restarting a worker that died, and for a worker to
-# stop before it is killed.
+# Seconds to wait before restarting a worker that died, and (by default) for
+# a worker to stop before it is killed.
 RESTART_DELAY = 1.0
 STOP_TIMEOUT = 10.0
 
@@ -102,6 +113,55 @@ class AdoptedPortService(Service):
         return None
 
 
+@implementer(IReadDescriptor)
+class SupervisorWatch(Service):
+    """
+    Stops a worker when its supervisor is gone: the pipe from the
+    supervisor (the worker's standard input) reaches end of file.
+
+    @ivar fd: The read end of the pipe.
+    @ivar stop: Called once, with the reason for the log, to stop the
+        process as on C{SIGTERM} (finish the messages in flight, bounded).
+    """
+
+    def __init__(self, reactor: Any, fd: int, stop: Callable[[str], None]) -> None:
+        self.reactor = reactor
+        self.fd = fd
+        self.stop = stop
+
+    def startService(self) -> None:
+        super().startService()
+        os.set_blocking(self.fd, False)
+        self.reactor.addReader(self)
+
+    def stopService(self) -> Any:
+        self.reactor.removeReader(self)
+        return super().stopService()
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def logPrefix(self) -> str:
+        return "supervisor"
+
+    def doRead(self) -> Any:
+        try:
+            data = os.read(self.fd, 512)
+        except BlockingIOError:
+            return None
+        except OSError:
+            data = b""
+        if data:
+            return None  # the supervisor writes nothing; ignore
+        self.reactor.removeReader(self)
+        self.stop("supervisor gone")
+        return None
+
+    def connectionLost(self, reason: Failure) -> None:
+        # The reactor saw the pipe hang up before any read.
+        self.stop("supervisor gone")
+
+
 class _WorkerProtocol(ProcessProtocol):
     def __init__(self, pool: WorkerPool, index: int) -> None:
         self.pool = pool
@@ -122,13 +182,23 @@ class WorkerPool(Service):
     @ivar count: How many workers to run besides the supervisor.
     @ivar argv: The worker's command line, without the file descriptors
         argument (appended here).
+    @ivar stop_timeout: Seconds a stopping worker has to drain (finish its
+        messages in flight and close its sessions) before it is killed.
     """
 
-    def __init__(self, reactor: Any, listening: list[Any], count: int, argv: list[str]) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        listening: list[Any],
+        count: int,
+        argv: list[str],
+        stop_timeout: float = STOP_TIMEOUT,
+    ) -> None:
         self.reactor = reactor
         self.listening = listening
         self.count = count
         self.argv = argv
+        self.stop_timeout = stop_timeout
         self._fds: list[int] = []
         self.workers: dict[int, Any] = {}
         self._protocols: dict[int, _WorkerProtocol] = {}
@@ -154,7 +224,8 @@ class WorkerPool(Service):
     def _spawn(self, index: int) -> None:
         if not self.running:
             return
-        child_fds: dict[int, Any] = {0: 0, 1: 1, 2: 2}
+        # Standard input: a pipe the worker watches (SupervisorWatch).
+        child_fds: dict[int, Any] = {0: "w", 1: 1, 2: 2}
         inherited = []
         for i, fd in enumerate(self._fds):
             child_fds[3 + i] = fd
@@ -203,7 +274,7 @@ class WorkerPool(Service):
         def kill() -> None:
             self.signal_all(signal.SIGKILL)
 
-        timer = self.reactor.callLater(STOP_TIMEOUT, kill)
+        timer = self.reactor.callLater(self.stop_timeout, kill)
         d = defer.DeferredList(ended)
         d.addBoth(lambda _: timer.cancel() if timer.active() else None)
         return d

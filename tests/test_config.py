@@ -74,7 +74,26 @@ class DefaultTests(SynchronousTestCase):
     def test_tls_defaults(self) -> None:
         self.assertEqual(
             attrs.asdict(TLSConfig()),
-            {"certificate": "", "key": "", "generate_self_signed": False, "minimum_version": "1.2"},
+            {
+                "certificate": "",
+                "key": "",
+                "generate_self_signed": False,
+                "minimum_version": "1.2",
+                # Mozilla's intermediate profile: AEAD suites with forward
+                # secrecy only (see tests/test_tls_policy.py).
+                "ciphers": (
+                    "TLS_AES_128_GCM_SHA256",
+                    "TLS_AES_256_GCM_SHA384",
+                    "TLS_CHACHA20_POLY1305_SHA256",
+                    "ECDHE-ECDSA-AES128-GCM-SHA256",
+                    "ECDHE-RSA-AES128-GCM-SHA256",
+                    "ECDHE-ECDSA-AES256-GCM-SHA384",
+                    "ECDHE-RSA-AES256-GCM-SHA384",
+                    "ECDHE-ECDSA-CHACHA20-POLY1305",
+                    "ECDHE-RSA-CHACHA20-POLY1305",
+                ),
+                "groups": ("X25519", "prime256v1", "secp384r1"),
+            },
         )
         self.assertFalse(self.config.tls.generate_self_signed)
         self.assertEqual(self.config.tls.minimum_version, "1.2")
@@ -92,6 +111,7 @@ class DefaultTests(SynchronousTestCase):
                 "token_header": "",
                 "token_format": "",
                 "max_connections": 64,
+                "idle_timeout": 4.0,
             },
         )
 
@@ -368,10 +388,11 @@ class RequiredTests(SynchronousTestCase):
 
     def test_upstream_dialect_is_known(self) -> None:
         self.assertEqual(
-            refusal('[upstream]\ndialect = "sendgrid"\n' + REQUIRED),
-            "r.toml: upstream.dialect: expected one of 'native', 'raw', 'mailpace', 'postmark'",
+            refusal('[upstream]\ndialect = "smtp"\n' + REQUIRED),
+            "r.toml: upstream.dialect: expected one of 'native', 'raw', 'mailpace', 'postmark',"
+            " 'sendgrid', 'mailgun', 'ses', 'resend', 'brevo', 'sparkpost', 'mailjet'",
         )
-        for dialect in ("native", "raw", "mailpace", "postmark"):
+        for dialect in ("native", "raw", "mailpace", "postmark", "sendgrid", "mailjet"):
             config = parse_config(f'[upstream]\ndialect = "{dialect}"\n' + REQUIRED)
             self.assertEqual(config.upstream.dialect, dialect)
 

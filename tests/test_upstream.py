@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import json
 import socket
-from base64 import b64decode
+from base64 import b64decode, b64encode
 from typing import Any
 
 from treq.testing import StubTreq
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IAddress,
     IConsumer,
@@ -24,20 +25,37 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web._newclient import (
+    RequestNotSent,
+    RequestTransmissionFailed,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
 from twisted.web.iweb import IBodyProducer
 from twisted.web.server import Site
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from relayd import __version__
-from relayd.config import UpstreamConfig
+from relayd.config import ConfigError, UpstreamConfig
 from relayd.dialects import get_dialect
 from relayd.message import Attachment
 from relayd.reply import TEMPORARY_FAILURE, Refused, Reply
-from relayd.result import Accepted
+from relayd.result import Accepted, NotSent
 from relayd.testing import FakeUpstream, async_test, sample_message
-from relayd.upstream import MAX_ANSWER, BytesProducer, UpstreamClient, make_client
+from relayd.upstream import (
+    MAX_ANSWER,
+    BytesProducer,
+    PreparedRequest,
+    UpstreamClient,
+    UpstreamPool,
+    _StaleRetry,
+    make_client,
+    make_pool,
+)
+from tests.faultupstream import FaultUpstream
 
 TOKEN = "tok-3f9a-SECRET"
 
@@ -470,3 +488,342 @@ class ParsedURITests(SynchronousTestCase):
         url = _ParsedURI.parse("https://bücher.example/v1/send?x=1")
         self.assertEqual(url.to_text(), "https://xn--bcher-kva.example/v1/send?x=1")
         self.assertIs(url.to_uri(), url)
+
+
+KEY = "87a73aa4-df80-8f4b-a629-9be219685a1e"
+
+
+class PreparedRequestTests(SynchronousTestCase):
+    """
+    L{UpstreamClient.prepare} and L{UpstreamClient.post_prepared} over
+    L{StubTreq}.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.upstream = FakeUpstream()
+
+    def client(self, dialect: str = "native", **config: object) -> UpstreamClient:
+        settings: dict[str, object] = {"url": "https://api.example.com/v1/send", "timeout": 10.0}
+        settings.update(config)
+        return UpstreamClient(
+            self.clock,
+            UpstreamConfig(**settings),  # type: ignore[arg-type]
+            get_dialect(dialect),
+            http=StubTreq(self.upstream),
+        )
+
+    def post(self, client: UpstreamClient, request: PreparedRequest) -> object:
+        return self.successResultOf(Deferred.fromCoroutine(client.post_prepared(request)))
+
+    def test_prepare_builds_the_whole_request(self) -> None:
+        """
+        C{prepare} gives the body, every header (the key in
+        C{Idempotency-Key} for C{native}), the size and the key; the
+        upstream gets exactly those.
+        """
+        client = self.client()
+        request = client.prepare(sample_message(), TOKEN, KEY)
+        self.assertEqual(request.body, get_dialect("native").body(sample_message()))
+        self.assertEqual(request.size, len(request.body))
+        self.assertEqual((request.idempotency_key, request.carries_key), (KEY, True))
+        self.assertEqual(
+            dict(request.headers),
+            {
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+                "User-Agent": f"relayd/{__version__}",
+                "Authorization": f"Bearer {TOKEN}",
+                "Idempotency-Key": KEY,
+            },
+        )
+        self.assertEqual(self.upstream.requests, [])
+        self.upstream.enqueue(200, {"id": "m-1"})
+        self.assertEqual(self.post(client, request), Accepted("m-1"))
+        sent = self.upstream.last
+        self.assertEqual(sent.body, request.body)
+        for name, value in request.headers.items():
+            self.assertEqual(sent.header(name), value, name)
+
+    def test_no_key_no_header(self) -> None:
+        """
+        Without a key, or for a dialect whose API documents none, no
+        C{Idempotency-Key} is sent.
+        """
+        plain = self.client().prepare(sample_message(), TOKEN, None)
+        self.assertNotIn("Idempotency-Key", plain.headers)
+        self.assertFalse(plain.carries_key)
+        postmark = self.client("postmark").prepare(sample_message(), TOKEN, KEY)
+        self.assertNotIn("Idempotency-Key", postmark.headers)
+        self.assertEqual((postmark.idempotency_key, postmark.carries_key), (KEY, False))
+
+    def test_prepare_refuses_before_sending(self) -> None:
+        """
+        A message the dialect cannot carry raises L{Refused} from
+        C{prepare}.
+        """
+        client = self.client("postmark")
+        error = self.assertRaises(
+            Refused, client.prepare, sample_message(raw_only=True), TOKEN, KEY
+        )
+        self.assertEqual(error.reply.code, 554)
+        self.assertEqual(self.upstream.requests, [])
+
+    def test_dialect_headers_replace_defaults(self) -> None:
+        """
+        The dialect's C{Content-Type} and C{Authorization} replace the
+        client's (Mailgun: multipart and HTTP Basic C{api:<key>}).
+        """
+        request = self.client("mailgun").prepare(sample_message(), TOKEN, KEY)
+        names = [n.lower() for n in request.headers]
+        self.assertEqual(len(names), len(set(names)))
+        self.assertTrue(request.headers["Content-Type"].startswith("multipart/form-data;"))
+        self.assertEqual(
+            request.headers["Authorization"],
+            "Basic " + b64encode(f"api:{TOKEN}".encode()).decode(),
+        )
+
+    def test_ses_signs_with_the_reactor_time(self) -> None:
+        """
+        SES requests are signed at the reactor's time.
+        """
+        self.clock.advance(1_700_000_000)
+        request = self.client("ses").prepare(sample_message(), "AKID:secret", KEY)
+        self.assertEqual(request.headers["X-Amz-Date"], "20231114T221320Z")
+        self.assertTrue(request.headers["Authorization"].startswith("AWS4-HMAC-SHA256 "))
+
+    def test_deadline(self) -> None:
+        """
+        The request waits C{deadline} seconds when given, else
+        C{upstream.timeout}; then it is a temporary failure, maybe sent.
+        """
+        client = self.client()
+        request = client.prepare(sample_message(), TOKEN, KEY)
+        self.upstream.enqueue(hang=True)
+        d = Deferred.fromCoroutine(client.post_prepared(request, deadline=45.0))
+        self.clock.advance(44.9)
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        self.assertEqual(self.successResultOf(d), TEMPORARY_FAILURE)
+        self.upstream.enqueue(hang=True)
+        d = Deferred.fromCoroutine(client.post_prepared(request))
+        self.clock.advance(10)
+        self.assertEqual(self.successResultOf(d), TEMPORARY_FAILURE)
+
+    def test_retry_after_seconds(self) -> None:
+        """
+        A 429 or 503 with C{Retry-After} in seconds says when to retry.
+        """
+        client = self.client()
+        cases = [
+            (
+                429,
+                "30",
+                Reply(451, "4.7.1", "Upstream rate limit reached, try again in 30 seconds"),
+            ),
+            (429, "1", Reply(451, "4.7.1", "Upstream rate limit reached, try again in 1 second")),
+            (503, "120", Reply(451, "4.7.1", "Upstream unavailable, try again in 120 seconds")),
+            (429, "soon", Reply(451, "4.7.1", "Upstream rate limit reached, try again later")),
+            (503, "", TEMPORARY_FAILURE),
+            (500, "30", TEMPORARY_FAILURE),
+        ]
+        for status, value, expected in cases:
+            self.upstream.enqueue(status, {"error": "slow down"}, headers={"Retry-After": value})
+            request = client.prepare(sample_message(), TOKEN, KEY)
+            self.assertEqual(self.post(client, request), expected, (status, value))
+
+    def test_retry_after_http_date(self) -> None:
+        """
+        A C{Retry-After} HTTP date is counted from the reactor's time.
+        """
+        self.clock.advance(1_700_000_000)  # Tue, 14 Nov 2023 22:13:20 GMT
+        client = self.client()
+        self.upstream.enqueue(429, headers={"Retry-After": "Tue, 14 Nov 2023 22:14:05 GMT"})
+        self.assertEqual(
+            self.post(client, client.prepare(sample_message(), TOKEN, KEY)),
+            Reply(451, "4.7.1", "Upstream rate limit reached, try again in 45 seconds"),
+        )
+        self.upstream.enqueue(503, headers={"Retry-After": "Tue, 14 Nov 2023 22:00:00 GMT"})
+        self.assertEqual(
+            self.post(client, client.prepare(sample_message(), TOKEN, KEY)),
+            Reply(451, "4.7.1", "Upstream unavailable, try again in 0 seconds"),
+        )
+
+    def test_answer_headers_reach_the_dialect(self) -> None:
+        """
+        SendGrid's id is read from the answer's C{X-Message-Id} header.
+        """
+        client = self.client("sendgrid")
+        self.upstream.enqueue(202, body=b"", headers={"X-Message-Id": "sg-77"})
+        result = self.post(client, client.prepare(sample_message(), TOKEN, KEY))
+        self.assertEqual(result, Accepted("sg-77"))
+
+    def test_idle_timeout(self) -> None:
+        """
+        The pool closes idle connections after C{upstream.idle_timeout}
+        seconds (4 by default); the value must be positive.
+        """
+        self.assertEqual(make_pool(self.clock, UpstreamConfig()).cachedConnectionTimeout, 4.0)
+        pool = make_pool(self.clock, UpstreamConfig(idle_timeout=1.5, max_connections=3))
+        self.assertIsInstance(pool, UpstreamPool)
+        self.assertEqual((pool.cachedConnectionTimeout, pool.maxPersistentPerHost), (1.5, 3))
+        self.assertFalse(pool.retryAutomatically)
+        error = self.assertRaises(ConfigError, UpstreamConfig, idle_timeout=0.0)
+        self.assertEqual(str(error), "upstream.idle_timeout: expected more than 0 seconds")
+
+
+class _Connection:
+    """
+    A pooled connection whose request fails with C{error} (or answers).
+    """
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.requests: list[Any] = []
+
+    def request(self, request: Any) -> Deferred[Any]:
+        self.requests.append(request)
+        if self.error is not None:
+            return fail(self.error)
+        return succeed("response")
+
+
+class _Request:
+    def __init__(self, producer: Any) -> None:
+        self.bodyProducer = producer
+
+
+class StaleRetryTests(SynchronousTestCase):
+    """
+    L{_StaleRetry}: which failures of a reused connection are sent again on
+    a fresh one.
+    """
+
+    def attempt(self, error: Exception, replayable: bool) -> tuple[object, int]:
+        """
+        @return: The result, and how many requests the fresh connection got.
+        """
+        fresh = _Connection()
+        wrapper = _StaleRetry(_Connection(error), lambda: succeed(fresh))
+        request = _Request(BytesProducer(b"{}", replayable=replayable))
+        d = wrapper.request(request)
+        if fresh.requests:
+            self.assertIs(fresh.requests[0], request)
+            return self.successResultOf(d), len(fresh.requests)
+        return self.failureResultOf(d).value, 0
+
+    def test_not_sent_is_always_retried(self) -> None:
+        """
+        L{RequestNotSent}: nothing was written, the request goes again.
+        """
+        self.assertEqual(self.attempt(RequestNotSent(), False), ("response", 1))
+
+    def test_maybe_sent_is_retried_only_with_the_key(self) -> None:
+        """
+        A request that may have been written is sent again only when it
+        carries the idempotency key.
+        """
+        for error in (
+            ResponseNeverReceived([Failure(ConnectionDone())]),
+            RequestTransmissionFailed([Failure(ConnectionDone())]),
+        ):
+            self.assertEqual(self.attempt(error, True), ("response", 1))
+            result, retried = self.attempt(error, False)
+            self.assertEqual((result, retried), (error, 0))
+
+    def test_cancelled_or_answered_is_not_retried(self) -> None:
+        """
+        A request cancelled by the deadline, or that got part of an answer,
+        is not sent again.
+        """
+        cancelled = ResponseNeverReceived([Failure(CancelledError())])
+        self.assertEqual(self.attempt(cancelled, True), (cancelled, 0))
+        partial = ResponseFailed([Failure(ConnectionDone())])
+        self.assertEqual(self.attempt(partial, True), (partial, 0))
+
+
+class NotSentTests(TestCase):
+    """
+    L{NotSent} over real sockets: what certainly never left.
+    """
+
+    timeout = 20
+
+    @async_test
+    async def test_connection_refused_is_not_sent(self) -> None:
+        """
+        A closed port: C{post_prepared} says L{NotSent} with C{451 4.3.0},
+        and logs it as not sent; C{send} keeps giving the plain reply.
+        """
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        client = make_client(reactor, UpstreamConfig(url=f"http://127.0.0.1:{port}/send"))
+        self.addCleanup(client.close)
+        request = client.prepare(sample_message(), TOKEN, KEY)
+        with capturedLogs() as events:
+            self.assertEqual(await client.post_prepared(request), NotSent(TEMPORARY_FAILURE))
+        [event] = [e for e in events if e["log_namespace"] == "relayd.upstream"]
+        self.assertEqual(event["sent"], "not sent")
+        self.assertNotIn(TOKEN, repr(events))
+
+    @async_test
+    async def test_lost_after_writing_is_maybe_sent(self) -> None:
+        """
+        A connection reset after the request was read is not L{NotSent}:
+        the upstream may have taken the message.
+        """
+        upstream = FaultUpstream(reactor, "reset_after_read")
+        upstream.start()
+        self.addCleanup(upstream.stop)
+        client = make_client(reactor, UpstreamConfig(url=upstream.url, timeout=5.0))
+        self.addCleanup(client.close)
+        result = await client.post_prepared(client.prepare(sample_message(), TOKEN, KEY))
+        self.assertEqual(result, TEMPORARY_FAILURE)
+        self.assertEqual(len(upstream.accepted), 1)
+
+
+class StaleConnectionTests(TestCase):
+    """
+    Stale pooled connections end to end, against L{FaultUpstream}.
+    """
+
+    timeout = 60
+
+    @async_test
+    async def test_close_after_each_never_451(self) -> None:
+        """
+        An upstream that closes every keep-alive connection after its
+        answer: 100 messages, one after the other, each accepted once,
+        none gets a C{451}.
+        """
+        upstream = FaultUpstream(reactor, "close_after_each", honour_key=True)
+        upstream.start()
+        self.addCleanup(upstream.stop)
+        client = make_client(reactor, UpstreamConfig(url=upstream.url, timeout=5.0))
+        self.addCleanup(client.close)
+        results = []
+        for i in range(100):
+            message = sample_message(subject=f"message {i}")
+            key = f"{KEY[:-3]}{i:03d}"
+            results.append(await client.post_prepared(client.prepare(message, TOKEN, key)))
+        self.assertEqual([r for r in results if not isinstance(r, Accepted)], [])
+        self.assertEqual(upstream.subjects(), [f"message {i}" for i in range(100)])
+
+    @async_test
+    async def test_idle_connection_closed_by_relayd(self) -> None:
+        """
+        After C{upstream.idle_timeout} seconds idle, relayd closes the
+        pooled connection itself: the next message opens a new one.
+        """
+        upstream = FaultUpstream(reactor, "ok")
+        upstream.start()
+        self.addCleanup(upstream.stop)
+        client = make_client(reactor, UpstreamConfig(url=upstream.url, idle_timeout=0.2))
+        self.addCleanup(client.close)
+        for pause in (0.0, 0.05, 0.4):
+            await deferLater(reactor, pause, lambda: None)
+            result = await client.post_prepared(client.prepare(sample_message(), TOKEN, KEY))
+            self.assertIsInstance(result, Accepted)
+        self.assertEqual(upstream.connections, 2)

@@ -204,7 +204,8 @@ class WorkerPoolTests(SynchronousTestCase):
         for spawned in self.reactor.spawned:
             self.assertEqual(spawned.executable, ARGV[0])
             self.assertEqual(spawned.args, ARGV + ["--inherit-fds", "3,4"])
-            self.assertEqual(spawned.child_fds, {0: 0, 1: 1, 2: 2, 3: 7, 4: 9})
+            # Standard input is a pipe from the supervisor: its EOF stops the worker.
+            self.assertEqual(spawned.child_fds, {0: "w", 1: 1, 2: 2, 3: 7, 4: 9})
             self.assertEqual(spawned.env, dict(os.environ))
         self.assertEqual(sorted(self.pool.workers), [0, 1])
 

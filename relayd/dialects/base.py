@@ -17,13 +17,16 @@ No reactor code here: dialects are pure functions of their input.
 from __future__ import annotations
 
 import json
+import math
+import re
 import secrets
 import unicodedata
 from base64 import b64encode
 from collections.abc import Iterable, Mapping
-from email.utils import parseaddr
+from email.utils import parseaddr, parsedate_to_datetime
 from typing import Any
 
+from attrs import field, frozen
 from zope.interface import implementer
 
 from relayd.interfaces import IDialect
@@ -41,6 +44,7 @@ from relayd.result import Accepted, UpstreamResult
 
 __all__ = [
     "Base64",
+    "HTTPRequest",
     "JSONDialect",
     "clean_id",
     "clean_text",
@@ -51,13 +55,37 @@ __all__ = [
     "parse_answer",
     "refuse_raw_only",
     "require_to",
+    "retry_after_seconds",
+    "strip_raw_headers",
 ]
+
+#: The longest C{Retry-After} wait passed on to a client, in seconds (a
+#: day): beyond that, the figure says nothing a client's queue can use.
+MAX_RETRY_AFTER = 86400
 
 #: Longest reason text taken from an upstream answer, in characters.
 MAX_TEXT = 200
 
 #: Longest message id taken from an upstream answer, in characters.
 MAX_ID = 100
+
+
+@frozen
+class HTTPRequest:
+    """
+    One request to an upstream API, as a dialect builds it.
+
+    @ivar body: The request body.
+    @ivar headers: Header name to value; each replaces the upstream
+        client's header of the same name (case-insensitive) or is added.
+    @ivar carries_key: The request carries the transaction's idempotency
+        key (in a header or in the body), so an upstream that honours it
+        takes a repeat of this request as the same message.
+    """
+
+    body: bytes
+    headers: dict[str, str] = field(factory=dict)
+    carries_key: bool = False
 
 
 class Base64:
@@ -220,16 +248,22 @@ def envelope_recipients(
 ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     """
     To, Cc and Bcc for an API that delivers to the addresses it is given
-    rather than to an envelope: header recipients that are not envelope
-    recipients of this transaction are left out (a client that splits one
-    message over several transactions, or retries some recipients, must
-    not make the API deliver to the others again), and envelope recipients
-    in neither header are Bcc (RFC 5321 section 3.3: the envelope decides
-    who gets the message).
+    and writes the To and Cc header fields from them.
 
-    When no To address is an envelope recipient, the envelope recipients
-    from Cc (else from Bcc) become the To addresses, so that an API that
-    requires To still gets the message.
+    The envelope decides who gets the message (RFC 5321 section 3.3), the
+    header fields decide who is shown (RFC 5322 section 3.6.3):
+
+      - To: the header To mailboxes that are envelope recipients, as
+        written; Cc likewise.  Header recipients outside the envelope are
+        left out: they are not recipients of this transaction (a client
+        that splits one message over several transactions, or retries some
+        recipients, must not make the API deliver to the others again).
+      - Bcc: every envelope recipient in neither header field
+        (L{OutboundMessage.bcc}).
+
+    An envelope recipient that is in neither header field never appears in
+    To or Cc, not even when To would otherwise be empty (C{To:
+    undisclosed-recipients:;}): see L{require_to} for APIs that need one.
 
     @param message: The message.
     @return: C{(to, cc, bcc)}, formatted mailboxes.
@@ -239,26 +273,32 @@ def envelope_recipients(
     def keep(addresses: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(a for a in addresses if address_key(parseaddr(a)[1] or a) in wanted)
 
-    to, cc, bcc = keep(message.to), keep(message.cc), message.bcc
-    if not to:
-        if cc:
-            to, cc = cc, ()
-        else:
-            to, bcc = bcc, ()
-    return to, cc, bcc
+    return keep(message.to), keep(message.cc), message.bcc
 
 
-def require_to(name: str, to: tuple[str, ...]) -> None:
+def require_to(
+    name: str, to: tuple[str, ...], cc: tuple[str, ...] = ()
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """
-    Refuse a message without a To address before sending it to an API that
-    requires one: the answer would be a rejection anyway, less clear.
+    The To and Cc to send to an API that requires a To address.
+
+    A Cc recipient is shown to every recipient anyway, so when To is empty
+    the Cc addresses become the To addresses.  A Bcc recipient is never
+    promoted: showing it would disclose it to everyone else (RFC 5322
+    section 3.6.3).  So a message none of whose envelope recipients is in
+    To or Cc is refused before any request.
 
     @param name: The dialect's name, for the reply text.
-    @param to: The To addresses to send (from L{envelope_recipients}).
-    @raise Refused: C{550 5.6.0} when C{to} is empty.
+    @param to: The visible To addresses (L{envelope_recipients}).
+    @param cc: The visible Cc addresses.
+    @return: C{(to, cc)}, C{to} not empty.
+    @raise Refused: C{550 5.6.0} when both are empty.
     """
-    if not to:
-        raise Refused(Reply(550, "5.6.0", f"The {name} API needs at least one To address"))
+    if not to and not cc:
+        raise Refused(
+            Reply(550, "5.6.0", f"The {name} API needs a To or Cc address among the recipients")
+        )
+    return (to, cc) if to else (cc, ())
 
 
 def header_value(message: OutboundMessage, name: str) -> str | None:
@@ -313,6 +353,31 @@ def failure_for_status(status: int, text: str = "") -> Reply:
     return TEMPORARY_FAILURE
 
 
+def retry_after_seconds(value: str | None, now: float) -> int | None:
+    """
+    Read a C{Retry-After} header (RFC 9110 section 10.2.3): a number of
+    seconds, or an HTTP date (RFC 9110 section 5.6.7).
+
+    @param value: The header's value, or C{None}.
+    @param now: The current time, seconds since the epoch (for a date).
+    @return: The wait in whole seconds, rounded up, from 0 to
+        L{MAX_RETRY_AFTER}; C{None} when there is no usable value.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return min(int(text), MAX_RETRY_AFTER)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is always GMT
+        return None
+    wait = math.ceil(when.timestamp() - now)
+    return min(max(wait, 0), MAX_RETRY_AFTER)
+
+
 def _texts(value: object) -> Iterable[str]:
     """
     Yield the human-readable strings of an error value: a string, a list of
@@ -334,6 +399,52 @@ def _texts(value: object) -> Iterable[str]:
                 yield f"{key}: {messages}"
 
 
+_FIELD_NAME = re.compile(rb"([!-9;-~]+)[ \t]*:")
+
+
+def strip_raw_headers(raw: bytes, names: Iterable[str]) -> bytes:
+    """
+    Remove header fields from the top-level header section of a raw message
+    (RFC 5322 section 2.2), continuation lines included; the rest of the
+    message is returned byte for byte.
+
+    @param raw: The message as received (CRLF or LF line ends).
+    @param names: Field names to remove, any case; a name ending in C{*} is a
+        prefix.
+    @return: The message without those fields.
+    """
+    exact: set[bytes] = set()
+    prefixes: list[bytes] = []
+    for name in names:
+        lowered = name.strip().lower().encode("ascii", "replace")
+        if lowered.endswith(b"*"):
+            prefixes.append(lowered[:-1])
+        elif lowered:
+            exact.add(lowered)
+    starts = tuple(prefixes)
+    out: list[bytes] = []
+    dropping = False
+    position = 0
+    while position < len(raw):
+        end = raw.find(b"\n", position)
+        end = len(raw) if end < 0 else end + 1
+        line = raw[position:end]
+        if line in (b"\r\n", b"\n"):
+            out.append(raw[position:])
+            return b"".join(out)
+        if line[:1] in (b" ", b"\t"):
+            if not dropping:
+                out.append(line)
+        else:
+            match = _FIELD_NAME.match(line)
+            key = match.group(1).lower() if match else b""
+            dropping = bool(key) and (key in exact or key.startswith(starts))
+            if not dropping:
+                out.append(line)
+        position = end
+    return b"".join(out)
+
+
 @implementer(IDialect)
 class JSONDialect:
     """
@@ -341,12 +452,21 @@ class JSONDialect:
     and implement L{payload}; they override L{message_id}, L{error_text} or
     L{failure} only where their upstream differs.
 
+    The upstream client (L{relayd.upstream.UpstreamClient}) calls
+    L{request} to build the whole request and L{answer} to read the answer;
+    by default they wrap L{body} and L{result}.
+
     @cvar id_keys: Answer keys the message id is read from, first match wins.
     @cvar error_keys: Answer keys the error text is read from, first match
         wins.
+    @cvar idempotency_header: The request header the upstream's API reads
+        an idempotency key from (C{"Idempotency-Key"},
+        draft-ietf-httpapi-idempotency-key-header), or C{None} when its
+        API documents none: then no key is sent.
     """
 
     name = ""
+    idempotency_header: str | None = None
     token_header = "Authorization"
     token_format = "Bearer {token}"
     path = "/send"
@@ -375,6 +495,46 @@ class JSONDialect:
         See L{IDialect.body}.
         """
         return encode_json(self.payload(message))
+
+    def request(
+        self,
+        message: OutboundMessage,
+        token: str,
+        url: str,
+        now: float,
+        idempotency_key: str | None = None,
+    ) -> HTTPRequest:
+        """
+        The whole request for C{message}: L{body}, and the
+        L{idempotency_header} when there is one and a key.
+
+        @param message: The message to relay.
+        @param token: The client's API token (the SMTP password).
+        @param url: The configured C{upstream.url}.
+        @param now: The current time, in seconds since the epoch (from the
+            reactor's clock), for signatures.
+        @param idempotency_key: The transaction's key
+            (L{relayd.idempotency.idempotency_key}), or C{None}.
+        @return: The body and the headers the upstream needs beyond the
+            upstream client's defaults.
+        @raise Refused: When this upstream cannot carry the message.
+        """
+        if idempotency_key and self.idempotency_header:
+            return HTTPRequest(
+                self.body(message), {self.idempotency_header: idempotency_key}, carries_key=True
+            )
+        return HTTPRequest(self.body(message))
+
+    def answer(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamResult:
+        """
+        Read the upstream's answer, headers included.
+
+        @param status: The HTTP status code.
+        @param headers: Lower-case header name to its last value.
+        @param body: The answer's body (possibly truncated or not JSON).
+        @return: L{Accepted} or L{Reply}; never raises.
+        """
+        return self.result(status, body)
 
     def result(self, status: int, body: bytes) -> UpstreamResult:
         """

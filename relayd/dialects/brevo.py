@@ -11,7 +11,8 @@ U{https://developers.brevo.com/docs/smtp-integration}.
 Brevo builds the MIME message itself from the fields below.
 
 Idempotency: documented, as C{headers.idempotencyKey} in the body (kept 15
-minutes by Brevo): L{idempotency_key} of the envelope and the message.
+minutes by Brevo), not as an HTTP header: the transaction's key
+(L{relayd.idempotency.idempotency_key}) when there is one.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from typing import Any
 from relayd.dialects.request import (
     Base64,
     ControlHeaders,
+    HTTPRequest,
     ProviderDialect,
     check_limits,
+    encode_json,
     header_object,
-    idempotency_key,
     mailbox,
     refuse_raw_only,
     require_visible,
@@ -60,8 +62,8 @@ class BrevoDialect(ProviderDialect):
     envelope recipients), as C{[{email, name}]}; C{replyTo} (the first
     Reply-To); C{subject}; C{htmlContent}; C{textContent}; C{attachment}
     (C{content} base64, C{name}); C{tags} (the message's tags, then
-    C{X-Mailin-Tag}); C{headers} (kept headers, C{List-Unsubscribe} and
-    C{idempotencyKey}).  C{X-Mailin-custom} stays a header: that is the
+    C{X-Mailin-Tag}); C{headers} (kept headers, C{List-Unsubscribe} and,
+    from L{request}, C{idempotencyKey}).  C{X-Mailin-custom} stays a header: that is the
     API's own place for it.
 
     Answers: C{201 {"messageId": "<...>"}}; errors C{{"code", "message"}}:
@@ -96,7 +98,6 @@ class BrevoDialect(ProviderDialect):
         for value in controls.all(TAG):
             tags += [t.strip() for t in value.split(",") if t.strip() and t.strip() not in tags]
         headers = header_object(controls.rest, message.list_unsubscribe)
-        headers["idempotencyKey"] = idempotency_key(message.envelope, message.raw)
         document: dict[str, Any] = {
             "sender": _address(message.from_),
             "to": [_address(a) for a in to],
@@ -118,3 +119,21 @@ class BrevoDialect(ProviderDialect):
         }
         document.update((k, v) for k, v in optional.items() if v)
         return document
+
+    def request(
+        self,
+        message: OutboundMessage,
+        token: str,
+        url: str,
+        now: float,
+        idempotency_key: str | None = None,
+    ) -> HTTPRequest:
+        """
+        See L{JSONDialect.request}: the key goes in the body, as
+        C{headers.idempotencyKey}.
+        """
+        if not idempotency_key:
+            return HTTPRequest(self.body(message))
+        document = self.payload(message)
+        document["headers"]["idempotencyKey"] = idempotency_key
+        return HTTPRequest(encode_json(document), carries_key=True)

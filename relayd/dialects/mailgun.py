@@ -169,9 +169,16 @@ class MailgunDialect(ProviderDialect):
         """
         raise NotImplementedError("mailgun sends multipart/form-data")
 
-    def request(self, message: OutboundMessage, token: str, url: str, now: float) -> HTTPRequest:
+    def request(
+        self,
+        message: OutboundMessage,
+        token: str,
+        url: str,
+        now: float,
+        idempotency_key: str | None = None,
+    ) -> HTTPRequest:
         """
-        See L{ProviderDialect.request}: the multipart body, its content
+        See L{JSONDialect.request}: the multipart body, its content
         type and HTTP Basic C{api:<token>}.
         """
         body, content_type = self.encode(message)

@@ -163,9 +163,16 @@ class MailjetDialect(ProviderDialect):
         document.update((k, v) for k, v in optional.items() if v or k == "Priority" and v == 0)
         return {"Messages": [document]}
 
-    def request(self, message: OutboundMessage, token: str, url: str, now: float) -> HTTPRequest:
+    def request(
+        self,
+        message: OutboundMessage,
+        token: str,
+        url: str,
+        now: float,
+        idempotency_key: str | None = None,
+    ) -> HTTPRequest:
         """
-        See L{ProviderDialect.request}: HTTP Basic with the token's two
+        See L{JSONDialect.request}: HTTP Basic with the token's two
         halves.
 
         @raise Refused: C{554 5.7.1} when the token is not

@@ -69,11 +69,12 @@ class MailPaceDialect(JSONDialect):
         See L{JSONDialect.payload}.
 
         @raise Refused: For a C{raw_only} message (C{554 5.6.0}) or
-            one without a To address (C{550 5.6.0}).
+            one none of whose recipients is in To or Cc (C{550 5.6.0}: a
+            Bcc recipient is never shown as To).
         """
         refuse_raw_only(self.name, message)
         to, cc, bcc = envelope_recipients(message)
-        require_to(self.name, to)
+        to, cc = require_to(self.name, to, cc)
         document: dict[str, Any] = {
             "from": message.from_,
             "to": ", ".join(to),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from relayd.dialects.base import Base64, JSONDialect
+from relayd.dialects.base import Base64, JSONDialect, strip_raw_headers
 from relayd.message import Attachment, Envelope, OutboundMessage
 
 __all__ = ["NativeDialect", "attachment_document", "envelope_document"]
@@ -59,14 +59,18 @@ class NativeDialect(JSONDialect):
         (L{relayd.message} keeps the first).
       - C{raw} is C{null}, except for a message that must travel unchanged
         (C{raw_only}: S/MIME, C{multipart/signed}): then it carries the
-        base64 of the whole message as received, in addition to the
+        base64 of the whole message as received (without its C{Bcc} field),
+        in addition to the
         structured fields, and the receiver must send C{raw} as is.
+      - The transaction's idempotency key goes in C{Idempotency-Key}
+        (C{docs/upstream-api.md}, "Idempotency").
       - The answer's id is read from C{id}, then C{message_id}, then
         C{MessageID}; a 2xx answer without one is still L{Accepted}
         (C{message_id=""}).
     """
 
     name = "native"
+    idempotency_header = "Idempotency-Key"
     token_header = "Authorization"
     token_format = "Bearer {token}"
     path = "/send"
@@ -92,5 +96,5 @@ class NativeDialect(JSONDialect):
             "list_unsubscribe": message.list_unsubscribe,
             "metadata": dict(message.metadata),
             "envelope": envelope_document(message.envelope),
-            "raw": Base64(message.raw) if message.raw_only else None,
+            "raw": Base64(strip_raw_headers(message.raw, ["Bcc"])) if message.raw_only else None,
         }

@@ -77,11 +77,12 @@ class PostmarkDialect(JSONDialect):
         See L{JSONDialect.payload}.
 
         @raise relayd.reply.Refused: For a C{raw_only} message
-            (C{554 5.6.0}) or one without a To address (C{550 5.6.0}).
+            (C{554 5.6.0}) or one none of whose recipients is in To or Cc (C{550 5.6.0}: a
+            Bcc recipient is never shown as To).
         """
         refuse_raw_only(self.name, message)
         to, cc, bcc = envelope_recipients(message)
-        require_to(self.name, to)
+        to, cc = require_to(self.name, to, cc)
         document: dict[str, Any] = {
             "From": message.from_,
             "To": ", ".join(to),

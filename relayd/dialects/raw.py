@@ -4,14 +4,16 @@ The C{raw} dialect: for upstreams that take the MIME message as received
 (RFC 5322 / RFC 2045), base64 encoded, plus the SMTP envelope.
 
 This is the only dialect that relays every message unchanged, signed and
-encrypted ones included.  The answer is read as in the C{native} dialect.
+encrypted ones included, but for its C{Bcc} header field, removed so that
+no blind copy is disclosed (RFC 5322 section 3.6.3); the envelope carries
+the recipients.  The answer is read as in the C{native} dialect.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from relayd.dialects.base import Base64, JSONDialect
+from relayd.dialects.base import Base64, JSONDialect, strip_raw_headers
 from relayd.dialects.native import envelope_document
 from relayd.message import OutboundMessage
 
@@ -24,10 +26,12 @@ class RawDialect(JSONDialect):
     "stream": str or null}}; the token goes in C{Authorization: Bearer}.
 
     The recipients come from the envelope, never from the headers: a
-    C{Bcc} recipient is only in the envelope.
+    C{Bcc} recipient is only in the envelope.  The idempotency key goes in
+    C{Idempotency-Key}, as in the C{native} dialect.
     """
 
     name = "raw"
+    idempotency_header = "Idempotency-Key"
     token_header = "Authorization"
     token_format = "Bearer {token}"
     path = "/send"
@@ -37,7 +41,7 @@ class RawDialect(JSONDialect):
         See L{JSONDialect.payload}.
         """
         return {
-            "raw": Base64(message.raw),
+            "raw": Base64(strip_raw_headers(message.raw, ["Bcc"])),
             "envelope": envelope_document(message.envelope),
             "tags": list(message.tags),
             "stream": message.stream,

@@ -5,60 +5,60 @@ whole HTTP request (body, content type, authentication, idempotency key) and
 the answer's headers.
 
 The provider dialects (C{sendgrid}, C{mailgun}, C{ses}, C{resend},
-C{brevo}, C{sparkpost}, C{mailjet}) subclass L{ProviderDialect}, which adds
-two override points to L{JSONDialect}:
+C{brevo}, C{sparkpost}, C{mailjet}) subclass L{ProviderDialect} and use the
+two override points of L{JSONDialect}, which the upstream client
+(L{relayd.upstream.UpstreamClient.prepare} and C{post_prepared}) calls:
 
-  - L{ProviderDialect.request}: C{(message, token, url, now)} to an
-    L{HTTPRequest} whose C{headers} replace the upstream client's defaults of
-    the same name (C{Content-Type}, C{Authorization}) or add to them
-    (C{Idempotency-Key}, C{X-Amz-Date}).  Needed for multipart bodies
+  - L{JSONDialect.request}: C{(message, token, url, now, idempotency_key)}
+    to an L{HTTPRequest} whose C{headers} replace the upstream client's
+    defaults of the same name (C{Content-Type}, C{Authorization}) or add to
+    them (C{Idempotency-Key}, C{X-Amz-Date}).  Needed for multipart bodies
     (Mailgun), HTTP Basic authentication (Mailgun, Mailjet), AWS SigV4
     request signing (SES, which signs the URL, the time and the body) and
-    per-message idempotency keys (Resend).
-  - L{ProviderDialect.answer}: C{(status, headers, body)}, for providers
-    that put the message id in a response header (SendGrid's
-    C{X-Message-Id}).
+    idempotency keys (Resend's header, Brevo's body field).
+  - L{JSONDialect.answer}: C{(status, headers, body)}, for providers that
+    put the message id in a response header (SendGrid's C{X-Message-Id}) or
+    the error type (SES's C{X-Amzn-ErrorType}).
 
 L{ProviderDialect.body} and L{ProviderDialect.result} keep the
-L{relayd.dialects.IDialect} contract, so the dialects load and encode with
-today's L{relayd.upstream.UpstreamClient}; the upstream client must call the
-two hooks to send what the providers document (see C{docs/upstream-api.md},
+L{relayd.dialects.IDialect} contract (see C{docs/upstream-api.md},
 "Provider dialects").
 
 The rest are the helpers those dialects share: the Bcc-safe recipient split
 (L{visible_recipients}), reading and consuming provider control headers
 (L{ControlHeaders}), removing header fields from a raw message
 (L{strip_raw_headers}), the documented limits (L{check_limits}), HTTP Basic
-credentials (L{basic_authorization}) and a message's idempotency key
-(L{idempotency_key}).
+credentials (L{basic_authorization}).  The idempotency key is the
+transaction's (L{relayd.idempotency.idempotency_key}), given to
+L{JSONDialect.request}.
 
 No reactor code here: the time comes in as C{now}.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
 from base64 import b64encode
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from email.utils import parseaddr
 from typing import Any
-
-from attrs import field, frozen
 
 # The shared dialect helpers, imported in this one place for every provider
 # dialect (they re-import them from here).
 from relayd.dialects.base import (
     Base64,
+    HTTPRequest,
     JSONDialect,
     clean_id,
     clean_text,
     encode_json,
+    envelope_recipients,
     failure_for_status,
     parse_answer,
     refuse_raw_only,
+    require_to,
+    strip_raw_headers,
 )
-from relayd.message import Envelope, OutboundMessage, address_key
+from relayd.message import OutboundMessage
 from relayd.reply import FALLBACK_REJECTED, FALLBACK_TEMPORARY, FALLBACK_TOKEN, Refused, Reply
 from relayd.result import Accepted, UpstreamResult
 
@@ -81,11 +81,11 @@ __all__ = [
     "clean_text",
     "encode_json",
     "failure_for_status",
-    "idempotency_key",
     "mailbox",
     "parse_answer",
     "header_object",
     "refuse_raw_only",
+    "require_to",
     "require_visible",
     "strip_raw_headers",
     "visible_recipients",
@@ -94,20 +94,6 @@ __all__ = [
 #: The replies of the documented limits, checked before sending.
 TOO_BIG = "Message exceeds the {name} API limit of {limit} bytes"
 TOO_MANY = "Too many recipients for the {name} API (at most {limit})"
-
-
-@frozen
-class HTTPRequest:
-    """
-    One request to a provider's API.
-
-    @ivar body: The request body.
-    @ivar headers: Header name to value; each replaces the upstream
-        client's header of the same name (case-insensitive) or is added.
-    """
-
-    body: bytes
-    headers: dict[str, str] = field(factory=dict)
 
 
 def mailbox(formatted: str) -> tuple[str, str]:
@@ -121,35 +107,9 @@ def mailbox(formatted: str) -> tuple[str, str]:
     return name, address or formatted
 
 
-def visible_recipients(
-    message: OutboundMessage,
-) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
-    """
-    To, Cc and Bcc for an API that delivers to the addresses it is given and
-    writes the To and Cc header fields from them.
-
-    The envelope decides who gets the message (RFC 5321 section 3.3), the
-    header fields decide who is shown (RFC 5322 section 3.6.3):
-
-      - To: the header To mailboxes that are envelope recipients, as
-        written; Cc likewise.  Header recipients outside the envelope are
-        left out (they are not recipients of this transaction).
-      - Bcc: every envelope recipient in neither header field
-        (L{OutboundMessage.bcc}).
-
-    An envelope recipient that is in neither header field never appears in
-    To or Cc, not even when To would otherwise be empty: a dialect whose API
-    requires a To address refuses such a message (L{require_visible}).
-
-    @param message: The message.
-    @return: C{(to, cc, bcc)}, formatted mailboxes.
-    """
-    wanted = {address_key(r) for r in message.envelope.rcpt_to}
-
-    def keep(addresses: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(a for a in addresses if address_key(mailbox(a)[1]) in wanted)
-
-    return keep(message.to), keep(message.cc), message.bcc
+#: To, Cc and Bcc for an API that delivers to the addresses it is given: see
+#: L{relayd.dialects.base.envelope_recipients}.
+visible_recipients = envelope_recipients
 
 
 def require_visible(name: str, to: tuple[str, ...], cc: tuple[str, ...]) -> None:
@@ -213,24 +173,6 @@ def basic_authorization(user: str, password: str) -> str:
     @return: C{"Basic <base64(user:password)>"}.
     """
     return "Basic " + b64encode(f"{user}:{password}".encode()).decode("ascii")
-
-
-def idempotency_key(envelope: Envelope, raw: bytes) -> str:
-    """
-    A key that is the same for the same message in the same transaction, so
-    that a client retrying after a lost answer does not send it twice.
-
-    @param envelope: The transaction's envelope.
-    @param raw: The message as received.
-    @return: C{"relayd-"} and 64 hexadecimal digits (SHA-256 over the
-        reverse-path, the forward-paths and the message).
-    """
-    digest = hashlib.sha256()
-    digest.update(envelope.mail_from.encode("utf-8", "surrogateescape") + b"\0")
-    for recipient in envelope.rcpt_to:
-        digest.update(recipient.encode("utf-8", "surrogateescape") + b"\0")
-    digest.update(raw)
-    return "relayd-" + digest.hexdigest()
 
 
 class ControlHeaders:
@@ -302,81 +244,11 @@ def header_object(
     return document
 
 
-_FIELD_NAME = re.compile(rb"([!-9;-~]+)[ \t]*:")
-
-
-def strip_raw_headers(raw: bytes, names: Iterable[str]) -> bytes:
-    """
-    Remove header fields from the top-level header section of a raw message
-    (RFC 5322 section 2.2), continuation lines included; the rest of the
-    message is returned byte for byte.
-
-    @param raw: The message as received (CRLF or LF line ends).
-    @param names: Field names to remove, any case; a name ending in C{*} is a
-        prefix.
-    @return: The message without those fields.
-    """
-    exact: set[bytes] = set()
-    prefixes: list[bytes] = []
-    for name in names:
-        lowered = name.strip().lower().encode("ascii", "replace")
-        if lowered.endswith(b"*"):
-            prefixes.append(lowered[:-1])
-        elif lowered:
-            exact.add(lowered)
-    starts = tuple(prefixes)
-    out: list[bytes] = []
-    dropping = False
-    position = 0
-    while position < len(raw):
-        end = raw.find(b"\n", position)
-        end = len(raw) if end < 0 else end + 1
-        line = raw[position:end]
-        if line in (b"\r\n", b"\n"):
-            out.append(raw[position:])
-            return b"".join(out)
-        if line[:1] in (b" ", b"\t"):
-            if not dropping:
-                out.append(line)
-        else:
-            match = _FIELD_NAME.match(line)
-            key = match.group(1).lower() if match else b""
-            dropping = bool(key) and (key in exact or key.startswith(starts))
-            if not dropping:
-                out.append(line)
-        position = end
-    return b"".join(out)
-
-
 class ProviderDialect(JSONDialect):
     """
-    A provider dialect: L{JSONDialect} plus the two override points of this
-    module.  Subclasses implement L{payload} (or L{request} for bodies that
-    are not JSON) and override L{request} to add headers.
+    A provider dialect: L{JSONDialect}, whose L{JSONDialect.request} and
+    L{JSONDialect.answer} hooks subclasses override for what their API
+    needs beyond a JSON body and one token header (see the module
+    docstring).  Subclasses implement L{payload} (or L{request} for bodies
+    that are not JSON).
     """
-
-    def request(self, message: OutboundMessage, token: str, url: str, now: float) -> HTTPRequest:
-        """
-        The whole request for C{message}.
-
-        @param message: The message to relay.
-        @param token: The client's API token (the SMTP password).
-        @param url: The configured C{upstream.url}.
-        @param now: The current time, in seconds since the epoch (from the
-            reactor's clock), for signatures.
-        @return: The body and the headers the provider needs beyond the
-            upstream client's defaults.
-        @raise Refused: When this upstream cannot carry the message.
-        """
-        return HTTPRequest(self.body(message))
-
-    def answer(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamResult:
-        """
-        Read the upstream's answer, headers included.
-
-        @param status: The HTTP status code.
-        @param headers: Lower-case header name to its last value.
-        @param body: The answer's body (possibly truncated or not JSON).
-        @return: L{Accepted} or L{Reply}; never raises.
-        """
-        return self.result(status, body)

@@ -8,11 +8,12 @@ U{https://resend.com/docs/dashboard/emails/idempotency-keys}.
 
 Resend builds the MIME message itself from the fields below.
 
-Idempotency: documented.  Every request carries C{Idempotency-Key}: the
-value of the message's C{Resend-Idempotency-Key} header (the header
-Resend's own SMTP service reads), else L{idempotency_key} of the envelope
-and the message, so a client that retries after a lost answer (within
-Resend's 24 hours) does not send the message twice.
+Idempotency: documented ("Send the key in the Idempotency-Key HTTP header",
+at most 256 characters, kept 24 hours).  A request carries
+C{Idempotency-Key}: the value of the message's C{Resend-Idempotency-Key}
+header (the header Resend's own SMTP service reads) when the client set
+one, else the transaction's key (L{relayd.idempotency.idempotency_key}), so
+a client that retries after a lost answer does not send the message twice.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from relayd.dialects.request import (
     Reply,
     check_limits,
     header_object,
-    idempotency_key,
     refuse_raw_only,
     require_visible,
     visible_recipients,
@@ -125,12 +125,20 @@ class ResendDialect(ProviderDialect):
         document.update((k, v) for k, v in optional.items() if v)
         return document
 
-    def request(self, message: OutboundMessage, token: str, url: str, now: float) -> HTTPRequest:
+    def request(
+        self,
+        message: OutboundMessage,
+        token: str,
+        url: str,
+        now: float,
+        idempotency_key: str | None = None,
+    ) -> HTTPRequest:
         """
-        See L{ProviderDialect.request}: the JSON body and C{Idempotency-Key}
-        (at most 256 characters).
+        See L{JSONDialect.request}: the JSON body and C{Idempotency-Key}
+        (at most 256 characters), when there is a key.
         """
         controls = ControlHeaders(message, lambda key: key == IDEMPOTENCY)
-        key = (controls.first(IDEMPOTENCY) or "")[:256]
-        key = key or idempotency_key(message.envelope, message.raw)
-        return HTTPRequest(self.body(message), {"Idempotency-Key": key})
+        key = (controls.first(IDEMPOTENCY) or "")[:256] or idempotency_key
+        if not key:
+            return HTTPRequest(self.body(message))
+        return HTTPRequest(self.body(message), {"Idempotency-Key": key}, carries_key=True)

@@ -208,7 +208,7 @@ class SendGridDialect(ProviderDialect):
 
     def answer(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamResult:
         """
-        See L{ProviderDialect.answer}: the id of a 2xx answer is its
+        See L{JSONDialect.answer}: the id of a 2xx answer is its
         C{X-Message-Id} header.
         """
         if 200 <= status < 300:

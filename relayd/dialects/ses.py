@@ -212,9 +212,16 @@ class SESDialect(ProviderDialect):
         document.update((k, v) for k, v in optional.items() if v)
         return document
 
-    def request(self, message: OutboundMessage, token: str, url: str, now: float) -> HTTPRequest:
+    def request(
+        self,
+        message: OutboundMessage,
+        token: str,
+        url: str,
+        now: float,
+        idempotency_key: str | None = None,
+    ) -> HTTPRequest:
         """
-        See L{ProviderDialect.request}: the JSON body, signed (L{sign}).
+        See L{JSONDialect.request}: the JSON body, signed (L{sign}).
 
         @raise Refused: C{554 5.7.1} when the token is not
             C{ACCESS_KEY_ID:SECRET_ACCESS_KEY}.
@@ -230,7 +237,7 @@ class SESDialect(ProviderDialect):
 
     def answer(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamResult:
         """
-        See L{ProviderDialect.answer}: an error's type is in
+        See L{JSONDialect.answer}: an error's type is in
         C{X-Amzn-ErrorType} (or the body's C{__type}).
         """
         if 200 <= status < 300:

@@ -9,6 +9,9 @@ builds them); time comes from an injected clock.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import attrs
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -139,31 +142,71 @@ class AuthThrottle:
 
 class DeliveryTracker:
     """
-    Counts messages whose final reply is still owed, so that stopping the
-    daemon can wait for them: a client cut off while the upstream takes its
-    message would send it again.
+    Knows the open sessions and the messages whose final reply is still
+    owed, so that stopping the daemon can wait for them: a client cut off
+    while the upstream takes its message would send it again.
+
+    Stopping (L{relayd.service.SessionCloser}) calls L{stop}: idle sessions
+    are told to close at once, the others right after their reply.
+
+    @ivar sessions: The open sessions (L{relayd.smtp.session.RelaySMTP}).
+    @ivar delivering: The sessions whose message's reply is still owed.
+    @ivar stopping: The daemon is stopping: a session that opens or whose
+        reply has been written is told to close.
     """
 
     def __init__(self) -> None:
-        self.pending = 0
-        self._waiters: list[defer.Deferred[None]] = []
+        self.sessions: set[Any] = set()
+        self.delivering: set[Any] = set()
+        self.stopping = False
+        self._waiters: list[tuple[Callable[[], bool], defer.Deferred[None]]] = []
 
-    def begin(self) -> None:
+    @property
+    def pending(self) -> int:
         """
-        A message is being relayed.
+        How many messages are owed a reply.
         """
-        self.pending += 1
+        return len(self.delivering)
 
-    def end(self) -> None:
+    def opened(self, session: Any) -> None:
         """
-        Its reply has been sent (or the client is gone).
+        A session started (after its greeting).
         """
-        self.pending -= 1
-        if self.pending == 0:
-            waiters, self._waiters = self._waiters, []
-            for d in waiters:
-                if not d.called:  # a timed-out wait has fired already
-                    d.callback(None)
+        self.sessions.add(session)
+        if self.stopping:
+            session.shut_down()
+
+    def closed(self, session: Any) -> None:
+        """
+        A session's connection is closed: every reply written to it was
+        flushed, or the client is gone.
+        """
+        self.sessions.discard(session)
+        self._check()
+
+    def begin(self, session: Any) -> None:
+        """
+        C{session}'s message is being relayed.
+        """
+        self.delivering.add(session)
+
+    def end(self, session: Any) -> None:
+        """
+        Its reply has been written (or the client is gone).
+        """
+        self.delivering.discard(session)
+        if self.stopping:
+            session.shut_down(after_reply=True)
+        self._check()
+
+    def stop(self) -> None:
+        """
+        The daemon is stopping: tell every session without a message under
+        way to close now; the others close after their reply (L{end}).
+        """
+        self.stopping = True
+        for session in list(self.sessions - self.delivering):
+            session.shut_down()
 
     def drained(self, clock: IReactorTime, timeout: float) -> defer.Deferred[None]:
         """
@@ -172,10 +215,24 @@ class DeliveryTracker:
         @return: A Deferred that fires when no message is pending, or after
             C{timeout} seconds, whichever comes first.
         """
-        if self.pending == 0:
+        return self._until(lambda: not self.delivering, clock, timeout)
+
+    def all_closed(self, clock: IReactorTime, timeout: float) -> defer.Deferred[None]:
+        """
+        @param clock: Time source for the timeout.
+        @param timeout: Seconds to wait at most.
+        @return: A Deferred that fires when no session is open and no
+            message pending, or after C{timeout} seconds.
+        """
+        return self._until(lambda: not self.sessions and not self.delivering, clock, timeout)
+
+    def _until(
+        self, done: Callable[[], bool], clock: IReactorTime, timeout: float
+    ) -> defer.Deferred[None]:
+        if done():
             return defer.succeed(None)
         d: defer.Deferred[None] = defer.Deferred()
-        self._waiters.append(d)
+        self._waiters.append((done, d))
 
         def expire() -> None:
             if not d.called:
@@ -189,3 +246,13 @@ class DeliveryTracker:
 
         d.addCallback(stop_timer)
         return d
+
+    def _check(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for done, d in waiters:
+            if d.called:  # a timed-out wait has fired already
+                continue
+            if done():
+                d.callback(None)
+            else:
+                self._waiters.append((done, d))

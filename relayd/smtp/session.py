@@ -175,6 +175,7 @@ class RelaySMTP(Protocol):
         self._session_call = self.clock.callLater(
             self.limits.session_timeout, self._timed_out, R.SESSION_LIFETIME_EXCEEDED
         )
+        self.factory.tracker.opened(self)
 
     def connectionLost(self, reason: Failure | None = None) -> None:  # type: ignore[override]
         self._state = State.CLOSED
@@ -190,6 +191,27 @@ class RelaySMTP(Protocol):
             self._logout()
             self._logout = None
         self.framing.buffer = bytearray()
+        self.factory.tracker.closed(self)
+
+    def shut_down(self, after_reply: bool = False) -> None:
+        """
+        The daemon is stopping (L{DeliveryTracker.stop}): reply C{421 4.3.2}
+        and close (RFC 5321 section 3.8), unless a message is streaming in
+        (its delivery's end calls this again).
+
+        @param after_reply: The reply to a message was just written: close
+            without a C{421}, which a client's C{QUIT} would read as a
+            failure (Python's C{smtplib} raises) after its C{250}.
+        """
+        if self._state in (State.CLOSED, State.DATA):
+            return
+        # Read on, paused or not: a TLS close waits for the client's
+        # close_notify or its FIN.
+        self.transport.resumeProducing()
+        if after_reply:
+            self._close()
+        else:
+            self.closing(R.SHUTTING_DOWN)
 
     def _close(self) -> None:
         """
@@ -408,7 +430,7 @@ class RelaySMTP(Protocol):
                 m.connectionLost()
             self.send(self._data_reply(data.error))
             return
-        self.factory.tracker.begin()
+        self.factory.tracker.begin(self)
         d = defer.Deferred.fromCoroutine(self._deliver(messages, body))
         self._wait(d)
 
@@ -445,7 +467,7 @@ class RelaySMTP(Protocol):
                 )
             self.send(reply)
         finally:
-            self.factory.tracker.end()
+            self.factory.tracker.end(self)
 
     def _abort_data(self) -> None:
         transaction = self.transaction

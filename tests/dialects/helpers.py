@@ -1,7 +1,8 @@
 """
 Send a message through a provider dialect to L{FakeUpstream} over
-L{StubTreq}, the way the upstream client sends it once it calls the
-dialect's C{request} and C{answer} hooks.
+L{StubTreq}, through the real L{UpstreamClient} (L{UpstreamClient.prepare}
+calls the dialect's C{request} hook, L{UpstreamClient.post_prepared} its
+C{answer} hook).
 """
 
 from __future__ import annotations
@@ -10,15 +11,20 @@ import json
 from typing import Any
 
 from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from relayd.config import UpstreamConfig
 from relayd.dialects.request import ProviderDialect
 from relayd.message import OutboundMessage
+from relayd.result import UpstreamResult
 from relayd.testing import Answer, FakeUpstream, RecordedRequest
-from relayd.upstream import USER_AGENT, UpstreamResult
+from relayd.upstream import UpstreamClient
 
 TOKEN = "key-123"
 NOW = 1_700_000_000.0
+KEY = "87a73aa4-df80-8f4b-a629-9be219685a1e"
 
 
 def exchange(
@@ -29,35 +35,24 @@ def exchange(
     *,
     token: str = TOKEN,
     url: str = "https://api.example.com/send",
+    key: str | None = KEY,
 ) -> tuple[RecordedRequest, UpstreamResult]:
     """
-    POST C{message} as C{dialect} builds it and read the answer.
+    POST C{message} with the upstream client as C{dialect} builds it, at
+    L{NOW} with the idempotency key C{key}, and read the answer.
 
-    @return: What the fake received, and the dialect's reading of C{answer}
+    @return: What the fake received, and the client's reading of C{answer}
         (default C{200 {"id": "fake-1"}}).
     """
     upstream = FakeUpstream([answer] if answer else [])
-    request = dialect.request(message, token, url, NOW)
-    headers = {
-        "Content-Type": "application/json",
-        "Accept": "application/json",
-        "User-Agent": USER_AGENT,
-        dialect.token_header: dialect.token_format.replace("{token}", token),
-    }
-    for name, value in request.headers.items():
-        for default in [h for h in headers if h.lower() == name.lower()]:
-            del headers[default]
-        headers[name] = value
-    http = StubTreq(upstream)
-    response = case.successResultOf(
-        http.post(url, data=request.body, headers=headers)  # type: ignore[attr-defined]
+    clock = Clock()
+    clock.advance(NOW)
+    client = UpstreamClient(
+        clock, UpstreamConfig(url=url, dialect=dialect.name), dialect, http=StubTreq(upstream)
     )
-    body = case.successResultOf(response.content())
-    answer_headers = {
-        name.decode("latin-1").lower(): values[-1].decode("latin-1")
-        for name, values in response.headers.getAllRawHeaders()
-    }
-    return upstream.last, dialect.answer(response.code, answer_headers, body)
+    prepared = client.prepare(message, token, key)
+    result = case.successResultOf(Deferred.fromCoroutine(client.post_prepared(prepared)))
+    return upstream.last, result
 
 
 def result_of(dialect: ProviderDialect, status: int, document: Any = None, **headers: str) -> Any:

@@ -12,7 +12,7 @@ from relayd.reply import Refused, Reply
 from relayd.result import Accepted
 from relayd.testing import Answer, sample_message
 
-from .helpers import TOKEN, exchange, result_of
+from .helpers import KEY, TOKEN, exchange, result_of
 
 
 class RequestTests(SynchronousTestCase):
@@ -42,7 +42,8 @@ class RequestTests(SynchronousTestCase):
         self.assertEqual(body["tags"], ["orders", "shipping", "receipts", "eu"])
         self.assertEqual(body["headers"]["X-Mailin-custom"], "a:1")
         self.assertNotIn("X-Mailin-Tag", body["headers"])
-        self.assertTrue(body["headers"]["idempotencyKey"].startswith("relayd-"))
+        self.assertEqual(body["headers"]["idempotencyKey"], KEY)
+        self.assertIsNone(request.header("idempotency-key"))
         self.assertEqual([a["name"] for a in body["attachment"]], ["invoice.pdf", "logo.png"])
         self.assertIn("htmlContent", body)
         self.assertEqual(result, Accepted("<201798300811.5787683@smtp-relay.mailin.fr>"))
