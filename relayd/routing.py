@@ -35,12 +35,11 @@ from attrs import field, frozen
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 
-from relayd import result as _result
 from relayd.config import Config, ConfigError, RouteConfig, read_credential
 from relayd.dialects import get_dialect
 from relayd.message import Envelope, OutboundMessage
-from relayd.reply import TEMPORARY_FAILURE, Reply
-from relayd.result import Accepted, UpstreamResult
+from relayd.reply import TEMPORARY_FAILURE
+from relayd.result import NotSent, UpstreamResult
 from relayd.tokens import TokenPolicy
 from relayd.upstream import UpstreamClient
 
@@ -70,8 +69,8 @@ class Candidate:
     """
     One upstream a message may go to.
 
-    @ivar client: Sends the message (an L{UpstreamClient}, or anything with
-        its C{send(message, token)}).
+    @ivar client: Sends the message: an L{UpstreamClient} (its C{prepare}
+        and C{post_prepared}).
     @ivar credential: The credential this upstream takes, read at start-up;
         C{None} sends the avatar's (the token's held credential, else the
         client's token).
@@ -130,26 +129,16 @@ def is_not_sent(result: object) -> bool:
     @return: C{True} for a L{relayd.result.NotSent}; C{False} for
         L{Accepted} and every L{Reply}.
     """
-    not_sent = getattr(_result, "NotSent", None)
-    return not_sent is not None and isinstance(result, not_sent)
-
-
-def _as_result(result: object) -> UpstreamResult:
-    """
-    The L{UpstreamResult} for the client when no upstream is left: a
-    L{relayd.result.NotSent}'s reply (C{451 4.3.0} when it has none).
-    """
-    if isinstance(result, (Accepted, Reply)):
-        return result
-    reply = getattr(result, "reply", None)
-    return reply if isinstance(reply, Reply) else TEMPORARY_FAILURE
+    return isinstance(result, NotSent)
 
 
 async def send_with_failover(
     candidates: Sequence[Candidate],
     message: OutboundMessage,
     token: str,
+    idempotency_key: str | None = None,
     *,
+    deadline: float | None = None,
     not_sent: Callable[[object], bool] = is_not_sent,
     route: str = "",
 ) -> UpstreamResult:
@@ -159,25 +148,32 @@ async def send_with_failover(
 
     @param candidates: The upstreams in order (from L{Router.candidates});
         at least one.
-    @param message: The message, the same for every upstream, so the
-        idempotency key is too.
+    @param message: The message, the same for every upstream.
     @param token: The avatar's credential, for candidates without their
         own.
+    @param idempotency_key: The transaction's key
+        (L{relayd.idempotency.idempotency_key}), the same for every
+        upstream, or C{None}.
+    @param deadline: Seconds each request may take (see
+        L{UpstreamClient.post_prepared}); C{None}: each upstream's
+        C{timeout}.
     @param not_sent: Says whether a result means "certainly not accepted";
         L{is_not_sent} by default.
     @param route: The route's name, for logs.
     @return: The first result that is not "not sent" (L{Accepted} or a
-        L{Reply}); when every candidate did not send, the last one's reply
-        (C{451 4.3.0} by default: the client retries later).
+        L{Reply}); when no candidate sent it, the last L{NotSent} (its
+        C{reply} is C{451 4.3.0}: the client retries later, and the
+        delivery path may release the idempotency claim).
     @raise relayd.reply.Refused: When a dialect cannot carry the message
         (the client gets its reply; no further upstream is tried).
     """
-    result: object = TEMPORARY_FAILURE
+    result: UpstreamResult = NotSent(TEMPORARY_FAILURE)
     for index, candidate in enumerate(candidates):
         credential = token if candidate.credential is None else candidate.credential
-        result = await candidate.client.send(message, credential)
+        request = candidate.client.prepare(message, credential, idempotency_key)
+        result = await candidate.client.post_prepared(request, deadline)
         if not not_sent(result):
-            return _as_result(result)
+            return result
         if index + 1 < len(candidates):
             log.warn(
                 "route {route}: upstream {upstream} did not take the message;"
@@ -186,8 +182,8 @@ async def send_with_failover(
                 upstream=candidate.label,
                 next_upstream=candidates[index + 1].label,
             )
-    log.warn("route {route}: no upstream took the message", route=route)
-    return _as_result(result)
+    log.warn("route {route}: no upstream could be reached", route=route)
+    return result
 
 
 class Router:
@@ -228,21 +224,35 @@ class Router:
         return self.route(policy, envelope, message).candidates
 
     async def send(
-        self, message: OutboundMessage, token: str, policy: TokenPolicy
+        self,
+        message: OutboundMessage,
+        token: str,
+        policy: TokenPolicy,
+        idempotency_key: str | None = None,
+        deadline: float | None = None,
     ) -> UpstreamResult:
         """
         Route C{message} and send it with L{send_with_failover}: the one
-        call the delivery path makes instead of C{upstream.encode} +
-        C{upstream.post}.
+        call the delivery path makes instead of C{upstream.prepare} +
+        C{upstream.post_prepared}.
 
         @param message: The parsed message (its C{envelope} is used).
         @param token: The avatar's credential (held, else the client's).
         @param policy: The token's policy.
+        @param idempotency_key: The transaction's key, or C{None}.
+        @param deadline: See L{send_with_failover}.
         @return: See L{send_with_failover}.
         @raise relayd.reply.Refused: See L{send_with_failover}.
         """
         route = self.route(policy, message.envelope, message)
-        return await send_with_failover(route.candidates, message, token, route=route.name)
+        return await send_with_failover(
+            route.candidates,
+            message,
+            token,
+            idempotency_key,
+            deadline=deadline,
+            route=route.name,
+        )
 
     def clients(self) -> tuple[Any, ...]:
         """

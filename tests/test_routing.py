@@ -10,17 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
-import pytest
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from relayd import result as relayd_result
 from relayd.config import ConfigError, HeadersConfig, parse_config
 from relayd.message import Envelope, OutboundMessage, parse_message
 from relayd.reply import TEMPORARY_FAILURE, Refused, Reply
-from relayd.result import Accepted
+from relayd.result import Accepted, NotSent
 from relayd.routing import Candidate, Router, is_not_sent, make_router, send_with_failover
 from relayd.tokens import TokenPolicy
 from relayd.upstream import UpstreamClient
@@ -83,29 +80,20 @@ class FakeClient:
         self.name = name
         self.answers = list(answers)
         self.sent: list[tuple[OutboundMessage, str]] = []
+        self.keys: list[str | None] = []
 
-    async def send(self, message: OutboundMessage, token: str) -> object:
+    def prepare(self, message: OutboundMessage, token: str, key: str | None) -> object:
         self.sent.append((message, token))
+        self.keys.append(key)
+        return (message, token, key)
+
+    async def post_prepared(self, request: object, deadline: float | None = None) -> object:
         return self.answers.pop(0) if self.answers else Accepted(f"{self.name}-id")
 
     def close(self) -> Deferred[None]:
         d: Deferred[None] = Deferred()
         d.callback(None)
         return d
-
-
-@attrs.frozen
-class NotSentForTests:
-    """
-    Stands for L{relayd.result.NotSent} in the unit tests (injected with
-    C{not_sent=}).
-    """
-
-    reply: Reply
-
-
-def not_sent(result: object) -> bool:
-    return isinstance(result, NotSentForTests)
 
 
 class RouteConfigTests(SynchronousTestCase):
@@ -269,15 +257,17 @@ class FailoverTests(SynchronousTestCase):
     def send(self, *clients: FakeClient) -> object:
         candidates = [Candidate(c, None, c.name) for c in clients]
         d = Deferred.fromCoroutine(
-            send_with_failover(candidates, message(), "client-token", not_sent=not_sent)
+            send_with_failover(candidates, message(), "client-token", "key-1")
         )
         return self.successResultOf(d)
 
-    def test_not_sent_moves_to_the_next_with_the_same_message(self) -> None:
-        first = FakeClient("first", NotSentForTests(TEMPORARY_FAILURE))
+    def test_not_sent_moves_to_the_next_with_the_same_message_and_key(self) -> None:
+        first = FakeClient("first", NotSent(TEMPORARY_FAILURE))
         second = FakeClient("second")
         self.assertEqual(self.send(first, second), Accepted("second-id"))
         self.assertIs(first.sent[0][0], second.sent[0][0])
+        self.assertEqual(first.keys, ["key-1"])
+        self.assertEqual(second.keys, ["key-1"])
 
     def test_an_answer_is_final(self) -> None:
         """
@@ -289,21 +279,20 @@ class FailoverTests(SynchronousTestCase):
             self.assertEqual(self.send(first, second), answer)
             self.assertEqual(second.sent, [])
 
-    def test_none_sent_gives_the_last_reply(self) -> None:
+    def test_none_sent_gives_the_last_not_sent(self) -> None:
         reply = Reply(451, "4.4.1", "No answer from upstream")
-        first = FakeClient("first", NotSentForTests(TEMPORARY_FAILURE))
-        second = FakeClient("second", NotSentForTests(reply))
-        self.assertEqual(self.send(first, second), reply)
+        first = FakeClient("first", NotSent(TEMPORARY_FAILURE))
+        second = FakeClient("second", NotSent(reply))
+        self.assertEqual(self.send(first, second), NotSent(reply))
 
     def test_candidate_credential_or_avatar_token(self) -> None:
-        first = FakeClient("first", NotSentForTests(TEMPORARY_FAILURE))
+        first = FakeClient("first", NotSent(TEMPORARY_FAILURE))
         second = FakeClient("second")
         d = Deferred.fromCoroutine(
             send_with_failover(
                 [Candidate(first, None), Candidate(second, "held")],
                 message(),
                 "client-token",
-                not_sent=not_sent,
             )
         )
         self.successResultOf(d)
@@ -311,7 +300,7 @@ class FailoverTests(SynchronousTestCase):
 
     def test_refused_by_the_dialect_propagates(self) -> None:
         class Refusing(FakeClient):
-            async def send(self, message: OutboundMessage, token: str) -> object:
+            def prepare(self, message: OutboundMessage, token: str, key: str | None) -> object:
                 raise Refused(Reply(554, "5.6.0", "cannot carry"))
 
         second = FakeClient("second")
@@ -324,6 +313,7 @@ class FailoverTests(SynchronousTestCase):
     def test_is_not_sent_by_default_only_for_not_sent(self) -> None:
         for value in (Accepted("x"), TEMPORARY_FAILURE, Reply(550, "5.0.0", "no")):
             self.assertFalse(is_not_sent(value))
+        self.assertTrue(is_not_sent(NotSent(TEMPORARY_FAILURE)))
 
 
 class FailoverEndToEndTests(TestCase):
@@ -352,7 +342,9 @@ class FailoverEndToEndTests(TestCase):
         return router
 
     async def send(self, router: Router, subject: str) -> object:
-        return await router.send(message(subject=subject), "client-password", TokenPolicy("web"))
+        return await router.send(
+            message(subject=subject), "client-password", TokenPolicy("web"), f"key-{subject}"
+        )
 
     async def test_first_accepts_second_never_asked(self) -> None:
         first, second = self.upstream("ok"), self.upstream("ok")
@@ -362,17 +354,22 @@ class FailoverEndToEndTests(TestCase):
         self.assertEqual(second.requests, [])
         self.assertEqual(first.requests[0].headers["authorization"], "Bearer relayd-key-0")
 
-    @pytest.mark.xfail(
-        not hasattr(relayd_result, "NotSent"),
-        reason="relayd.result.NotSent (refused connection) comes with upstream2's branch",
-        strict=True,
-    )
     async def test_refused_connection_fails_over_once(self) -> None:
         down, backup = self.upstream("down"), self.upstream("ok")
         result = await self.send(self.router(down, backup), "two")
         self.assertIsInstance(result, Accepted)
         self.assertEqual(backup.subjects(), ["two"])
         self.assertEqual(backup.requests[0].headers["authorization"], "Bearer relayd-key-1")
+        self.assertEqual(backup.requests[0].key, "key-two")
+
+    async def test_every_upstream_refusing_is_not_sent(self) -> None:
+        """
+        When no upstream of the route can be reached, the result is
+        L{NotSent}: the client gets C{451}, nothing was delivered.
+        """
+        down, also_down = self.upstream("down"), self.upstream("down")
+        result = await self.send(self.router(down, also_down), "five")
+        self.assertEqual(result, NotSent(TEMPORARY_FAILURE))
 
     async def test_slow_upstream_is_not_failed_over(self) -> None:
         """
