@@ -12,9 +12,12 @@ ISubmission)}; the realm answers for L{ISubmission}, relayd's avatar
 interface.  The portal has no checker for anonymous credentials,
 so a client that has not authenticated cannot get an avatar at all.
 
-The avatar ID is the token itself (the avatar needs it for the upstream
-request).  It is a secret: never log it, and never put it in an exception
-message.
+The avatar ID is the token itself.  The realm gives the avatar the
+credential to send upstream: the upstream credential relayd holds for the
+token (C{upstream_credential_*} in the tokens file, read at start-up and
+on reload, L{TokenStore.upstream_credential}) when it names one, else the
+client's token.  Both are secrets: never log them, and never put them in
+an exception message.
 """
 
 from __future__ import annotations
@@ -57,7 +60,8 @@ __all__ = [
 #: case), as several email providers document for their SMTP relays.
 API_KEY_USERNAME = "apikey"
 
-#: Builds the avatar of an authenticated client from its token and policy.
+#: Builds the avatar of an authenticated client from the credential to send
+#: upstream (the held one, else the client's token) and the token's policy.
 AvatarFactory = Callable[[str, TokenPolicy], object]
 
 
@@ -346,8 +350,9 @@ class TokenRealm:
         @param store: The tokens, for the policy of each token avatar ID
             (C{None} when every avatar ID is a L{Login}).
         @type store: L{TokenStore}
-        @param avatar_factory: Called with the token and its policy; returns
-            an L{ISubmission} provider.
+        @param avatar_factory: Called with the credential to send upstream
+            (the one relayd holds for the token, else the client's token)
+            and the token's policy; returns an L{ISubmission} provider.
         @type avatar_factory: C{Callable[[str, TokenPolicy], object]}
         """
         self._store = store
@@ -380,7 +385,9 @@ class TokenRealm:
         policy = self._store.lookup(token)
         if policy is None:
             raise UnauthorizedLogin("invalid credentials")
-        return ISubmission, self._avatar_factory(token, policy), _noLogout
+        held = self._store.upstream_credential(policy)
+        credential = token if held is None else held
+        return ISubmission, self._avatar_factory(credential, policy), _noLogout
 
 
 def make_portal(store: TokenStore, avatar_factory: AvatarFactory) -> Portal:

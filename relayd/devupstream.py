@@ -50,6 +50,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from relayd import devinbox
 from relayd.idempotency import Accepted, OutcomeStore
 from relayd.interfaces import IOutcomeStore
 
@@ -419,6 +420,7 @@ def make_site(outbox: str, reactor: Any) -> Site:
     root.putChild(b"send", _Send(store, reactor, keys))
     root.putChild(b"messages", _Messages(store, reactor))
     root.putChild(b"auth", auth_resource())
+    devinbox.mount(root, outbox, reactor)  # the inbox pages: / and /inbox/...
     site = Site(root, reactor=reactor)
     site.displayTracebacks = False
     return site

@@ -89,7 +89,6 @@ LINE_TOO_LONG_CLOSING = Reply(421, "4.7.0", "Line too long, closing connection")
 LOCAL_ERROR_CLOSING = Reply(421, "4.3.0", "Local error, closing connection")
 IMPROPER_PIPELINING = Reply(421, "4.5.0", "Improper pipelining after DATA, closing connection")
 TOO_MANY_MESSAGES = Reply(421, "4.7.0", "Too many messages in this session, closing connection")
-AUTH_LOCKED_OUT = Reply(421, "4.7.0", "Too many failed authentication attempts, try again later")
 TOO_MANY_AUTH_FAILURES = Reply(
     421, "4.7.0", "Too many failed authentication attempts, closing connection"
 )
@@ -375,20 +374,6 @@ TEMPLATES: dict[str, tuple[int, str, str]] = {
     "message_line_too_long": (552, "5.3.4", "Message line too long (limit {limit} octets)"),
     "unsupported_parameter": (555, "5.5.4", "Unsupported parameter {keyword}"),
 }
-
-
-def named() -> dict[str, Reply]:
-    """
-    Every reply constant of this module by its C{[replies]} name: the
-    constant's name in lower case (C{AUTH_INVALID} is C{auth_invalid}).
-
-    @rtype: L{dict} of L{str} to L{Reply}
-    """
-    return {
-        name.lower(): value
-        for name, value in globals().items()
-        if name.isupper() and isinstance(value, Reply)
-    }
 
 
 # -- guards2: back-pressure, memory bounds, slow clients, AUTH throttling

@@ -3,7 +3,7 @@
 The C{[replies]} table: a deployment's own texts for relayd's named
 replies, applied in one place (L{relayd.smtp.session.RelaySMTP.send}).
 
-A key is a reply's name (L{relayd.reply.named}: C{auth_invalid},
+A key is a reply's name (L{named}: C{auth_invalid},
 C{sender_not_allowed}, C{too_many_recipients}, ...; or one of
 L{relayd.reply.TEMPLATES}: C{queued}, C{unknown_stream}, ...); the value
 is the new text.  Texts of templated replies may use the template's
@@ -32,11 +32,25 @@ from relayd.reply import Reply
 __all__ = ["ReplyTexts", "reply_names"]
 
 
+def named() -> dict[str, R.Reply]:
+    """
+    Every reply constant of L{relayd.reply} by its C{[replies]} name: the
+    constant's name in lower case (C{AUTH_INVALID} is C{auth_invalid}).
+
+    @rtype: L{dict} of L{str} to L{Reply}
+    """
+    return {
+        name.lower(): value
+        for name, value in vars(R).items()
+        if name.isupper() and isinstance(value, R.Reply)
+    }
+
+
 def reply_names() -> tuple[str, ...]:
     """
     Every name C{[replies]} accepts, sorted.
     """
-    return tuple(sorted(set(R.named()) | set(R.TEMPLATES)))
+    return tuple(sorted(set(named()) | set(R.TEMPLATES)))
 
 
 def _pattern(template: str) -> tuple[re.Pattern[str], tuple[str, ...]]:
@@ -82,7 +96,7 @@ class ReplyTexts:
         @raise ConfigError: (without the file name) for an unknown name, a
             text with a line break or a placeholder the reply has not.
         """
-        constants = R.named()
+        constants = named()
         static: dict[Reply, str] = {}
         templated: dict[tuple[int, str], list[tuple[re.Pattern[str], str]]] = {}
         for name, text in table.items():

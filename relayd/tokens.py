@@ -16,6 +16,11 @@ with the policy that goes with it::
     max_message_size = 10485760                      # optional, bytes
     attachments = false                              # optional, default true
     messages_per_minute = 120                        # optional
+    # optional, at most one: the credential relayd sends upstream instead
+    # of the client's token (read at start-up and reload, never stored here)
+    upstream_credential_file = "/etc/relayd/sendgrid.key"
+    upstream_credential_env = "SENDGRID_API_KEY"
+    upstream_credential = "systemd:sendgrid"          # $CREDENTIALS_DIRECTORY/sendgrid
 
 Tokens are long random strings (256 bits from L{secrets.token_urlsafe}), so
 one unsalted SHA-256 is enough to make the file useless for logging in;
@@ -55,7 +60,7 @@ from typing import Any, TextIO
 
 from attrs import field, frozen
 
-from relayd.config import ConfigError
+from relayd.config import ConfigError, CredentialSource, credential_source, read_credential
 
 __all__ = [
     "DEFAULT_TOKENS_FILE",
@@ -97,6 +102,11 @@ _KEYS = frozenset(
         "messages_per_minute",
     }
 )
+
+# The held upstream credential (team2): where relayd reads the credential it
+# sends upstream for this token.
+_CREDENTIAL_KEYS = ("upstream_credential_file", "upstream_credential_env", "upstream_credential")
+_KEYS |= frozenset(_CREDENTIAL_KEYS)
 
 
 def digest(token: str) -> bytes:
@@ -174,6 +184,9 @@ class TokenPolicy:
         a message with one at the end of DATA.
     @ivar messages_per_minute: At most this many transactions a minute for
         this credential (counted at MAIL FROM), or C{None} for no limit.
+    @ivar upstream_credential: Where the credential relayd sends upstream
+        for this token is read from (L{TokenStore.upstream_credential}
+        holds the credential), or C{None} to send the client's token.
     """
 
     name: str
@@ -183,6 +196,8 @@ class TokenPolicy:
     max_message_size: int | None = None
     attachments: bool = True
     messages_per_minute: int | None = None
+    # The held upstream credential (team2).
+    upstream_credential: CredentialSource | None = None
 
     def allows_sender(self, address: str) -> bool:
         """
@@ -266,7 +281,28 @@ def _boolean(value: Any, key: str) -> bool:
     return value
 
 
-def _entry(name: str, table: Any) -> tuple[bytes, TokenPolicy]:
+def _credential(table: dict[str, Any], prefix: str, base: str) -> CredentialSource | None:
+    """
+    Check the held upstream credential keys of one C{[tokens.NAME]} table.
+
+    @param base: The tokens file's folder: relative paths are resolved
+        against it.
+    @return: Where the credential is read from, or C{None}.
+    @raise ConfigError: (without the file name) when they are wrong.
+    """
+    values = []
+    for key in _CREDENTIAL_KEYS:
+        value = table.get(key, "")
+        if not isinstance(value, str) or (key in table and not value):
+            raise ConfigError(f"{prefix}.{key}: expected a non-empty string")
+        values.append(value)
+    file, env, systemd = values
+    if file and not os.path.isabs(file):
+        file = os.path.join(base, file)
+    return credential_source(file, env, systemd, prefix, _CREDENTIAL_KEYS)
+
+
+def _entry(name: str, table: Any, base: str = "") -> tuple[bytes, TokenPolicy]:
     """
     Check one C{[tokens.NAME]} table.
 
@@ -309,6 +345,7 @@ def _entry(name: str, table: Any) -> tuple[bytes, TokenPolicy]:
             if "messages_per_minute" in table
             else None
         ),
+        upstream_credential=_credential(table, prefix, base),
     )
     return bytes.fromhex(hex_digest), policy
 
@@ -336,7 +373,7 @@ def _parse(text: str, label: str) -> tuple[tuple[bytes, TokenPolicy], ...]:
         entries = []
         seen: dict[bytes, str] = {}
         for name, table in tokens.items():
-            entry = _entry(name, table)
+            entry = _entry(name, table, os.path.dirname(os.path.abspath(label)))
             if entry[0] in seen:
                 raise ConfigError(f"tokens.{name}.sha256: same token as tokens.{seen[entry[0]]}")
             seen[entry[0]] = name
@@ -372,27 +409,41 @@ class TokenStore:
         self,
         entries: Iterable[tuple[bytes, TokenPolicy]],
         path: str | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         """
         @param entries: Pairs of a token's SHA-256 digest (32 bytes) and its
             policy.
         @param path: The tokens file, for L{reload}, or C{None}.
+        @param environ: The environment the policies' upstream credentials
+            are read with (L{os.environ} when C{None}); blocking when a
+            policy names one.
+        @raise ConfigError: When a named upstream credential cannot be read.
         """
+        self._environ = os.environ if environ is None else environ
         self._entries = tuple(entries)
+        self._credentials = _read_credentials(self._entries, self._environ)
         self.path = path
 
     @classmethod
-    def load(cls, path: str) -> TokenStore:
+    def load(cls, path: str, environ: Mapping[str, str] | None = None) -> TokenStore:
         """
-        Read the tokens file at C{path}.  Blocking: call at start-up only.
+        Read the tokens file at C{path}, and the upstream credentials its
+        policies name.  Blocking: call at start-up only.
 
         @param path: File-system path of the TOML tokens file.
         @type path: L{str}
+        @param environ: See L{__init__}.
         @rtype: L{TokenStore}
-        @raise ConfigError: When the file is missing, unreadable or invalid;
-            the one-line message is C{"<path>: tokens.<name>.<key>: ..."}.
+        @raise ConfigError: When the file is missing, unreadable or invalid,
+            or a credential it names cannot be read; the one-line message is
+            C{"<path>: tokens.<name>.<key>: ..."} (never the credential).
         """
-        return cls(_parse(_read_text(path), path), path)
+        entries = _parse(_read_text(path), path)
+        try:
+            return cls(entries, path, environ)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
 
     @classmethod
     def from_tokens(cls, tokens: Mapping[str, str]) -> TokenStore:
@@ -429,6 +480,19 @@ class TokenStore:
                 found = policy
         return found
 
+    def upstream_credential(self, policy: TokenPolicy) -> str | None:
+        """
+        The credential relayd holds for C{policy}'s token, read when the
+        store was loaded (or reloaded): never logged, never in the tokens
+        file.
+
+        @param policy: A policy from L{lookup}.
+        @return: The credential to send upstream instead of the client's
+            token, or C{None} when the policy names none.
+        @rtype: L{str} or L{None}
+        """
+        return self._credentials.get(policy.name)
+
     def policies(self) -> tuple[TokenPolicy, ...]:
         """
         The policies of every token, in file order (for listings and logs).
@@ -452,7 +516,28 @@ class TokenStore:
         """
         if self.path is None:
             raise ValueError("this token store has no file to reload")
-        self._entries = _parse(_read_text(self.path), self.path)
+        entries = _parse(_read_text(self.path), self.path)
+        try:
+            credentials = _read_credentials(entries, self._environ)
+        except ConfigError as e:
+            raise ConfigError(f"{self.path}: {e}") from None
+        self._entries, self._credentials = entries, credentials
+
+
+def _read_credentials(
+    entries: Sequence[tuple[bytes, TokenPolicy]], environ: Mapping[str, str]
+) -> dict[str, str]:
+    """
+    Read the upstream credential of every policy that names one.  Blocking.
+
+    @return: Policy name to credential.
+    @raise ConfigError: (without the file name) when one cannot be read.
+    """
+    return {
+        policy.name: read_credential(policy.upstream_credential, environ)
+        for _, policy in entries
+        if policy.upstream_credential is not None
+    }
 
 
 # The command.
@@ -484,6 +569,9 @@ def _describe(policy: TokenPolicy) -> str:
         parts.append("attachments=false")
     if policy.messages_per_minute is not None:
         parts.append(f"messages_per_minute={policy.messages_per_minute}")
+    if policy.upstream_credential is not None:
+        source = policy.upstream_credential
+        parts.append(f"upstream_credential={source.kind}:{source.name}")
     return f"{policy.name}  " + " ".join(parts)
 
 
@@ -609,9 +697,10 @@ def _list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """
     C{list}: names and policies, one per line.
     """
-    store = TokenStore.load(args.file)
-    out.writelines(_describe(policy) + "\n" for policy in store.policies())
-    if not len(store):
+    # Parse only: listing does not need the upstream credentials readable.
+    policies = [policy for _, policy in _parse(_read_text(args.file), args.file)]
+    out.writelines(_describe(policy) + "\n" for policy in policies)
+    if not policies:
         err.write(f"{args.file}: no tokens\n")
     return 0
 

@@ -32,7 +32,6 @@ from relayd.smtp.syntax import MAIL_ARGS, parse_parameters
 
 __all__ = [
     "AuthGuard",
-    "AuthThrottle",
     "ConnectionLimiter",
     "DeliveryTracker",
     "LocalCounters",
@@ -82,89 +81,6 @@ class ConnectionLimiter:
             self.per_ip.pop(ip, None)
         else:
             self.per_ip[ip] = left
-
-
-@attrs.define
-class AuthThrottle:
-    """
-    Failed AUTH attempts per client IP, across connections, held in memory
-    with expiry.
-
-    Each failure inside C{window} seconds grows the delay before the next
-    C{535} reply (one second per earlier failure, at most C{max_delay});
-    at C{limit} failures the IP is refused for C{lockout} seconds.  A
-    success from one IP resets nothing for another.
-    """
-
-    clock: IReactorTime
-    limit: int = 10
-    window: float = 600.0
-    lockout: float = 900.0
-    max_delay: float = 5.0
-    _failures: dict[str, list[float]] = attrs.field(factory=dict)
-    _locked: dict[str, float] = attrs.field(factory=dict)
-
-    def _expire(self, ip: str) -> list[float]:
-        now = self.clock.seconds()
-        if len(self._failures) > 100000:
-            # Bound memory under a distributed attack: forget the oldest.
-            for old in list(self._failures)[:50000]:
-                del self._failures[old]
-        times = [t for t in self._failures.get(ip, []) if now - t < self.window]
-        if times:
-            self._failures[ip] = times
-        else:
-            self._failures.pop(ip, None)
-        return times
-
-    def _prune_locked(self) -> None:
-        """
-        Forget lockouts that have expired, oldest first: every lockout lasts
-        as long, so the table is in expiry order.  Amortized constant time.
-        """
-        now = self.clock.seconds()
-        while self._locked:
-            ip, until = next(iter(self._locked.items()))
-            if until > now and len(self._locked) <= 100000:
-                break
-            del self._locked[ip]
-
-    def locked(self, ip: str) -> bool:
-        """
-        @return: Whether C{ip} is refused AUTH right now.
-        """
-        until = self._locked.get(ip)
-        if until is None:
-            return False
-        if self.clock.seconds() >= until:
-            del self._locked[ip]
-            return False
-        return True
-
-    def failed(self, ip: str) -> float:
-        """
-        Record one failed AUTH from C{ip}.
-
-        @return: Seconds to wait before answering C{535}.
-        """
-        times = self._expire(ip)
-        times.append(self.clock.seconds())
-        self._failures[ip] = times
-        if len(times) >= self.limit:
-            self._prune_locked()
-            self._locked.pop(ip, None)
-            self._locked[ip] = self.clock.seconds() + self.lockout
-            self._failures.pop(ip, None)
-        return min(float(len(times) - 1), self.max_delay)
-
-    def succeeded(self, ip: str) -> None:
-        """
-        Forget the failures of C{ip} after a successful AUTH from it.
-
-        (The session no longer uses this class: see L{AuthGuard}, where a
-        success clears nothing.)
-        """
-        self._failures.pop(ip, None)
 
 
 @implementer(ICounters)

@@ -36,7 +36,6 @@ WIRE = [
     (R.LOCAL_ERROR_CLOSING, "421 4.3.0 Local error, closing connection"),
     (R.IMPROPER_PIPELINING, "421 4.5.0 Improper pipelining after DATA, closing connection"),
     (R.TOO_MANY_MESSAGES, "421 4.7.0 Too many messages in this session, closing connection"),
-    (R.AUTH_LOCKED_OUT, "421 4.7.0 Too many failed authentication attempts, try again later"),
     (
         R.TOO_MANY_AUTH_FAILURES,
         "421 4.7.0 Too many failed authentication attempts, closing connection",
