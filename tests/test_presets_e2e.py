@@ -771,8 +771,18 @@ class CloudMailinTests(PresetTestCase):
 
     @in_thread
     def test_tag_and_priority_headers(self) -> None:
-        data = message("X-CloudMTA-Tags: welcome, signup", "X-CloudMTA-Priority: high")
+        """
+        X-CloudMTA-Tags become the tags; the queue headers (priority,
+        class) travel to the API as headers.
+        """
+        data = message(
+            "X-CloudMTA-Tags: welcome, signup",
+            "X-CloudMTA-Priority: high",
+            "X-CloudMTA-Class: standard",
+        )
         self.assertEqual(self.send(587, *CLOUDMAILIN, data)[0], 250)
         sent = self.provider.last_send()
         self.assertEqual(sent["tags"], ["welcome", "signup"])
-        self.assertEqual(sent["headers"], [["X-CloudMTA-Priority", "high"]])
+        self.assertEqual(
+            sent["headers"], [["X-CloudMTA-Priority", "high"], ["X-CloudMTA-Class", "standard"]]
+        )
