@@ -268,11 +268,19 @@ class LimitsConfig:
     """
     The C{[limits]} table: protocol limits and abuse protections.  Sizes are
     in bytes, durations in seconds.  See C{docs/security.md}.
+
+    @ivar max_line_length: The longest line of message content, in octets
+        without CRLF.  RFC 5322 section 2.1.1 says 998, but minified HTML
+        from web applications has lines of several thousand octets, and
+        relayd re-encodes every body for the upstream API anyway (the
+        upstream builds the MIME message it sends), so the default is
+        65536: a bound on memory, not the RFC's line length.  The framing
+        stays strict whatever this says: only CRLF.CRLF ends DATA.
     """
 
     max_message_size: int = 25 * MiB
     max_recipients: int = 100
-    max_line_length: int = 998
+    max_line_length: int = 65536
     max_command_length: int = 512
     idle_timeout: float = 300.0
     data_timeout: float = 600.0
@@ -369,6 +377,13 @@ class HeadersConfig:
         "References",
         "List-*",
         "X-*",
+        # RFC 3834 section 5: marks automatic mail, so that responders do
+        # not answer it (and loop).
+        "Auto-Submitted",
+        # RFC 2076 section 3.9, RFC 3834 section 3.1.8: bulk/list mail.
+        "Precedence",
+        # Gmail's feedback loop identifier, set by the sender.
+        "Feedback-ID",
     )
     strip: tuple[str, ...] = (
         "Received",
@@ -966,11 +981,84 @@ def _check_limits(config: Config) -> None:
             raise ConfigError(f"limits.auth_exempt_listeners: no listener is named {name!r}")
 
 
+#: How deep C{include} may nest (a preset that includes another).
+MAX_INCLUDE_DEPTH = 4
+
+
+def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """
+    Lay the TOML table C{overlay} over C{base}: tables merge key by key,
+    any other value (a string, a number, an array, an array of tables such
+    as C{[[listeners]]}) replaces the base's whole.
+
+    @return: A new table; the arguments are not changed.
+    """
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _absolute_paths(table: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """
+    Resolve the relative paths of an included file against its own folder
+    (L{_PATH_FIELDS}), so that they mean the same as when it is loaded
+    alone.
+    """
+    table = dict(table)
+    for section, name in _PATH_FIELDS:
+        sub = table.get(section)
+        if isinstance(sub, dict) and isinstance(sub.get(name), str) and sub[name]:
+            if not os.path.isabs(sub[name]):
+                table[section] = dict(sub, **{name: str(folder / sub[name])})
+    return table
+
+
+def _with_includes(table: dict[str, Any], path: str, depth: int = 0) -> dict[str, Any]:
+    """
+    Resolve the top-level C{include} key: the named TOML file (a path
+    relative to the including file's folder) is read first and this
+    table laid over it (L{_merge}).
+
+    @raise ConfigError: (without the file name) for an unreadable or
+        invalid included file, or includes nested too deep.
+    """
+    if "include" not in table:
+        return table
+    table = dict(table)
+    target = table.pop("include")
+    if not isinstance(target, str) or not target:
+        raise ConfigError("include: expected a string")
+    if depth >= MAX_INCLUDE_DEPTH:
+        raise ConfigError(f"include: nested more than {MAX_INCLUDE_DEPTH} deep")
+    folder = Path(path).parent if path else Path(".")
+    included = Path(target) if os.path.isabs(target) else folder / target
+    try:
+        base = tomllib.loads(included.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"include: {included}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"include: {included}: cannot be read: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"include: {included}: not valid TOML: {e}") from None
+    base = _with_includes(base, str(included), depth + 1)
+    return _merge(_absolute_paths(base, included.parent), table)
+
+
 def parse_config(text: str, path: str = "") -> Config:
     """
     Parse configuration from TOML text.
 
     @param text: The TOML document.
+    A top-level C{include = "file.toml"} names a file (relative to this
+    one's folder) read first, this text laid over it: tables merge key by
+    key, other values (arrays of tables such as C{[[listeners]]}
+    included) replace the included file's (L{_merge}).  That is how a
+    preset (C{etc/presets/}) is used with one's own URLs and certificates.
+
     @param path: The file it came from: used in messages and to resolve
         relative paths.
     @return: The configuration.
@@ -983,6 +1071,7 @@ def parse_config(text: str, path: str = "") -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{label}: not valid TOML: {e}") from None
     try:
+        table = _with_includes(table, path)
         config = _build(Config, table, "")
         config = attrs.evolve(config, path=path)
         return _check(config)

@@ -126,7 +126,7 @@ class DefaultTests(SynchronousTestCase):
             {
                 "max_message_size": 25 * MiB,
                 "max_recipients": 100,
-                "max_line_length": 998,
+                "max_line_length": 65536,
                 "max_command_length": 512,
                 "idle_timeout": 300.0,
                 "data_timeout": 600.0,
@@ -169,7 +169,15 @@ class DefaultTests(SynchronousTestCase):
                 "list_unsubscribe": "X-List-Unsubscribe",
                 "metadata_prefix": "X-Metadata-",
                 "required": {},
-                "keep": ("In-Reply-To", "References", "List-*", "X-*"),
+                "keep": (
+                    "In-Reply-To",
+                    "References",
+                    "List-*",
+                    "X-*",
+                    "Auto-Submitted",
+                    "Precedence",
+                    "Feedback-ID",
+                ),
                 "strip": (
                     "Received",
                     "Return-Path",

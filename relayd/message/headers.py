@@ -35,6 +35,7 @@ from relayd.reply import Refused, missing_required_header, unknown_stream
 __all__ = [
     "SortedFields",
     "check_required",
+    "classify",
     "first_text",
     "printable",
     "read_stream",
@@ -325,6 +326,53 @@ def _keep_or_strip(rules: _Rules, fields: SortedFields, name: str, key: str, raw
         fields.kept.append((name, header_text(raw)))
     else:
         fields.add_stripped(name)
+
+
+def classify(name: str, policy: HeadersConfig) -> tuple[str, str]:
+    """
+    Where one top-level header field goes under the policy, and why: the
+    rules of L{sort_fields}, in words (for C{relayd explain}).
+
+    @param name: The field name, any case.
+    @param policy: The C{[headers]} table.
+    @return: C{(outcome, reason)}; the outcome is one of C{"represented"},
+        C{"mapped"}, C{"kept"}, C{"stripped"}.
+    """
+    rules = _RULES.get(policy)
+    key = name.strip().lower()
+    if key in _REPRESENTED:
+        return "represented", "a field of the request of its own"
+    controls = [
+        (rules.stream, "the stream (headers.stream)"),
+        (rules.tracking, "tracking (headers.tracking)"),
+        (rules.unsubscribe, "list-unsubscribe (headers.list_unsubscribe)"),
+    ]
+    for control, reason in controls:
+        if control and key == control:
+            return "mapped", reason
+    if rules.is_tags(key):
+        return "mapped", "tags (headers.tags)"
+    if rules.prefix and key.startswith(rules.prefix):
+        if not key[len(rules.prefix) :].strip():
+            return "stripped", "the metadata prefix without a key"
+        return "mapped", "metadata (headers.metadata_prefix)"
+    if key in rules.required and key not in rules.forwarded:
+        return "mapped", "a required header, checked and consumed (headers.required)"
+    if key == "message-id":
+        if rules.keep_message_id:
+            return "kept", "headers.keep_message_id = true"
+        return "stripped", "headers.keep_message_id = false"
+    if key in rules.forwarded:
+        return "kept", "a required header passed on (headers.required_forward)"
+    if key in _NEVER_KEPT:
+        return "stripped", "never passed on (Bcc, Date)"
+    if key.startswith("content-"):
+        return "stripped", "a MIME field of the message's own"
+    if rules.is_stripped(key):
+        return "stripped", "in headers.strip"
+    if not rules.is_kept(key):
+        return "stripped", "not in headers.keep"
+    return "kept", "in headers.keep"
 
 
 def check_required(values: Mapping[str, list[str]], policy: HeadersConfig) -> None:

@@ -62,6 +62,8 @@ class Session(Protocol):
     """
 
     transaction: Transaction | None
+    #: The server's name (C{server.hostname}).
+    hostname: str
 
     @property
     def ehlo(self) -> str | None:
@@ -261,7 +263,9 @@ def rcpt(session: Session, rest: str) -> defer.Deferred[None] | None:
         if m.group(1).strip("<>").lower() != "postmaster":
             session.error(R.BAD_RECIPIENT_SYNTAX)
             return None
-        address = "postmaster"  # RFC 5321 section 4.1.1.3: always accepted
+        # RFC 5321 section 4.1.1.3: always accepted; section 4.5.1: the
+        # postmaster of this host, so the upstream gets a whole address.
+        address = f"postmaster@{session.hostname}"
     if not transaction.smtputf8 and not address.isascii():
         session.error(R.NON_ASCII_ADDRESS)
         return None
