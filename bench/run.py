@@ -44,7 +44,6 @@ message and the ratios against the targets (L{suite.compare}).
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -52,7 +51,7 @@ from typing import Any
 
 from suite import BENCH, report
 from suite.compare import compare, print_comparison
-from suite.harness import Sink, Workspace, raise_nofile, relayd_processes
+from suite.harness import Sink, Workspace, py_spy_path, raise_nofile, relayd_processes
 from suite.scenarios import SCENARIOS, Context, plan
 
 DEFAULT_OUT = BENCH / "results" / "latest.json"
@@ -105,11 +104,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.workers = 1 if (args.profile or args.compare) else 0
     if args.workers < 0:
         p.error("--workers: 0 or more")
-    if (
-        args.profile
-        and args.profiler == "py-spy"
-        and not (shutil.which("py-spy") or (Path(sys.executable).parent / "py-spy").exists())
-    ):
+    if args.profile and args.profiler == "py-spy" and not py_spy_path():
         p.error("py-spy is not installed (pip install py-spy), use --profiler cprofile")
     return args
 
