@@ -3,6 +3,7 @@ relayd's standard benchmark: one command, every scenario, figures as JSON.
 
     python bench/run.py [--quick] [--scenario NAME ...] [--out PATH]
                         [--workers N] [--profile DIR [--profiler py-spy|cprofile]]
+    python bench/run.py --compare [--reps N] [--quick] [--workers N]
 
 Everything runs on 127.0.0.1 in a temporary folder: a self-signed
 certificate, a tokens file, a relayd configuration on free ports, an
@@ -34,20 +35,26 @@ errors are a result.
 The scenarios (C{small}, C{attach100k}, C{big5m}, C{huge25m}, C{idle10k},
 C{scaling}, C{concurrency}; C{--quick}: fewer runs, fewer messages, fewer
 sessions) are described in L{suite.scenarios}.
+
+C{--compare} runs relayd, a same-job aiosmtpd + aiohttp gateway and
+Postfix's C{smtp-sink} interleaved on four cases and prints their CPU per
+message and the ratios against the targets (L{suite.compare}).
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from suite import BENCH, report
-from suite.harness import Sink, Workspace, raise_nofile, relayd_processes
+from suite.compare import compare, print_comparison
+from suite.harness import Sink, Workspace, py_spy_path, raise_nofile, relayd_processes
 from suite.scenarios import SCENARIOS, Context, plan
+
+DEFAULT_OUT = BENCH / "results" / "latest.json"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -64,7 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--scenario", action="append", choices=sorted(SCENARIOS), help="run only these (repeatable)"
     )
-    p.add_argument("--out", default=str(BENCH / "results" / "latest.json"), help="JSON report path")
+    p.add_argument("--out", default=str(DEFAULT_OUT), help="JSON report path")
     p.add_argument("--tls", choices=["starttls", "implicit"], default="starttls")
     p.add_argument("--sink", choices=["auto", "nginx", "python"], default="auto")
     p.add_argument("--generator-procs", type=int, default=1, help="load generator processes")
@@ -85,16 +92,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", metavar="DIR", help="profile relayd; write profiles to DIR")
     p.add_argument("--profiler", choices=["py-spy", "cprofile"], default="py-spy")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="compare relayd with the aiosmtpd + aiohttp gateway and smtp-sink"
+        " (bench/peers/); --workers defaults to 1",
+    )
+    p.add_argument("--reps", type=int, default=3, help="--compare: interleaved runs per server")
     args = p.parse_args(argv)
     if args.workers is None:
-        args.workers = 1 if args.profile else 0
+        args.workers = 1 if (args.profile or args.compare) else 0
     if args.workers < 0:
         p.error("--workers: 0 or more")
-    if (
-        args.profile
-        and args.profiler == "py-spy"
-        and not (shutil.which("py-spy") or (Path(sys.executable).parent / "py-spy").exists())
-    ):
+    if args.profile and args.profiler == "py-spy" and not py_spy_path():
         p.error("py-spy is not installed (pip install py-spy), use --profiler cprofile")
     return args
 
@@ -119,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         f" check {sink.check}",
         flush=True,
     )
+    if args.compare:
+        return run_compare(args, argv, ws, sink, started)
     ctx = Context(args, ws, sink)
     scenarios: dict[str, Any] = {}
     try:
@@ -135,6 +147,32 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     report.write(figures, out)
     report.print_table(figures)
+    print(f"\nwrote {out} in {figures['meta']['elapsed_s']} s")
+    return 0
+
+
+def run_compare(
+    args: argparse.Namespace, argv: list[str] | None, ws: Workspace, sink: Sink, started: float
+) -> int:
+    """
+    C{--compare} (L{suite.compare}): print the comparison, write it as JSON
+    (C{bench/results/compare.json} unless C{--out} says otherwise).
+
+    @return: The exit status, 0.
+    """
+    try:
+        results = compare(args, ws, sink, relayd_processes(args.workers))
+    finally:
+        sink.stop()
+        ws.close()
+    figures = report.compose(args, argv, sink, {}, {}, time.monotonic() - started)
+    del figures["scenarios"], figures["targets"]
+    figures["compare"] = results
+    out = Path(args.out)
+    if out == DEFAULT_OUT:
+        out = out.with_name("compare.json")
+    report.write(figures, out)
+    print_comparison(results)
     print(f"\nwrote {out} in {figures['meta']['elapsed_s']} s")
     return 0
 

@@ -4,7 +4,9 @@ An SMTP submission load generator for relayd's benchmarks.
 It speaks real SMTP over real TLS to the daemon: the greeting, C{EHLO},
 C{STARTTLS} (RFC 3207) or implicit TLS from the first byte (RFC 8314
 section 3), C{EHLO} again, C{AUTH PLAIN} with an initial response
-(RFC 4954, RFC 4616), then N transactions per session, then C{QUIT}.  Each
+(RFC 4954, RFC 4616), then N transactions per session, then C{QUIT}.
+C{--tls none --no-auth} speaks plaintext without C{AUTH}: the mode for a
+floor that has neither (Postfix's C{smtp-sink}).  Each
 transaction sends C{MAIL}, every C{RCPT} and C{DATA} in one write
 (PIPELINING, RFC 2920 section 3.1: C{DATA} ends the group), waits for their
 replies, then sends the dot-stuffed content and the final dot in one write
@@ -344,8 +346,9 @@ async def open_session(args: argparse.Namespace, context: ssl.SSLContext, stats:
             await writer.start_tls(context, server_hostname=args.server_name)
             writer.write(b"EHLO bench.example\r\n")
             await session.expect(250, "EHLO after STARTTLS")
-        writer.write(b"AUTH PLAIN " + args.auth + b"\r\n")
-        await session.expect(235, "AUTH")
+        if not args.no_auth:
+            writer.write(b"AUTH PLAIN " + args.auth + b"\r\n")
+            await session.expect(235, "AUTH")
     except BaseException:
         writer.transport.abort()
         raise
@@ -558,7 +561,13 @@ def _options(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("mode", choices=["load", "idle"])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--tls", choices=["starttls", "implicit"], default="starttls")
+    p.add_argument(
+        "--tls",
+        choices=["starttls", "implicit", "none"],
+        default="starttls",
+        help="none: plaintext (for a floor such as Postfix's smtp-sink)",
+    )
+    p.add_argument("--no-auth", action="store_true", help="skip AUTH (with --tls none)")
     p.add_argument("--cafile", help="PEM certificate(s) to verify the server with")
     p.add_argument("--server-name", default="localhost", help="TLS server name (SNI, checked)")
     p.add_argument("--user", default="apikey")
@@ -578,8 +587,8 @@ def _options(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--deadline", type=float, default=300.0, help="seconds for the whole run")
     p.add_argument("--no-latencies", action="store_true", help="leave the latency list out")
     args = p.parse_args(argv)
-    if not args.token:
-        p.error("--token (or RELAYD_BENCH_TOKEN) is required")
+    if not args.token and not args.no_auth:
+        p.error("--token (or RELAYD_BENCH_TOKEN) is required, unless --no-auth")
     args.auth = base64.b64encode(f"\0{args.user}\0{args.token}".encode())
     args.rcpt_list = [f"rcpt{i}@bench.example" for i in range(args.rcpts)]
     args.rcpt_commands = b"".join(b"RCPT TO:<%s>\r\n" % r.encode("ascii") for r in args.rcpt_list)

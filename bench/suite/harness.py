@@ -37,6 +37,7 @@ __all__ = [
     "Sink",
     "Workspace",
     "free_port",
+    "py_spy_path",
     "raise_nofile",
     "relayd_processes",
     "source_digest",
@@ -116,6 +117,21 @@ def wait_settled(pid: int, processes: int, timeout: float = 60) -> float:
     raise RuntimeError(
         f"relayd: {len(process_tree(pid))} of {processes} processes, not idle after {timeout}s"
     )
+
+
+def py_spy_path() -> str | None:
+    """
+    py-spy: on C{PATH}, beside this Python, or in C{.venv-bench} (the
+    C{bench} extra of C{setup.cfg}).
+    """
+    for candidate in (
+        shutil.which("py-spy"),
+        Path(sys.executable).parent / "py-spy",
+        ROOT / ".venv-bench" / "bin" / "py-spy",
+    ):
+        if candidate and os.path.exists(candidate):
+            return str(candidate)
+    return None
 
 
 def source_digest() -> dict[str, Any]:
@@ -350,7 +366,7 @@ class Daemon:
         self.watcher = Watcher(self.proc.pid)
 
     def start_spy(self, path: Path) -> None:
-        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        spy = py_spy_path() or "py-spy"
         self.spy = subprocess.Popen(
             [
                 spy,

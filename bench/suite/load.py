@@ -23,6 +23,8 @@ import sys
 import time
 from typing import Any
 
+from attrs import frozen
+
 from . import BENCH, MiB
 from .harness import Daemon, Sink, Workspace
 from .procstats import (
@@ -35,31 +37,58 @@ from .procstats import (
     tree_hwm_bytes,
 )
 
-__all__ = ["LOAD_KEYS", "generator_command", "load_run", "summarize"]
+__all__ = ["LOAD_KEYS", "Endpoint", "generator_command", "load_run", "relayd_endpoint", "summarize"]
+
+
+@frozen
+class Endpoint:
+    """
+    Where and how the generator connects: a listener of relayd or of a
+    peer (L{suite.peers}).
+
+    @ivar port: The TCP port on 127.0.0.1.
+    @ivar tls: C{"starttls"}, C{"implicit"} or C{"none"} (plaintext).
+    @ivar auth: Whether the session authenticates (C{AUTH PLAIN}).
+    """
+
+    port: int
+    tls: str
+    auth: bool = True
+
+
+def relayd_endpoint(ws: Workspace, tls: str) -> Endpoint:
+    """
+    relayd's listener for C{tls} (C{"starttls"} or C{"implicit"}).
+    """
+    return Endpoint(ws.implicit_port if tls == "implicit" else ws.starttls_port, tls)
 
 
 def generator_command(
-    ws: Workspace, args: argparse.Namespace, mode: str, **options: Any
+    ws: Workspace,
+    args: argparse.Namespace,
+    mode: str,
+    endpoint: Endpoint | None = None,
+    **options: Any,
 ) -> list[str]:
     """
     The command line of one generator process in C{mode} (C{"load"} or
-    C{"idle"}), on the listener that C{--tls} names; each of C{options}
-    becomes C{--name value} (underscores as dashes).
+    C{"idle"}), on C{endpoint} (default: relayd's listener that C{--tls}
+    names); each of C{options} becomes C{--name value} (underscores as
+    dashes).
     """
-    port = ws.implicit_port if args.tls == "implicit" else ws.starttls_port
+    endpoint = endpoint or relayd_endpoint(ws, args.tls)
     command = [
         sys.executable,
         str(BENCH / "smtpload.py"),
         mode,
         "--port",
-        str(port),
+        str(endpoint.port),
         "--tls",
-        args.tls,
+        endpoint.tls,
         "--cafile",
         str(ws.cert),
-        "--token",
-        ws.token,
     ]
+    command += ["--token", ws.token] if endpoint.auth else ["--no-auth"]
     for key, value in options.items():
         command += ["--" + key.replace("_", "-"), str(value)]
     return command
@@ -116,10 +145,15 @@ def load_run(
     rcpts: int = 1,
     procs: int = 1,
     deadline: float = 300,
+    endpoint: Endpoint | None = None,
 ) -> dict[str, Any]:
     """
-    One measured load run.
+    One measured load run against C{daemon}: relayd's L{Daemon}, or a peer
+    of L{suite.peers} (anything with C{proc} and C{watcher}), whose
+    process tree is measured.
 
+    @param endpoint: Where the generator connects (default: relayd's
+        listener that C{--tls} names).
     @return: The figures of the run.
     """
     procs = max(1, min(procs, concurrency))
@@ -132,6 +166,7 @@ def load_run(
                 ws,
                 args,
                 "load",
+                endpoint,
                 messages=quota,
                 concurrency=share,
                 per_session=per_session,

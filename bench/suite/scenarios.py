@@ -217,6 +217,8 @@ def run_huge(name: str, p: dict[str, Any], ctx: Context) -> dict[str, Any]:
     summary["baseline_mib"] = round(first_baseline / MiB, 1)
     summary["max_rss_growth_mib"] = max(r["rss_growth_mib"] for r in runs)
     summary["max_rss_retained_mib"] = max(r["rss_retained_mib"] for r in runs)
+    # Peak growth in units of the message's size (the worst run).
+    summary["rss_growth_ratio"] = round(summary["max_rss_growth_mib"] * MiB / p["size"], 2)
     return {
         "params": {**p, "message_size_actual": runs[0]["message_sizes"]},
         "median": summary,
