@@ -28,7 +28,7 @@ the reactor serves), never per message.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from attrs import field, frozen
@@ -47,9 +47,11 @@ __all__ = [
     "Candidate",
     "Route",
     "Router",
+    "failover",
     "is_not_sent",
     "make_router",
     "send_with_failover",
+    "single_router",
 ]
 
 log = Logger()
@@ -81,6 +83,15 @@ class Candidate:
     client: Any
     credential: str | None = field(default=None, repr=False)
     label: str = ""
+
+    def credential_for(self, token: str) -> str:
+        """
+        @param token: The avatar's credential (the token's held one, else
+            the client's token).
+        @return: What this upstream is sent: its own credential, else
+            C{token}.
+        """
+        return token if self.credential is None else self.credential
 
 
 @frozen
@@ -132,6 +143,53 @@ def is_not_sent(result: object) -> bool:
     return isinstance(result, NotSent)
 
 
+async def failover(
+    candidates: Sequence[Candidate],
+    request: Callable[[int, Candidate], Awaitable[Any]],
+    *,
+    deadline: float | None = None,
+    not_sent: Callable[[object], bool] = is_not_sent,
+    route: str = "",
+) -> UpstreamResult:
+    """
+    Post a request to the first candidate; to the next only while the one
+    before certainly did not take it.
+
+    @param candidates: The upstreams in order; at least one.
+    @param request: C{(index, candidate)} to an awaitable of that
+        candidate's prepared request (its client's C{prepare}, with
+        L{Candidate.credential_for} and the transaction's one idempotency
+        key): asked only for the candidates that are tried, so that the
+        caller may build the first before and the others off the reactor
+        thread.
+    @param deadline: Seconds each request may take (see
+        L{UpstreamClient.post_prepared}); C{None}: each upstream's
+        C{timeout}.
+    @param not_sent: Says whether a result means "certainly not accepted";
+        L{is_not_sent} by default.
+    @param route: The route's name, for logs.
+    @return: See L{send_with_failover}.
+    @raise relayd.reply.Refused: When C{request} raises it (a dialect
+        cannot carry the message): no further upstream is tried.
+    """
+    result: UpstreamResult = NotSent(TEMPORARY_FAILURE)
+    for index, candidate in enumerate(candidates):
+        prepared = await request(index, candidate)
+        result = await candidate.client.post_prepared(prepared, deadline)
+        if not not_sent(result):
+            return result
+        if index + 1 < len(candidates):
+            log.warn(
+                "route {route}: upstream {upstream} did not take the message;"
+                " trying {next_upstream}",
+                route=route,
+                upstream=candidate.label,
+                next_upstream=candidates[index + 1].label,
+            )
+    log.warn("route {route}: no upstream could be reached", route=route)
+    return result
+
+
 async def send_with_failover(
     candidates: Sequence[Candidate],
     message: OutboundMessage,
@@ -144,7 +202,8 @@ async def send_with_failover(
 ) -> UpstreamResult:
     """
     Send C{message} to the first candidate; to the next only while the one
-    before certainly did not take it.
+    before certainly did not take it (L{failover}, each request prepared
+    on the calling thread when its candidate is tried).
 
     @param candidates: The upstreams in order (from L{Router.candidates});
         at least one.
@@ -167,23 +226,11 @@ async def send_with_failover(
     @raise relayd.reply.Refused: When a dialect cannot carry the message
         (the client gets its reply; no further upstream is tried).
     """
-    result: UpstreamResult = NotSent(TEMPORARY_FAILURE)
-    for index, candidate in enumerate(candidates):
-        credential = token if candidate.credential is None else candidate.credential
-        request = candidate.client.prepare(message, credential, idempotency_key)
-        result = await candidate.client.post_prepared(request, deadline)
-        if not not_sent(result):
-            return result
-        if index + 1 < len(candidates):
-            log.warn(
-                "route {route}: upstream {upstream} did not take the message;"
-                " trying {next_upstream}",
-                route=route,
-                upstream=candidate.label,
-                next_upstream=candidates[index + 1].label,
-            )
-    log.warn("route {route}: no upstream could be reached", route=route)
-    return result
+
+    async def prepare(index: int, candidate: Candidate) -> Any:
+        return candidate.client.prepare(message, candidate.credential_for(token), idempotency_key)
+
+    return await failover(candidates, prepare, deadline=deadline, not_sent=not_sent, route=route)
 
 
 class Router:
@@ -273,6 +320,21 @@ class Router:
         return DeferredList([client.close() for client in self.clients()], consumeErrors=True)
 
 
+def single_router(client: Any, label: str = "default") -> Router:
+    """
+    The router of a daemon without C{[[routes]]}: every message to
+    C{client}, with the avatar's credential.
+
+    @param client: The upstream client (C{prepare} and C{post_prepared}).
+    @param label: The candidate's label, for logs.
+    @return: A L{Router} whose default route is C{client} alone.
+    """
+    return Router(
+        (),
+        Route("default", frozenset(), frozenset(), frozenset(), (Candidate(client, None, label),)),
+    )
+
+
 def _route(
     reactor: Any,
     config: RouteConfig,
@@ -346,12 +408,6 @@ def make_router(
     default = (
         defaults[0]
         if defaults
-        else Route(
-            "default",
-            frozenset(),
-            frozenset(),
-            frozenset(),
-            (Candidate(default_client, None, f"default {config.upstream.dialect}"),),
-        )
+        else single_router(default_client, f"default {config.upstream.dialect}").default
     )
     return Router([route for is_default, route in built if not is_default], default)

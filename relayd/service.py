@@ -35,6 +35,7 @@ from relayd.smtp.guards import ConnectionLimiter, DeliveryTracker, LocalCounters
 from relayd.smtp.session import RelaySMTPFactory
 from relayd.tls import ServerTLS, ensure_self_signed, implicit_tls_factory
 from relayd.tokens import TokenStore
+from relayd.routing import make_router
 from relayd.upstream import make_client
 from relayd.workers import (
     SupervisorWatch,
@@ -280,7 +281,8 @@ class Daemon(MultiService):
 
 class _UpstreamCloser(Service):
     """
-    Closes the upstream client's idle persistent connections on stop.
+    Closes the upstream clients' idle persistent connections on stop (a
+    L{relayd.routing.Router}: every route's clients and C{[upstream]}'s).
     """
 
     def __init__(self, client: Any) -> None:
@@ -358,7 +360,10 @@ def make_service(config: Config, reactor: Any, inherit_fds: tuple[int, ...] = ()
         raise ConfigError("server.workers: inherited sockets do not match the listeners")
 
     client = make_client(reactor, config.upstream)
-    _UpstreamCloser(client).setServiceParent(top)
+    # Each route's upstreams (their credentials read now); the default
+    # route is [upstream] unless a route says default = true.
+    router = make_router(reactor, config, client)
+    _UpstreamCloser(router).setServiceParent(top)
     # The fleet's shared store (Redis) replaces this one where it is wired.
     outcomes = OutcomeStore(
         reactor,
@@ -375,6 +380,7 @@ def make_service(config: Config, reactor: Any, inherit_fds: tuple[int, ...] = ()
         store=outcomes,
         timeout=config.upstream.timeout,
         window=config.idempotency.window,
+        router=router,
     )
     portal = make_auth_portal(
         config.auth,

@@ -502,7 +502,7 @@ class UpstreamClient:
         }
 
     def _build(
-        self, message: OutboundMessage, token: str, idempotency_key: str | None
+        self, message: OutboundMessage, token: str, idempotency_key: str | None, now: float
     ) -> HTTPRequest:
         """
         The dialect's request: its C{request} hook, else (an L{IDialect}
@@ -511,13 +511,15 @@ class UpstreamClient:
         hook = getattr(self._dialect, "request", None)
         if hook is None:
             return HTTPRequest(self._dialect.body(message))
-        built: HTTPRequest = hook(
-            message, token, self._config.url, self._reactor.seconds(), idempotency_key
-        )
+        built: HTTPRequest = hook(message, token, self._config.url, now, idempotency_key)
         return built
 
     def prepare(
-        self, message: OutboundMessage, token: str, idempotency_key: str | None
+        self,
+        message: OutboundMessage,
+        token: str,
+        idempotency_key: str | None,
+        now: float | None = None,
     ) -> PreparedRequest:
         """
         Build the whole request for C{message} now: the dialect's body and
@@ -534,11 +536,18 @@ class UpstreamClient:
         @param token: The client's API token, sent to the upstream as is.
         @param idempotency_key: The transaction's key
             (L{relayd.idempotency.idempotency_key}), or C{None}.
+        @param now: The time to sign the request at (POSIX seconds), read
+            from the reactor by a caller that prepares off the reactor
+            thread; C{None}: the reactor's C{seconds()} now.  Nothing else
+            here touches the reactor, so with C{now} given this may run in
+            a worker thread.
         @return: The request, ready for L{post_prepared}.
         @raise relayd.reply.Refused: When the dialect cannot carry this
             message (nothing is sent).
         """
-        built = self._build(message, token, idempotency_key)
+        if now is None:
+            now = self._reactor.seconds()
+        built = self._build(message, token, idempotency_key, now)
         headers = self._headers(token)
         for name, value in built.headers.items():
             for default in [h for h in headers if h.lower() == name.lower()]:

@@ -59,7 +59,9 @@ class FakeClient:
         self.requests: list[tuple[Prepared, float | None]] = []
         self._open: list[Deferred[UpstreamResult]] = []
 
-    def prepare(self, message: OutboundMessage, token: str, key: str | None) -> Prepared:
+    def prepare(
+        self, message: OutboundMessage, token: str, key: str | None, now: float | None = None
+    ) -> Prepared:
         body = message.subject.encode()
         return Prepared(body, {"Idempotency-Key": [key or ""]}, len(body), key)
 

@@ -82,7 +82,9 @@ class FakeClient:
         self.sent: list[tuple[OutboundMessage, str]] = []
         self.keys: list[str | None] = []
 
-    def prepare(self, message: OutboundMessage, token: str, key: str | None) -> object:
+    def prepare(
+        self, message: OutboundMessage, token: str, key: str | None, now: float | None = None
+    ) -> object:
         self.sent.append((message, token))
         self.keys.append(key)
         return (message, token, key)
@@ -300,7 +302,13 @@ class FailoverTests(SynchronousTestCase):
 
     def test_refused_by_the_dialect_propagates(self) -> None:
         class Refusing(FakeClient):
-            def prepare(self, message: OutboundMessage, token: str, key: str | None) -> object:
+            def prepare(
+                self,
+                message: OutboundMessage,
+                token: str,
+                key: str | None,
+                now: float | None = None,
+            ) -> object:
                 raise Refused(Reply(554, "5.6.0", "cannot carry"))
 
         second = FakeClient("second")
