@@ -198,16 +198,25 @@ class Pipeline:
         return result
 
     def _build(
-        self, envelope: Envelope, data: bytes, token: str, policy: TokenPolicy, now: float
+        self,
+        envelope: Envelope,
+        data: bytes | bytearray,
+        token: str,
+        policy: TokenPolicy,
+        now: float,
     ) -> _Built:
         """
         Everything before the claim, with no reactor call (it may run in a
         worker thread): parse, check, key, route, and build the first
         upstream's request signed at C{now}.
 
+        @param data: The content (a C{bytearray} from the DATA reader is
+            copied to C{bytes} here, off the reactor for a large message).
         @raise Refused: The token's policy or the dialect refuses the
             message.
         """
+        if not isinstance(data, bytes):
+            data = bytes(data)
         message = parse_with_policy(data, envelope, self.headers)
         if not policy.allows_sender(message.author_address):
             raise Refused(R.SENDER_NOT_ALLOWED)
@@ -241,14 +250,14 @@ class Pipeline:
         return _Built(sent, route, request, message if len(route.candidates) > 1 else None)
 
     async def relay(
-        self, envelope: Envelope, data: bytes, token: str, policy: TokenPolicy
+        self, envelope: Envelope, data: bytes | bytearray, token: str, policy: TokenPolicy
     ) -> Reply:
         """
         Parse, check and send one message to its route's upstreams, at most
         once per idempotency key.
 
         @param envelope: The transaction's envelope.
-        @param data: The message (RFC 5322), CRLF line ends.
+        @param data: The message (RFC 5322), CRLF line ends; not changed.
         @param token: The avatar's credential (the token's held one, else
             the client's token), for an upstream without its own.
         @param policy: What the token allows; its name is the identity of
@@ -468,9 +477,9 @@ class TransactionMessage:
         self.mail_from = mail_from
         self.smtputf8 = smtputf8
         self.rcpt_to: list[str] = []
-        self._parts: list[bytes] = []
+        self._parts: list[bytes | bytearray] = []
 
-    def bodyReceived(self, data: bytes) -> None:
+    def bodyReceived(self, data: bytes | bytearray) -> None:
         """
         See L{ISubmissionMessage.bodyReceived}.
         """
@@ -489,8 +498,11 @@ class TransactionMessage:
         @return: A Deferred that fires with the L{Reply} for the client; it
             never fails.
         """
-        data = b"".join(self._parts)
-        self._parts = []
+        # One part (the session's content, a bytearray): taken as it is;
+        # the pipeline makes bytes of it (in its thread pool when large).
+        parts, self._parts = self._parts, []
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        del parts
         envelope = Envelope(self.mail_from, tuple(self.rcpt_to), self.smtputf8)
         avatar = self._avatar
         d = defer.Deferred.fromCoroutine(

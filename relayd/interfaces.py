@@ -29,11 +29,12 @@ class ISubmissionMessage(Interface):
     The message of one SMTP transaction, as the session hands it over.
     """
 
-    def bodyReceived(data: bytes) -> None:
+    def bodyReceived(data: bytes | bytearray) -> None:
         """
         Take message content: complete lines with CRLF line ends, dot-
         stuffing already undone (RFC 5321 section 4.5.2).  Called once per
-        message, with the whole content, in bytes.
+        message, with the whole content, in bytes (the DATA reader's own
+        C{bytearray}, not copied: read it, do not change it).
         """
 
     def eomReceived() -> Deferred[Reply]:

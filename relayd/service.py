@@ -30,12 +30,12 @@ from relayd.idempotency import OutcomeStore
 from relayd.listeners import ListenerService, listener_service, parse_endpoint
 from relayd.policy import MessageRates
 from relayd.replytexts import ReplyTexts
+from relayd.routing import make_router
 from relayd.sdnotify import Readiness
 from relayd.smtp.guards import ConnectionLimiter, DeliveryTracker, LocalCounters, MemoryBudget
 from relayd.smtp.session import RelaySMTPFactory
 from relayd.tls import ServerTLS, ensure_self_signed, implicit_tls_factory
 from relayd.tokens import TokenStore
-from relayd.routing import make_router
 from relayd.upstream import make_client
 from relayd.workers import (
     SupervisorWatch,

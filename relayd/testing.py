@@ -387,9 +387,9 @@ class _FakeMessage:
     def __init__(self, owner: FakeDelivery, record: SentMessage) -> None:
         self.owner = owner
         self.record = record
-        self.parts: list[bytes] = []
+        self.parts: list[bytes | bytearray] = []
 
-    def bodyReceived(self, data: bytes) -> None:
+    def bodyReceived(self, data: bytes | bytearray) -> None:
         self.parts.append(data)
 
     def lineReceived(self, line: bytes) -> None:

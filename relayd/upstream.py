@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from relayd.message import OutboundMessage
 
 __all__ = [
+    "BODY_CHUNK",
     "BytesProducer",
     "MAX_ANSWER",
     "PreparedRequest",
@@ -78,15 +79,25 @@ MAX_ANSWER = 64 * 1024
 USER_AGENT = f"relayd/{__version__}"
 
 
+#: Bytes of a request body written to the transport at a time: a large
+#: body goes out in pieces as the transport drains (it pauses this producer
+#: above its 64 KiB buffer), so that no reactor iteration copies or
+#: encrypts the whole body at once.
+BODY_CHUNK = 64 * 1024
+
+
 @implementer(IBodyProducer)
 class BytesProducer:
     """
-    A request body already in memory, written in one C{write}.
+    A request body already in memory, written in pieces of L{BODY_CHUNK}
+    bytes as the transport takes them (a streaming producer: the HTTP
+    client registers it with the transport, which pauses and resumes it).
 
     treq adapts C{bytes} to L{twisted.web.client.FileBodyProducer}, which
-    copies 64 KiB per reactor iteration through a cooperator: several
-    iterations and copies per message.  This writes the whole body at once;
-    the transport buffers it.
+    copies 64 KiB per reactor iteration through a cooperator.  This writes
+    a small body in one C{write}; a large one piece by piece while the
+    transport is not paused, so that the transport never joins (copies) the
+    whole body in one iteration of the reactor.
 
     It can be produced again: L{UpstreamPool} resends it on a fresh
     connection when a pooled one turns out stale.
@@ -109,31 +120,65 @@ class BytesProducer:
         else:
             self._body, self.replayable = body, replayable
         self.length = len(self._body)
+        self._consumer: IConsumer | None = None
+        self._done: Deferred[None] | None = None
+        self._offset = 0
+        self._paused = False
+        self._writing = False
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
         """
-        Write the body.
+        Write the body, from its start.
 
         @param consumer: The request's body consumer.
-        @return: An already fired L{Deferred}.
+        @return: A L{Deferred} that fires when the whole body is written
+            (at once for a body of at most L{BODY_CHUNK} bytes).
         """
-        consumer.write(self._body)
-        return succeed(None)
+        self._consumer, self._done = consumer, Deferred()
+        self._offset, self._paused = 0, False
+        done = self._done
+        self._write()
+        return done
+
+    def _write(self) -> None:
+        """
+        Write pieces until the transport pauses this producer or the body
+        is written.
+        """
+        if self._writing:
+            return  # resumed from inside a write: the loop goes on
+        self._writing = True
+        try:
+            while not self._paused and self._consumer is not None and self._offset < self.length:
+                piece = self._body[self._offset : self._offset + BODY_CHUNK]
+                self._offset += len(piece)
+                self._consumer.write(piece)
+        finally:
+            self._writing = False
+        if self._offset >= self.length and self._done is not None:
+            done, self._done, self._consumer = self._done, None, None
+            done.callback(None)
 
     def pauseProducing(self) -> None:
         """
-        Nothing to pause: everything was written at once.
+        The transport's buffer is full: stop writing.
         """
+        self._paused = True
 
     def resumeProducing(self) -> None:
         """
-        Nothing to resume.
+        The transport drained: go on writing.
         """
+        self._paused = False
+        if self._done is not None:
+            self._write()
 
     def stopProducing(self) -> None:
         """
-        Nothing to stop.
+        The request was abandoned: write no more; the L{Deferred} of
+        L{startProducing} never fires (L{IBodyProducer}).
         """
+        self._consumer, self._done = None, None
 
 
 class _StaleRetry:

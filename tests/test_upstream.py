@@ -46,6 +46,7 @@ from relayd.reply import TEMPORARY_FAILURE, Refused, Reply
 from relayd.result import Accepted, NotSent
 from relayd.testing import FakeUpstream, async_test, sample_message
 from relayd.upstream import (
+    BODY_CHUNK,
     MAX_ANSWER,
     BytesProducer,
     PreparedRequest,
@@ -75,24 +76,80 @@ class _Consumer:
         self.writes.append(data)
 
 
+class _PausingConsumer(_Consumer):
+    """
+    A transport whose buffer is full after each write: it pauses the
+    producer.
+    """
+
+    def __init__(self, producer: BytesProducer) -> None:
+        super().__init__()
+        self.producer = producer
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.producer.pauseProducing()
+
+
 class BytesProducerTests(SynchronousTestCase):
     """
     L{BytesProducer}.
     """
 
-    def test_one_write(self) -> None:
+    def test_small_body_in_one_write(self) -> None:
         """
-        The whole body is written at once and the result fires at once.
+        A body of at most L{BODY_CHUNK} bytes is written at once and the
+        result fires at once.
         """
-        producer = BytesProducer(b"x" * 200_000)
+        producer = BytesProducer(b"x" * BODY_CHUNK)
         self.assertTrue(verifyObject(IBodyProducer, producer))
-        self.assertEqual(producer.length, 200_000)
+        self.assertEqual(producer.length, BODY_CHUNK)
         consumer = _Consumer()
         self.assertIsNone(self.successResultOf(producer.startProducing(consumer)))
-        self.assertEqual(consumer.writes, [b"x" * 200_000])
+        self.assertEqual(consumer.writes, [b"x" * BODY_CHUNK])
         producer.pauseProducing()
         producer.resumeProducing()
         producer.stopProducing()
+
+    def test_large_body_in_pieces_as_the_transport_drains(self) -> None:
+        """
+        A large body is written in pieces of L{BODY_CHUNK} bytes while the
+        transport does not pause the producer: no reactor iteration copies
+        the whole body (the transport would join it in one).  The result
+        fires when the last piece is written.
+        """
+        body = bytes(range(256)) * 1000  # 256000 bytes
+        producer = BytesProducer(body)
+        consumer = _PausingConsumer(producer)
+        d = producer.startProducing(consumer)
+        self.assertEqual([len(w) for w in consumer.writes], [BODY_CHUNK])
+        self.assertNoResult(d)
+        producer.resumeProducing()
+        producer.resumeProducing()
+        self.assertNoResult(d)
+        producer.resumeProducing()
+        self.assertEqual(b"".join(consumer.writes), body)
+        self.assertEqual([len(w) for w in consumer.writes], [BODY_CHUNK] * 3 + [59392])
+        self.assertIsNone(self.successResultOf(d))
+
+    def test_stopped_never_fires_and_restarts_from_the_start(self) -> None:
+        """
+        After C{stopProducing} nothing more is written and the first
+        result never fires (L{IBodyProducer}); producing again (a resend
+        on a fresh connection) writes the whole body.
+        """
+        body = b"y" * (3 * BODY_CHUNK)
+        producer = BytesProducer(body)
+        first = _PausingConsumer(producer)
+        d = producer.startProducing(first)
+        producer.stopProducing()
+        producer.resumeProducing()
+        self.assertEqual(len(first.writes), 1)
+        self.assertNoResult(d)
+        second = _Consumer()
+        self.assertIsNone(self.successResultOf(producer.startProducing(second)))
+        self.assertEqual(b"".join(second.writes), body)
+        self.assertNoResult(d)
 
 
 class StubbedClientTests(SynchronousTestCase):

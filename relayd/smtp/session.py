@@ -522,7 +522,7 @@ class RelaySMTP(Protocol):
             return R.INSUFFICIENT_STORAGE
         return R.MESSAGE_TOO_BIG
 
-    async def _deliver(self, messages: list[ISubmissionMessage], body: bytes) -> None:
+    async def _deliver(self, messages: list[ISubmissionMessage], body: bytes | bytearray) -> None:
         """
         Hand the message over, wait for the verdict, reply.  The tracker
         counts the message until the reply is written.
