@@ -25,6 +25,7 @@ from relayd.idempotency import OutcomeStore, content_digest, idempotency_key
 from relayd.message import OutboundMessage
 from relayd.reply import Reply
 from relayd.result import Accepted, InFlight, NotSent, UpstreamResult
+from relayd.routing import Candidate, Route, Router
 from relayd.tokens import TokenPolicy
 
 MESSAGE = (
@@ -224,6 +225,105 @@ class IdempotentDeliveryTests(SynchronousTestCase):
         self.assertEqual(reply, R.NO_FROM_HEADER)
         self.assertEqual(len(self.store), 0)
         self.assertEqual(self.client.requests, [])
+
+
+class _RecordingClient(FakeClient):
+    """
+    A L{FakeClient} that also records the credential and signing time of
+    each prepared request.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prepared: list[tuple[str, float | None]] = []
+
+    def prepare(
+        self, message: OutboundMessage, token: str, key: str | None, now: float | None = None
+    ) -> Prepared:
+        self.prepared.append((token, now))
+        return super().prepare(message, token, key, now)
+
+
+class RoutedDeliveryTests(SynchronousTestCase):
+    """
+    The pipeline sends through its router: the route's first upstream,
+    the next only after a L{NotSent}, with the same key.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.first, self.second = _RecordingClient(), _RecordingClient()
+        self.store = OutcomeStore(self.clock, in_flight_window=WINDOW)
+        route = Route(
+            "web",
+            frozenset({"web"}),
+            frozenset(),
+            frozenset(),
+            (Candidate(self.first), Candidate(self.second, "backup-key")),
+        )
+        other = Route("default", frozenset(), frozenset(), frozenset(), (Candidate(None),))
+        pipeline = Pipeline(
+            None,
+            HeadersConfig(),
+            self.clock,
+            store=self.store,
+            timeout=TIMEOUT,
+            window=WINDOW,
+            router=Router([route], other),
+        )
+        self.avatar = RelayDelivery("tok-1", TokenPolicy("web"), pipeline)
+
+    def submit(self) -> Deferred[Reply]:
+        self.avatar.validateFrom(None, "ann@example.com")
+        message = self.avatar.validateTo("bob@example.net")()
+        message.bodyReceived(bytearray(MESSAGE))  # as the DATA reader gives it
+        return message.eomReceived()
+
+    def test_failover_after_not_sent_with_the_same_key(self) -> None:
+        """
+        The first upstream certainly did not take it: the second gets the
+        same key, its own credential, the time read when it was tried; the
+        client gets the second's id, recorded under the key.
+        """
+        d = self.submit()
+        self.assertEqual(self.first.prepared, [("tok-1", 1000.0)])
+        self.clock.advance(2)
+        self.first.answer(NotSent(R.TEMPORARY_FAILURE))
+        self.assertEqual(self.second.prepared, [("backup-key", 1002.0)])
+        ((first, _),), ((second, deadline),) = self.first.requests, self.second.requests
+        assert first.idempotency_key is not None
+        self.assertEqual(second.idempotency_key, first.idempotency_key)
+        self.assertEqual(deadline, WINDOW)
+        self.second.answer(Accepted("up-2"))
+        self.assertEqual(self.successResultOf(d), R.queued("up-2"))
+        self.assertEqual(
+            self.successResultOf(self.store.lookup(first.idempotency_key)), Accepted("up-2")
+        )
+
+    def test_an_answer_is_final(self) -> None:
+        """
+        A temporary failure that may have been a delivery is the answer:
+        the second upstream is not asked; the key is released.
+        """
+        d = self.submit()
+        self.first.answer(R.TEMPORARY_FAILURE)
+        self.assertEqual(self.successResultOf(d), R.TEMPORARY_FAILURE)
+        self.assertEqual(self.second.requests, [])
+        self.assertEqual(len(self.store), 0)
+
+    def test_no_upstream_reached_releases_the_key(self) -> None:
+        """
+        Neither upstream could be reached: C{451 4.3.0}, the claim is
+        released, and the retry is sent again.
+        """
+        d = self.submit()
+        self.first.answer(NotSent(R.TEMPORARY_FAILURE))
+        self.second.answer(NotSent(R.TEMPORARY_FAILURE))
+        self.assertEqual(self.successResultOf(d), R.TEMPORARY_FAILURE)
+        self.assertEqual(len(self.store), 0)
+        self.submit()
+        self.assertEqual(len(self.first.requests), 2)
 
 
 class MessageIdTests(SynchronousTestCase):
