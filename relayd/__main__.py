@@ -8,6 +8,9 @@ The C{relayd} command (also C{python -m relayd}).
   - C{relayd check --config PATH}: validate the configuration as start-up
     would, print the effective configuration, exit 0, or 78 with one line;
   - C{relayd tokens ...}: manage the tokens file (L{relayd.tokens});
+  - C{relayd explain --config PATH message.eml --to ADDR}: the upstream
+    request a message would produce, each header's fate and the reply;
+    nothing is sent (L{relayd.explain});
   - C{relayd --version}: relayd's version.
 """
 
@@ -32,6 +35,8 @@ Commands:
   run --config PATH      run the daemon (Twisted's twist options may come first)
   check --config PATH    validate the configuration and print it as relayd reads it
   tokens ...             manage the tokens file (relayd tokens --help)
+  explain --config PATH MESSAGE --to ADDR
+                         show the request a message would produce; send nothing
   --version              print relayd's version
 """
 
@@ -264,6 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from relayd.tokens import main as tokens
 
         return tokens(rest)
+    if command == "explain":
+        from relayd.explain import main as explain
+
+        return explain(rest)
     sys.stderr.write(f"relayd: unknown command {command!r}\n\n{USAGE}")
     return EX_USAGE
 

@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from relayd.explain import MASK, PLACEHOLDER, main
 from relayd.tokens import digest
 from tests.message.test_corpus import CORPUS_TABLE, ENMIME, Rejected
+from tests.test_command import relayd
 
 PRESETS = Path(__file__).resolve().parents[1] / "etc" / "presets"
 TOKEN = "explain-token-not-a-secret"
@@ -216,3 +217,26 @@ class ExplainTests(SynchronousTestCase):
         )
         self.assertEqual(main(["--config", self.config(), "/nonexistent", "--to", "a@b"], out), 2)
         self.assertEqual(main(["--config", self.config()], out), 2)
+
+    def test_explain_as_a_command(self) -> None:
+        """
+        C{relayd explain --config PATH message.eml --to ADDR}: exit 0, the
+        request and the reply on standard output, the credential masked;
+        a refused message exits 1 with its reply; a missing C{--to} is a
+        usage error (2).
+        """
+        config, eml = self.config(), str(self.dir / "message.eml")
+        done = relayd("explain", "--config", config, eml, "--to", "bob@example.net")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        s = self.sections(done.stdout)
+        self.assertEqual(s["request"][0], "POST https://api.example.com/v1/send")
+        self.assertIn(f"Authorization: {MASK}", s["request"])
+        self.assertEqual(s["reply"][0], "250 2.0.0 Ok: queued as {id}")
+        refused = relayd(
+            "explain", "--config", config, eml, "--to", "bob@example.net", "--token-name", "shop"
+        )
+        self.assertEqual(refused.returncode, 1, refused.stderr)
+        self.assertTrue(self.sections(refused.stdout)["reply"][0].startswith("550 5.7.1"))
+        usage = relayd("explain", "--config", config, eml)
+        self.assertEqual(usage.returncode, 2)
+        self.assertIn("relayd explain", usage.stderr)
