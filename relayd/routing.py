@@ -279,9 +279,11 @@ class Router:
         deadline: float | None = None,
     ) -> UpstreamResult:
         """
-        Route C{message} and send it with L{send_with_failover}: the one
-        call the delivery path makes instead of C{upstream.prepare} +
-        C{upstream.post_prepared}.
+        Route C{message} and send it with L{send_with_failover}, each
+        request prepared on the calling thread.  (The delivery path,
+        L{relayd.delivery.Pipeline}, uses L{route} and L{failover} itself,
+        to build the first request off the reactor thread for a large
+        message.)
 
         @param message: The parsed message (its C{envelope} is used).
         @param token: The avatar's credential (held, else the client's).
