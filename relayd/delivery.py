@@ -10,8 +10,11 @@ L{TransactionMessage}: one SMTP transaction, however many recipients, makes
 exactly one upstream request carrying every envelope recipient (RFC 5321
 section 3.3: one transaction is one message with one envelope).
 
-The reply to the final dot of DATA comes from L{Pipeline.relay}: C{250}
-only when the upstream accepted the message.  Every transaction is named
+Each message goes to the upstreams of its route (L{relayd.routing}: by
+token name, sender domain and stream), the next one only when the one
+before certainly did not take it.  The reply to the final dot of DATA
+comes from L{Pipeline.relay}: C{250} only when an upstream accepted the
+message.  Every transaction is named
 by its idempotency key (L{relayd.idempotency}) and claimed in an
 L{IOutcomeStore} before it is sent, so that a message is never lost and
 never sent twice: a retry of a message the upstream took gets C{250} with
