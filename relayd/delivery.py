@@ -26,6 +26,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from relayd import events
 from relayd import reply as R
 from relayd.config import HeadersConfig
 from relayd.interfaces import ISubmission, ISubmissionMessage
@@ -102,7 +103,6 @@ class Pipeline:
             upstream's id, or the C{4xx}/C{5xx} that says why not.  Never
             raises.
         """
-        started = self.clock.seconds()
         try:
             message = await self._parse(data, envelope)
             if not policy.allows_sender(message.author_address):
@@ -117,35 +117,15 @@ class Pipeline:
             mapped, stripped = message.mapped, message.stripped
             # Only the request body is needed from here on: let a large
             # message's other copies go before the upstream call.
-            size = len(data)
             del message, data
             result = await self.upstream.post(body, token)
         except Refused as e:
-            log.info(
-                "refused message for token {token_name}: {code} {status} {reason}",
-                token_name=policy.name,
-                code=e.reply.code,
-                status=e.reply.status,
-                reason=e.reply.text,
-            )
             return e.reply
         except Exception:
             log.failure("relaying a message failed")
             return R.LOCAL_ERROR
-        elapsed = self.clock.seconds() - started
         if isinstance(result, Accepted):
-            log.info(
-                "relayed message {upstream_id} for token {token_name}: {size} bytes,"
-                " {recipients} recipients, {elapsed:.3f}s; mapped {mapped};"
-                " stripped {stripped}",
-                upstream_id=result.message_id,
-                token_name=policy.name,
-                size=size,
-                recipients=len(envelope.rcpt_to),
-                elapsed=elapsed,
-                mapped=",".join(mapped) or "-",
-                stripped=",".join(stripped) or "-",
-            )
+            events.note(upstream_id=result.message_id, mapped=mapped, stripped=stripped)
             if not result.message_id:
                 log.warn(
                     "upstream answered 2xx without a message id for token {token_name};"
@@ -153,15 +133,6 @@ class Pipeline:
                     token_name=policy.name,
                 )
             return R.queued(result.message_id)
-        log.info(
-            "upstream did not take message for token {token_name}: {code} {status}"
-            " {reason} ({elapsed:.3f}s)",
-            token_name=policy.name,
-            code=result.code,
-            status=result.status,
-            reason=result.text,
-            elapsed=elapsed,
-        )
         return Reply(result.code, result.status, result.text)
 
 
@@ -204,8 +175,14 @@ class TransactionMessage:
         self._parts = []
         envelope = Envelope(self.mail_from, tuple(self.rcpt_to), self.smtputf8)
         avatar = self._avatar
-        return defer.Deferred.fromCoroutine(
-            avatar.pipeline.relay(envelope, data, avatar.token, avatar.policy)
+        return events.observe(
+            lambda: defer.Deferred.fromCoroutine(
+                avatar.pipeline.relay(envelope, data, avatar.token, avatar.policy)
+            ),
+            envelope,
+            len(data),
+            avatar.pipeline.clock,
+            avatar.name,
         )
 
     def connectionLost(self) -> None:

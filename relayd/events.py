@@ -29,7 +29,7 @@ import json
 import os
 from collections.abc import Callable
 from contextvars import ContextVar
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import IO, Any
 
 import attrs
@@ -38,8 +38,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import (
     FileLogObserver,
     ILogObserver,
-    LogLevel,
     Logger,
+    LogLevel,
     formatEvent,
 )
 
@@ -174,6 +174,7 @@ def observe(
     envelope: Any,
     size: int,
     clock: IReactorTime,
+    identity: str = "",
 ) -> defer.Deferred[Any]:
     """
     Run one transaction's delivery and emit its event once it has its
@@ -186,9 +187,13 @@ def observe(
     @param envelope: The transaction's L{relayd.message.Envelope}.
     @param size: The message's size in bytes.
     @param clock: For the latency (seconds from now to the reply).
+    @param identity: The authenticated identity's name (the token's policy
+        name, never the token).
     @return: The Deferred of the reply.
     """
     record = _current.get() or TransactionRecord()
+    if identity:
+        record.identity = identity
     token = _current.set(record)
     started = clock.seconds()
     flight = metrics.in_flight(size)
@@ -263,7 +268,7 @@ def format_json(event: dict[str, Any], worker: str) -> str:
     """
     level = event.get("log_level", LogLevel.info)
     out: dict[str, Any] = {
-        "time": datetime.fromtimestamp(event.get("log_time", 0.0), timezone.utc).isoformat(
+        "time": datetime.fromtimestamp(event.get("log_time", 0.0), UTC).isoformat(
             timespec="milliseconds"
         ),
         "level": level.name,
@@ -318,4 +323,3 @@ def log_observer_factory(fmt: str, worker: str | None = None) -> Callable[[IO[An
     if fmt == "json":
         return lambda out: FileLogObserver(out, lambda e: format_json(e, name))
     return lambda out: FileLogObserver(out, lambda e: format_text(e, name))
-

@@ -166,6 +166,8 @@ def auth(outcome: str) -> None:
     @param outcome: C{"success"}, C{"failure"} or C{"locked_out"}.
     """
     AUTH.labels(outcome).inc()
+    if outcome == "locked_out":
+        LIMIT_REFUSALS.labels("auth_lockout").inc()
 
 
 def limit_refused(reason: str) -> None:

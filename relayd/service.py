@@ -23,9 +23,12 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.logger import Logger
 
+from relayd.admin import Readiness
+from relayd.admin import make_site as make_admin_site
 from relayd.auth import make_portal
 from relayd.config import Config, ConfigError
 from relayd.delivery import Pipeline, make_avatar_factory
+from relayd.redisstore import RedisConnection, connect
 from relayd.smtp import AuthThrottle, ConnectionLimiter, DeliveryTracker, RelaySMTPFactory
 from relayd.tls import ServerTLS, ensure_self_signed, implicit_tls_factory
 from relayd.tokens import TokenStore
@@ -285,7 +288,25 @@ class _UpstreamCloser(Service):
         return self.client.close()
 
 
-def make_service(config: Config, reactor: Any, inherit_fds: tuple[int, ...] = ()) -> Daemon:
+class _RedisCloser(Service):
+    """
+    Closes the Redis connections on stop.
+    """
+
+    def __init__(self, redis: RedisConnection) -> None:
+        self.redis = redis
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.redis.close()
+
+
+def make_service(
+    config: Config,
+    reactor: Any,
+    inherit_fds: tuple[int, ...] = (),
+    log_args: tuple[str, ...] = (),
+) -> Daemon:
     """
     Build the daemon from its configuration.
 
@@ -298,6 +319,8 @@ def make_service(config: Config, reactor: Any, inherit_fds: tuple[int, ...] = ()
         inherited listening sockets, one per listener in configuration
         order.  Empty in the supervisor, which binds the listeners and
         starts C{[server] workers - 1} workers.
+    @param log_args: The C{twist} log options the workers get (the
+        supervisor's own C{--log-format} and C{--log-level}).
     @return: The service to start; starting it binds every listener (or
         exits with status 1 and one line when one cannot listen, see
         L{Daemon}).  Stopping it closes every session after its reply
@@ -322,6 +345,13 @@ def make_service(config: Config, reactor: Any, inherit_fds: tuple[int, ...] = ()
 
     client = make_client(reactor, config.upstream)
     _UpstreamCloser(client).setServiceParent(top)
+    # Shared state (relayd.redisstore): the stores fall back to in-process
+    # ones while Redis is unreachable.
+    redis = (
+        RedisConnection(connect(config.redis), config.redis, reactor) if config.redis.url else None
+    )
+    if redis is not None:
+        _RedisCloser(redis).setServiceParent(top)
     pipeline = Pipeline(client, config.headers, reactor, threads=reactor)
     portal = make_portal(store, make_avatar_factory(pipeline))
     limits = config.limits
@@ -351,6 +381,7 @@ def make_service(config: Config, reactor: Any, inherit_fds: tuple[int, ...] = ()
             throttle=throttle,
             tracker=tracker,
         )
+        factory.listener = listener.name  # for metrics and events
         if implicit:
             factory = implicit_tls_factory(factory, context)
         if inherit_fds:
@@ -382,6 +413,15 @@ def make_service(config: Config, reactor: Any, inherit_fds: tuple[int, ...] = ()
         dev.setServiceParent(top)
         top.endpoints["dev_upstream"] = f"dev_upstream ({config.dev_upstream.endpoint})"
 
+    if config.admin.listen:
+        readiness = Readiness(reactor, listening, tracker, redis, config.admin.upstream_fresh)
+        admin = strports.service(
+            config.admin.listen, make_admin_site(readiness, reactor), reactor=reactor
+        )
+        admin.setName("admin")
+        admin.setServiceParent(top)
+        top.endpoints["admin"] = f"admin ({config.admin.listen})"
+
     # Last: the workers start once every listener of this process listens.
     workers = worker_count(config.server.workers)
     if workers > 1:
@@ -389,7 +429,7 @@ def make_service(config: Config, reactor: Any, inherit_fds: tuple[int, ...] = ()
             reactor,
             listening,
             workers - 1,
-            worker_argv(os.path.abspath(config.path)),
+            worker_argv(os.path.abspath(config.path), log_args),
             stop_timeout=stop_timeout + 5,
         )
         pool.setServiceParent(top)

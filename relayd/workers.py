@@ -29,7 +29,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.service import Service
@@ -39,6 +39,8 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from relayd import metrics
 
 __all__ = ["AdoptedPortService", "SupervisorWatch", "WorkerPool", "worker_count"]
 
@@ -167,6 +169,7 @@ class _WorkerProtocol(ProcessProtocol):
         self.pool = pool
         self.index = index
         self.ended: defer.Deferred[None] = defer.Deferred()
+        self.pid: int | None = None
 
     def processEnded(self, reason: Failure) -> None:
         self.ended.callback(None)
@@ -233,19 +236,24 @@ class WorkerPool(Service):
         argv = self.argv + ["--inherit-fds", ",".join(inherited)]
         proto = _WorkerProtocol(self, index)
         try:
+            # RELAYD_WORKER: the worker's name in its log lines (relayd.events).
+            env = dict(os.environ, RELAYD_WORKER=str(index + 1))
             self.workers[index] = self.reactor.spawnProcess(
-                proto, argv[0], argv, env=os.environ.copy(), childFDs=child_fds
+                proto, argv[0], argv, env=env, childFDs=child_fds
             )
         except OSError:
             log.failure("could not start worker {index}; trying again", index=index)
             self.reactor.callLater(RESTART_DELAY, self._spawn, index)
             return
         self._protocols[index] = proto
+        proto.pid = self.workers[index].pid
         log.info("started worker {index} (pid {pid})", index=index, pid=self.workers[index].pid)
 
     def _ended(self, proto: _WorkerProtocol, reason: Failure) -> None:
         self.workers.pop(proto.index, None)
         self._protocols.pop(proto.index, None)
+        if proto.pid is not None:
+            metrics.process_dead(proto.pid)  # its live gauges end with it
         if self.running:
             log.warn(
                 "worker {index} ended ({reason}); restarting",
@@ -280,17 +288,20 @@ class WorkerPool(Service):
         return d
 
 
-def worker_argv(config_path: str) -> list[str]:
+def worker_argv(config_path: str, log_args: Sequence[str] = ()) -> list[str]:
     """
     The command line that starts one worker of this program.
 
     @param config_path: The configuration file the supervisor loaded.
+    @param log_args: C{twist}'s log options, the supervisor's own
+        (C{--log-format=json}, C{--log-level=warn}), so that every process
+        logs alike; C{--log-format=text} when empty.
     """
     return [
         sys.executable,
         "-m",
         "twisted",
-        "--log-format=text",
+        *(log_args or ["--log-format=text"]),
         "relayd",
         "--config",
         config_path,

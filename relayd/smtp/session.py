@@ -38,6 +38,7 @@ from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from relayd import events, metrics
 from relayd import reply as R
 from relayd.config import LimitsConfig
 from relayd.interfaces import ISubmission, ISubmissionMessage
@@ -166,6 +167,7 @@ class RelaySMTP(Protocol):
         self.peer_ip = str(getattr(peer, "host", peer))
         if not self.factory.limiter.acquire(self.peer_ip):
             log.info("refused connection from {peer}: too many", peer=self.peer_ip)
+            metrics.limit_refused("connections")
             self.closing(R.TOO_MANY_CONNECTIONS)
             return
         self._counted = True
@@ -176,6 +178,7 @@ class RelaySMTP(Protocol):
             self.limits.session_timeout, self._timed_out, R.SESSION_LIFETIME_EXCEEDED
         )
         self.factory.tracker.opened(self)
+        metrics.session_opened(self)
 
     def connectionLost(self, reason: Failure | None = None) -> None:  # type: ignore[override]
         self._state = State.CLOSED
@@ -191,6 +194,7 @@ class RelaySMTP(Protocol):
             self._logout()
             self._logout = None
         self.framing.buffer = bytearray()
+        metrics.session_closed(self, reason)
         self.factory.tracker.closed(self)
 
     def shut_down(self, after_reply: bool = False) -> None:
@@ -304,6 +308,7 @@ class RelaySMTP(Protocol):
         self.send(r)
         self._errors += 1
         if self._errors >= self.limits.max_errors and self._state != State.CLOSED:
+            metrics.limit_refused("errors")
             self.closing(R.TOO_MANY_ERRORS)
 
     # -- input --
@@ -426,6 +431,7 @@ class RelaySMTP(Protocol):
         body = data.body()
         self._messages += 1
         if data.error is not None:
+            metrics.limit_refused(data.error.name.lower())
             for m in messages:
                 m.connectionLost()
             self.send(self._data_reply(data.error))
@@ -449,6 +455,7 @@ class RelaySMTP(Protocol):
         Hand the message over, wait for the verdict, reply.  The tracker
         counts the message until the reply is written.
         """
+        events.begin(self)
         try:
             for m in messages:
                 m.bodyReceived(body)
@@ -599,6 +606,7 @@ class RelaySMTP(Protocol):
         elif self.transaction is not None:
             self.error(R.AUTH_DURING_TRANSACTION)
         elif self.factory.throttle.locked(self.peer_ip):
+            metrics.auth("locked_out")
             self.closing(R.AUTH_LOCKED_OUT)
         else:
             parts = rest.split()
@@ -647,6 +655,7 @@ class RelaySMTP(Protocol):
             await self._auth_failed()
             return
         self.factory.throttle.succeeded(self.peer_ip)
+        metrics.auth("success")
         self.authenticated = True
         self.avatar = cast(ISubmission, avatar)
         self._logout = logout
@@ -656,6 +665,7 @@ class RelaySMTP(Protocol):
     async def _auth_failed(self) -> None:
         delay = self.factory.throttle.failed(self.peer_ip)
         self._auth_failures += 1
+        metrics.auth("failure")
         log.info("failed AUTH from {peer}", peer=self.peer_ip)
         if delay > 0:
             d: defer.Deferred[None] = defer.Deferred()
