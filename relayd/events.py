@@ -243,11 +243,12 @@ _PRIORITY = {
 
 def worker_name() -> str:
     """
-    @return: Which process this is: C{"0"} for the supervisor (or the only
-        process), C{"1"} ... for the workers (L{relayd.workers} sets
+    @return: Which process this is: C{"main"} for the supervisor (or the
+        only process), C{"0"}, C{"1"} ... for the workers, as the
+        supervisor's log numbers them (L{relayd.workers} sets
         C{RELAYD_WORKER}).
     """
-    return os.environ.get("RELAYD_WORKER", "0")
+    return os.environ.get("RELAYD_WORKER", "main")
 
 
 def _json_value(value: Any) -> Any:

@@ -127,10 +127,11 @@ def makeService(options: Options) -> Any:
     from twisted.internet import reactor
 
     _return_freed_memory_to_the_system()
-    log_args = _log_options(options)
     try:
         config = load_config(options["config"])
+        # Before anything imports relayd.metrics (relayd.events does).
         _metrics_directory(config, bool(options["inherit-fds"]))
+        log_args = _log_options(options)
         from relayd.service import make_service
 
         return make_service(config, reactor, options["inherit-fds"], log_args)

@@ -40,8 +40,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from relayd import metrics
-
 __all__ = ["AdoptedPortService", "SupervisorWatch", "WorkerPool", "worker_count"]
 
 log = Logger()
@@ -237,7 +235,7 @@ class WorkerPool(Service):
         proto = _WorkerProtocol(self, index)
         try:
             # RELAYD_WORKER: the worker's name in its log lines (relayd.events).
-            env = dict(os.environ, RELAYD_WORKER=str(index + 1))
+            env = dict(os.environ, RELAYD_WORKER=str(index))
             self.workers[index] = self.reactor.spawnProcess(
                 proto, argv[0], argv, env=env, childFDs=child_fds
             )
@@ -253,6 +251,8 @@ class WorkerPool(Service):
         self.workers.pop(proto.index, None)
         self._protocols.pop(proto.index, None)
         if proto.pid is not None:
+            from relayd import metrics  # not at import: see relayd.tap
+
             metrics.process_dead(proto.pid)  # its live gauges end with it
         if self.running:
             log.warn(

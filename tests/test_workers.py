@@ -201,7 +201,7 @@ class WorkerPoolTests(SynchronousTestCase):
         """
         self.pool.startService()
         self.assertEqual(len(self.reactor.spawned), 2)
-        for number, spawned in enumerate(self.reactor.spawned, 1):
+        for number, spawned in enumerate(self.reactor.spawned):
             self.assertEqual(spawned.executable, ARGV[0])
             self.assertEqual(spawned.args, ARGV + ["--inherit-fds", "3,4"])
             # Standard input is a pipe from the supervisor: its EOF stops the worker.
