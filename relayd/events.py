@@ -241,6 +241,20 @@ _PRIORITY = {
 }
 
 
+def _message(event: dict[str, Any]) -> str:
+    """
+    An event's text.  The transaction event is formatted with C{str.format}
+    (in C), several times cheaper than L{formatEvent}'s pure-Python
+    formatter for its 18 fields; the others by L{formatEvent}.
+    """
+    if event.get("log_event") == "transaction":
+        try:
+            return _TEXT.format_map(event)
+        except (KeyError, ValueError, TypeError):
+            pass
+    return formatEvent(event)
+
+
 def worker_name() -> str:
     """
     @return: Which process this is: C{"main"} for the supervisor (or the
@@ -277,7 +291,7 @@ def format_json(event: dict[str, Any], worker: str) -> str:
         "namespace": event.get("log_namespace", "-"),
         "worker": worker,
         "pid": os.getpid(),
-        "message": formatEvent(event),
+        "message": _message(event),
     }
     if event.get("log_event") == "transaction":
         out["event"] = "transaction"
@@ -299,7 +313,7 @@ def format_text(event: dict[str, Any], worker: str) -> str | None:
     One event as one readable line: time, namespace and level, worker, text
     (and a failure's traceback).
     """
-    text = formatEvent(event)
+    text = _message(event)
     failure = event.get("log_failure")
     if failure is not None:
         text = f"{text}\n{failure.getTraceback()}"
