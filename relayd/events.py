@@ -11,8 +11,7 @@ given to C{Deferred.fromCoroutine} in a copy of the caller's context):
 
   - the session (L{begin}): session id, client address, listener, TLS
     version, authenticated identity;
-  - the upstream client (L{relayd.metrics.upstream} calls L{note}): HTTP
-    status and latency; the delivery path (L{note}): the upstream's id, the
+  - the upstream client (L{upstream}): HTTP status and latency; the delivery path (L{note}): the upstream's id, the
     idempotency outcome, mapped and stripped headers;
   - the delivery's Deferred (L{observe}): reverse-path, recipient count,
     size, reply code and enhanced status code, total latency.
@@ -44,6 +43,7 @@ from twisted.logger import (
 )
 
 from relayd import metrics
+from relayd.metrics import tls_version
 
 __all__ = [
     "FIELDS",
@@ -53,6 +53,7 @@ __all__ = [
     "note",
     "observe",
     "tls_version",
+    "upstream",
     "worker_name",
 ]
 
@@ -112,22 +113,6 @@ class TransactionRecord:
 _current: ContextVar[TransactionRecord | None] = ContextVar("relayd_transaction", default=None)
 
 
-def tls_version(transport: Any) -> str:
-    """
-    @param transport: A session's transport (after STARTTLS, or a TLS
-        wrapper's).
-    @return: The negotiated TLS version (C{"TLSv1.3"}), or C{""} without
-        TLS or before the handshake is done.
-    """
-    try:
-        handle = transport.getHandle()
-        name = getattr(handle, "get_protocol_version_name", None)
-        version = str(name()) if name is not None else ""
-    except Exception:
-        return ""
-    return "" if version in ("", "Unknown") else version
-
-
 def begin(session: Any) -> TransactionRecord:
     """
     Start the record of a transaction whose final dot just arrived, in the
@@ -167,6 +152,26 @@ def note(**fields: Any) -> None:
         if isinstance(value, (list, tuple)):
             value = ",".join(value) or "-"
         setattr(record, name, value)
+
+
+def upstream(
+    exchange: Any, started: float, error: BaseException | None, clock: IReactorTime
+) -> None:
+    """
+    One upstream request ended: count it (L{relayd.metrics.upstream}) and
+    note its HTTP status and duration in the current transaction's record.
+
+    @param exchange: What it got: C{status} (the HTTP status, or C{None}
+        without an answer) and C{timed_out}.
+    @param started: When it was sent, in C{clock}'s seconds.
+    @param error: What it raised, if anything.
+    @param clock: The upstream client's clock.
+    """
+    now = clock.seconds()
+    metrics.upstream(exchange, now - started, error, now)
+    note(
+        upstream_status=getattr(exchange, "status", None), upstream_seconds=round(now - started, 3)
+    )
 
 
 def observe(

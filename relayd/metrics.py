@@ -44,6 +44,7 @@ __all__ = [
     "render",
     "session_closed",
     "session_opened",
+    "tls_version",
     "transaction",
     "upstream",
 ]
@@ -156,9 +157,23 @@ def _is_tls_error(reason: Any) -> bool:
 
 
 def _handshake_done(session: Any) -> bool:
-    from relayd.events import tls_version
-
     return tls_version(session.transport) != ""
+
+
+def tls_version(transport: Any) -> str:
+    """
+    @param transport: A session's transport (after STARTTLS, or a TLS
+        wrapper's).
+    @return: The negotiated TLS version (C{"TLSv1.3"}), or C{""} without
+        TLS or before the handshake is done.
+    """
+    try:
+        handle = transport.getHandle()
+        name = getattr(handle, "get_protocol_version_name", None)
+        version = str(name()) if name is not None else ""
+    except Exception:
+        return ""
+    return "" if version in ("", "Unknown") else version
 
 
 def auth(outcome: str) -> None:
@@ -248,9 +263,6 @@ def upstream(
     _upstream_seen["asked"] = now
     if status is not None:
         _upstream_seen["answered"] = now
-    from relayd.events import note
-
-    note(upstream_status=status, upstream_seconds=round(seconds, 3))
 
 
 def recent_upstream(now: float, fresh: float) -> bool:

@@ -27,7 +27,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
-from relayd import __version__, metrics
+from relayd import __version__, events
 from relayd.dialects import get_dialect
 from relayd.interfaces import IDialect
 from relayd.reply import TEMPORARY_FAILURE
@@ -379,9 +379,7 @@ class UpstreamClient:
         finally:
             if timer.active():
                 timer.cancel()
-            metrics.upstream(
-                exchange, self._reactor.seconds() - start, error, self._reactor.seconds()
-            )
+            events.upstream(exchange, start, error, self._reactor)
         fields = {
             "dialect": self._dialect.name,
             "size": len(body),
