@@ -41,7 +41,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
-from relayd import __version__
+from relayd import __version__, events
 from relayd.config import ConfigError
 from relayd.dialects import get_dialect
 from relayd.dialects.base import HTTPRequest, retry_after_seconds
@@ -650,6 +650,7 @@ class UpstreamClient:
         finally:
             if timer.active():
                 timer.cancel()
+            events.upstream(exchange, start, error, self._reactor)
         fields = {
             "dialect": self._dialect.name,
             "size": request.size,
