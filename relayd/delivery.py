@@ -38,6 +38,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from relayd import events
 from relayd import reply as R
 from relayd.config import HeadersConfig
 from relayd.idempotency import OutcomeStore, content_digest, idempotency_key
@@ -285,13 +286,6 @@ class Pipeline:
             del data
             earlier = await self.store.claim(built.sent.key)
         except Refused as e:
-            log.info(
-                "refused message for token {token_name}: {code} {status} {reason}",
-                token_name=policy.name,
-                code=e.reply.code,
-                status=e.reply.status,
-                reason=e.reply.text,
-            )
             return e.reply
         except Exception:
             log.failure("relaying a message failed")
@@ -313,6 +307,7 @@ class Pipeline:
                 token_name=sent.token_name,
                 upstream_id=earlier.message_id,
             )
+            events.note(idempotency="replayed", upstream_id=earlier.message_id)
             return R.queued(earlier.message_id)
         if isinstance(earlier, InFlight):
             log.info(
@@ -322,6 +317,7 @@ class Pipeline:
                 token_name=sent.token_name,
                 since=earlier.since,
             )
+            events.note(idempotency="in_flight")
             return R.FIRST_ATTEMPT_IN_FLIGHT
         log.info(
             "repeated message {key} for token {token_name}: refused before with"
@@ -331,6 +327,7 @@ class Pipeline:
             code=earlier.code,
             status=earlier.status,
         )
+        events.note(idempotency="refused_before")
         return earlier
 
     async def _answer(self, built: _Built, token: str) -> Reply:
@@ -411,20 +408,26 @@ class Pipeline:
         late = "" if in_time() else " (late: the client was told 451)"
         if isinstance(result, Accepted):
             await self._record(self.store.record_accepted(sent.key, result.message_id))
-            log.info(
-                "relayed message {upstream_id} for token {token_name}: {size} bytes,"
-                " {recipients} recipients, {elapsed:.3f}s; key {key}; mapped {mapped};"
-                " stripped {stripped}{late}",
+            events.note(
                 upstream_id=result.message_id,
-                token_name=sent.token_name,
-                size=sent.size,
-                recipients=sent.recipients,
-                elapsed=elapsed,
-                key=sent.key,
-                mapped=",".join(sent.mapped) or "-",
-                stripped=",".join(sent.stripped) or "-",
-                late=late,
+                mapped=sent.mapped,
+                stripped=sent.stripped,
+                idempotency="new",
             )
+            if late:
+                # The transaction's event went out with the 451: say what
+                # became of the message in a line of its own.
+                log.info(
+                    "relayed message {upstream_id} for token {token_name}: {size} bytes,"
+                    " {recipients} recipients, {elapsed:.3f}s; key {key}{late}",
+                    upstream_id=result.message_id,
+                    token_name=sent.token_name,
+                    size=sent.size,
+                    recipients=sent.recipients,
+                    elapsed=elapsed,
+                    key=sent.key,
+                    late=late,
+                )
             if not result.message_id:
                 log.warn(
                     "upstream answered 2xx without a message id for token {token_name};"
@@ -441,17 +444,19 @@ class Pipeline:
                 await self._record(self.store.record_refused(sent.key, reply))
             else:
                 await self._record(self.store.release(sent.key))
-        log.info(
-            "upstream did not take message {key} for token {token_name}: {code} {status}"
-            " {reason} ({elapsed:.3f}s){late}",
-            key=sent.key,
-            token_name=sent.token_name,
-            code=reply.code,
-            status=reply.status,
-            reason=reply.text,
-            elapsed=elapsed,
-            late=late,
-        )
+        events.note(idempotency="new")
+        if late:
+            log.info(
+                "upstream did not take message {key} for token {token_name}: {code} {status}"
+                " {reason} ({elapsed:.3f}s){late}",
+                key=sent.key,
+                token_name=sent.token_name,
+                code=reply.code,
+                status=reply.status,
+                reason=reply.text,
+                elapsed=elapsed,
+                late=late,
+            )
         return reply
 
     async def _record(self, d: defer.Deferred[None]) -> None:
@@ -508,8 +513,14 @@ class TransactionMessage:
         del parts
         envelope = Envelope(self.mail_from, tuple(self.rcpt_to), self.smtputf8)
         avatar = self._avatar
-        d = defer.Deferred.fromCoroutine(
-            avatar.pipeline.relay(envelope, data, avatar.token, avatar.policy)
+        d = events.observe(
+            lambda: defer.Deferred.fromCoroutine(
+                avatar.pipeline.relay(envelope, data, avatar.token, avatar.policy)
+            ),
+            envelope,
+            len(data),
+            avatar.pipeline.clock,
+            avatar.name,
         )
         return d.addCallback(avatar.judged)
 

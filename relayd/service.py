@@ -23,12 +23,16 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.logger import Logger
 
+from relayd.admin import Readiness as AdminReadiness
+from relayd.admin import make_site as make_admin_site
 from relayd.auth import make_auth_portal
 from relayd.config import Config, ConfigError
 from relayd.delivery import Pipeline, make_avatar_factory
 from relayd.idempotency import OutcomeStore
+from relayd.interfaces import ICounters, IOutcomeStore
 from relayd.listeners import ListenerService, listener_service, parse_endpoint
 from relayd.policy import MessageRates
+from relayd.redisstore import RedisConnection, RedisCounters, RedisOutcomeStore, connect
 from relayd.replytexts import ReplyTexts
 from relayd.routing import make_router
 from relayd.sdnotify import Readiness
@@ -321,7 +325,25 @@ def _http_checker(config: Config, reactor: Any) -> Any:
     )
 
 
-def make_service(config: Config, reactor: Any, inherit_fds: tuple[int, ...] = ()) -> Daemon:
+class _RedisCloser(Service):
+    """
+    Closes the Redis connections on stop.
+    """
+
+    def __init__(self, redis: RedisConnection) -> None:
+        self.redis = redis
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.redis.close()
+
+
+def make_service(
+    config: Config,
+    reactor: Any,
+    inherit_fds: tuple[int, ...] = (),
+    log_args: tuple[str, ...] = (),
+) -> Daemon:
     """
     Build the daemon from its configuration.
 
@@ -334,6 +356,8 @@ def make_service(config: Config, reactor: Any, inherit_fds: tuple[int, ...] = ()
         inherited listening sockets, one per listener in configuration
         order.  Empty in the supervisor, which binds the listeners and
         starts C{[server] workers - 1} workers.
+    @param log_args: The C{twist} log options the workers get (the
+        supervisor's own C{--log-format} and C{--log-level}).
     @return: The service to start; starting it binds every listener (or
         exits with status 1 and one line when one cannot listen, see
         L{Daemon}).  Stopping it closes every session after its reply
@@ -364,12 +388,22 @@ def make_service(config: Config, reactor: Any, inherit_fds: tuple[int, ...] = ()
     # route is [upstream] unless a route says default = true.
     router = make_router(reactor, config, client)
     _UpstreamCloser(router).setServiceParent(top)
-    # The fleet's shared store (Redis) replaces this one where it is wired.
-    outcomes = OutcomeStore(
+    # Shared state (relayd.redisstore): the stores fall back to in-process
+    # ones while Redis is unreachable.
+    redis = (
+        RedisConnection(connect(config.redis), config.redis, reactor) if config.redis.url else None
+    )
+    if redis is not None:
+        _RedisCloser(redis).setServiceParent(top)
+    outcomes: IOutcomeStore = OutcomeStore(
         reactor,
         max_entries=config.idempotency.max_records,
         in_flight_window=config.idempotency.window,
     )
+    if redis is not None:
+        outcomes = RedisOutcomeStore(
+            redis, fallback=outcomes, in_flight_window=config.idempotency.window
+        )
     pipeline = Pipeline(
         client,
         config.headers,
@@ -398,7 +432,9 @@ def make_service(config: Config, reactor: Any, inherit_fds: tuple[int, ...] = ()
     SessionCloser(tracker, reactor, stop_timeout).setServiceParent(top)
     # Shared by every listener of this process (a Redis-backed ICounters
     # would share them across a fleet).
-    counters = LocalCounters(reactor)
+    counters: ICounters = LocalCounters(reactor)
+    if redis is not None:
+        counters = RedisCounters(redis, fallback=counters)
     memory = MemoryBudget(limits.max_memory_bytes)
     listening = []
     for index, listener in enumerate(config.listeners):
@@ -417,6 +453,7 @@ def make_service(config: Config, reactor: Any, inherit_fds: tuple[int, ...] = ()
             auth_exempt=listener.name in limits.auth_exempt_listeners,
         )
         factory.reply_texts = reply_texts
+        factory.listener = listener.name  # for metrics and events
         if implicit:
             factory = implicit_tls_factory(factory, context)
         service = listener_service(
@@ -455,6 +492,16 @@ def make_service(config: Config, reactor: Any, inherit_fds: tuple[int, ...] = ()
     else:
         listening_too = listening
 
+    if config.admin.listen:
+        readiness = AdminReadiness(reactor, listening, tracker, redis, config.admin.upstream_fresh)
+        admin = ListenerService(
+            parse_endpoint(reactor, config.admin.listen, "admin.listen"),
+            make_admin_site(readiness, reactor),
+        )
+        admin.setName("admin")
+        admin.setServiceParent(top)
+        top.endpoints["admin"] = f"admin ({config.admin.listen})"
+
     # Last: the workers start once every listener of this process listens.
     workers = worker_count(config.server.workers)
     pool = None
@@ -463,7 +510,7 @@ def make_service(config: Config, reactor: Any, inherit_fds: tuple[int, ...] = ()
             reactor,
             listening,
             workers - 1,
-            worker_argv(os.path.abspath(config.path)),
+            worker_argv(os.path.abspath(config.path), log_args),
             stop_timeout=stop_timeout + 5,
         )
         reloader.pool = pool

@@ -8,12 +8,15 @@ This is the only module that touches the global reactor.
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+import tempfile
 from typing import Any
 
 from twisted.python import usage
 
-from relayd.config import ConfigError, load_config
+from relayd.config import Config, ConfigError, load_config
 
 __all__ = ["Options", "makeService"]
 
@@ -66,6 +69,50 @@ def _return_freed_memory_to_the_system() -> None:
         pass
 
 
+def _log_options(options: Options) -> tuple[str, ...]:
+    """
+    Take over C{twist}'s log output: relayd's own observer (text or JSON
+    lines, naming the worker, L{relayd.events.log_observer_factory}), and
+    the same C{--log-format} and C{--log-level} for the workers.
+
+    @param options: The plugin's options; their C{parent} is C{twist}'s
+        (under C{twistd}, whose options differ, nothing changes).
+    @return: The log options to give each worker's command line.
+    """
+    parent = getattr(options, "parent", None)
+    if parent is None or "fileLogObserverFactory" not in parent or "logLevel" not in parent:
+        return ()
+    from twisted.logger import jsonFileLogObserver
+
+    from relayd.events import log_observer_factory
+
+    fmt = "json" if parent["fileLogObserverFactory"] is jsonFileLogObserver else "text"
+    parent["fileLogObserverFactory"] = log_observer_factory(fmt)
+    return (f"--log-format={fmt}", f"--log-level={parent['logLevel'].name}")
+
+
+def _metrics_directory(config: Config, worker: bool) -> None:
+    """
+    With an admin listener and several processes, make the folder where
+    every process writes its metrics (prometheus_client's multiprocess
+    mode) before L{relayd.metrics} is imported; the workers inherit it in
+    their environment.  It is removed when the supervisor's reactor stops.
+    """
+    from relayd.workers import worker_count
+
+    if worker or not config.admin.listen or worker_count(config.server.workers) < 2:
+        return
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    path = tempfile.mkdtemp(prefix="relayd-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    from twisted.internet import reactor
+
+    reactor.addSystemEventTrigger(  # type: ignore[attr-defined]
+        "after", "shutdown", shutil.rmtree, path, True
+    )
+
+
 def makeService(options: Options) -> Any:
     """
     Build relayd's service from the command-line options.
@@ -79,12 +126,15 @@ def makeService(options: Options) -> Any:
     """
     from twisted.internet import reactor
 
-    from relayd.service import make_service
-
     _return_freed_memory_to_the_system()
     try:
         config = load_config(options["config"])
-        return make_service(config, reactor, options["inherit-fds"])
+        # Before anything imports relayd.metrics (relayd.events does).
+        _metrics_directory(config, bool(options["inherit-fds"]))
+        log_args = _log_options(options)
+        from relayd.service import make_service
+
+        return make_service(config, reactor, options["inherit-fds"], log_args)
     except ConfigError as e:
         message = str(e)
         if not message.startswith(options["config"]):

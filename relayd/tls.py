@@ -22,12 +22,14 @@ import datetime
 import ipaddress
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
 from OpenSSL._util import lib as _openssl
@@ -252,25 +254,76 @@ def server_context_factory(config: TLSConfig) -> CertificateOptions:
         setting and the file, for example
         C{"tls.certificate: /etc/relayd/cert.pem: no such file"}.
     """
+    minimum = _minimum_version(config)
+    chain, key = _load_pair(config)
+    # Certificates and keys from cryptography, not pyOpenSSL's deprecated
+    # X509 and PKey: Twisted only hands them to pyOpenSSL's Context, which
+    # takes either.
+    options = CertificateOptions(
+        privateKey=key,  # type: ignore[arg-type]
+        certificate=chain[0],  # type: ignore[arg-type]
+        extraCertChain=list(chain[1:]),  # type: ignore[arg-type]
+        raiseMinimumTo=minimum,
+    )
+    # The context is cached by CertificateOptions and no connection has
+    # been made from it yet, so it can still be changed.
+    _apply_policy(_built_context(options, config), config)
+    return options
+
+
+def _minimum_version(config: TLSConfig) -> TLSVersion:
+    """
+    The lowest TLS version of C{[tls] minimum_version}.
+
+    @param config: The C{[tls]} table.
+    @type config: L{TLSConfig}
+    @rtype: L{TLSVersion}
+    @raise ConfigError: Naming C{tls.minimum_version} when it is unknown.
+    """
     try:
-        minimum = _MINIMUM_VERSIONS[config.minimum_version]
+        minimum: TLSVersion = _MINIMUM_VERSIONS[config.minimum_version]
     except KeyError:
         raise ConfigError(
             "tls.minimum_version: expected one of " + ", ".join(repr(v) for v in _MINIMUM_VERSIONS)
         ) from None
+    return minimum
 
-    certificate_pem = _read("tls.certificate", config.certificate)
-    key_pem = _read("tls.key", config.key)
 
+def _parse_chain(certificate_pem: bytes, config: TLSConfig) -> list[x509.Certificate]:
+    """
+    Parse the PEM certificate chain of C{[tls] certificate}, leaf first.
+
+    @param certificate_pem: The file's bytes.
+    @type certificate_pem: L{bytes}
+    @param config: The C{[tls]} table, for the message.
+    @type config: L{TLSConfig}
+    @return: At least one certificate.
+    @rtype: L{list} of L{x509.Certificate}
+    @raise ConfigError: Naming C{tls.certificate} and the file when it
+        holds no PEM certificate.
+    """
     try:
-        chain = x509.load_pem_x509_certificates(certificate_pem)
+        return x509.load_pem_x509_certificates(certificate_pem)
     except ValueError:
         raise ConfigError(
             f"tls.certificate: {config.certificate}: no PEM certificate found"
         ) from None
 
+
+def _parse_key(key_pem: bytes, config: TLSConfig) -> PrivateKeyTypes:
+    """
+    Parse the unencrypted PEM private key of C{[tls] key}.
+
+    @param key_pem: The file's bytes.
+    @type key_pem: L{bytes}
+    @param config: The C{[tls]} table, for the message.
+    @type config: L{TLSConfig}
+    @return: A private key from L{cryptography}.
+    @raise ConfigError: Naming C{tls.key} and the file when it is
+        encrypted or holds no usable PEM private key.
+    """
     try:
-        key = serialization.load_pem_private_key(key_pem, password=None)
+        return serialization.load_pem_private_key(key_pem, password=None)
     except TypeError:
         raise ConfigError(
             f"tls.key: {config.key}: the key is encrypted; relayd needs an unencrypted key"
@@ -278,37 +331,57 @@ def server_context_factory(config: TLSConfig) -> CertificateOptions:
     except (ValueError, UnsupportedAlgorithm):
         raise ConfigError(f"tls.key: {config.key}: no usable PEM private key found") from None
 
-    leaf = chain[0]
-    if _public_bytes(leaf.public_key()) != _public_bytes(key.public_key()):
+
+def _load_pair(config: TLSConfig) -> tuple[list[x509.Certificate], PrivateKeyTypes]:
+    """
+    Read the certificate chain and its leaf's private key, and check that
+    they belong together.
+
+    Both files are read before either is parsed, the certificate first.
+
+    @param config: The C{[tls]} table.
+    @type config: L{TLSConfig}
+    @return: The chain, leaf first, and the leaf's key (one of
+        L{_SERVER_KEY_TYPES}).
+    @raise ConfigError: Naming the setting and the file when one is missing
+        or unreadable, as L{_parse_chain} and L{_parse_key}, and naming
+        C{tls.key} when the key is not the leaf's or of a type OpenSSL
+        cannot serve with.
+    """
+    certificate_pem = _read("tls.certificate", config.certificate)
+    key_pem = _read("tls.key", config.key)
+    chain = _parse_chain(certificate_pem, config)
+    key = _parse_key(key_pem, config)
+    if _public_bytes(chain[0].public_key()) != _public_bytes(key.public_key()):
         raise ConfigError(
             f"tls.key: {config.key}: does not match the certificate in {config.certificate}"
         )
-
     if not isinstance(key, _SERVER_KEY_TYPES):
         raise ConfigError(f"tls.key: {config.key}: unsupported key type")
+    return chain, key
 
-    # Certificates and keys from cryptography, not pyOpenSSL's deprecated
-    # X509 and PKey: Twisted only hands them to pyOpenSSL's Context, which
-    # takes either.
-    options = CertificateOptions(
-        privateKey=key,  # type: ignore[arg-type]
-        certificate=leaf,  # type: ignore[arg-type]
-        extraCertChain=list(chain[1:]),  # type: ignore[arg-type]
-        raiseMinimumTo=minimum,
-    )
-    # Build the OpenSSL context now, so that anything OpenSSL refuses (a
-    # key too weak for its security level, say) stops the daemon at
-    # start-up rather than failing the first handshake.
+
+def _built_context(options: CertificateOptions, config: TLSConfig) -> SSL.Context:
+    """
+    Build the OpenSSL context of C{options} now, so that anything OpenSSL
+    refuses (a key too weak for its security level, say) stops the daemon
+    at start-up rather than failing the first handshake.
+
+    @param options: The server's settings, with no connection made yet.
+    @type options: L{CertificateOptions}
+    @param config: The C{[tls]} table, for the message.
+    @type config: L{TLSConfig}
+    @return: The context C{options} caches and every connection uses.
+    @rtype: L{SSL.Context}
+    @raise ConfigError: Naming C{tls.certificate} when OpenSSL refuses the
+        certificate or key.
+    """
     try:
-        context = options.getContext()
+        return options.getContext()
     except SSL.Error as e:
         raise ConfigError(
             f"tls.certificate: {config.certificate}: OpenSSL refused the certificate or key: {e}"
         ) from None
-    # The context is cached by CertificateOptions and no connection has
-    # been made from it yet, so it can still be changed.
-    _apply_policy(context, config)
-    return options
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -491,6 +564,40 @@ def ensure_self_signed(
         now = datetime.datetime.now(datetime.UTC)
 
     private_key = ec.generate_private_key(ec.SECP256R1())
+    certificate_pem = _development_certificate(private_key, hostname, now).public_bytes(
+        serialization.Encoding.PEM
+    )
+    key_pem = private_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    _write_files(
+        (
+            ("tls.key", key_path, key_pem, 0o600),
+            ("tls.certificate", certificate_path, certificate_pem, 0o644),
+        )
+    )
+    return True
+
+
+def _development_certificate(
+    private_key: ec.EllipticCurvePrivateKey, hostname: str, now: datetime.datetime
+) -> x509.Certificate:
+    """
+    Sign the self-signed development certificate of L{ensure_self_signed}.
+
+    @param private_key: Its key (and the signing key).
+    @type private_key: L{ec.EllipticCurvePrivateKey}
+    @param hostname: The server's name: the subject's common name when it
+        fits (at most 64 characters, RFC 5280 appendix A.1), else
+        C{localhost}; and a SubjectAltName entry.
+    @type hostname: L{str}
+    @param now: The start of the validity period (timezone-aware).
+    @type now: L{datetime.datetime}
+    @return: The certificate, signed with SHA-256.
+    @rtype: L{x509.Certificate}
+    """
     common_name = hostname if 0 < len(hostname) <= 64 else "localhost"
     subject = x509.Name(
         [
@@ -499,7 +606,7 @@ def ensure_self_signed(
         ]
     )
     public_key = private_key.public_key()
-    cert = (
+    return (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(subject)
@@ -517,20 +624,21 @@ def ensure_self_signed(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .sign(private_key, hashes.SHA256())
     )
-    key_pem = private_key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    certificate_pem = cert.public_bytes(serialization.Encoding.PEM)
 
-    for setting, path, data, mode in (
-        ("tls.key", key_path, key_pem, 0o600),
-        ("tls.certificate", certificate_path, certificate_pem, 0o644),
-    ):
+
+def _write_files(files: Iterable[tuple[str, Path, bytes, int]]) -> None:
+    """
+    Write each file atomically (L{_atomic_write}), creating missing parent
+    folders.
+
+    @param files: For each file, in order: the setting that names it (for
+        messages), its path, its bytes and its permission bits.
+    @raise ConfigError: Naming the setting and the path when a file or
+        folder cannot be written.
+    """
+    for setting, path, data, mode in files:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             _atomic_write(path, data, mode)
         except OSError as e:
             raise ConfigError(f"{setting}: {path}: cannot be written: {e.strerror or e}") from None
-    return True

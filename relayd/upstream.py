@@ -9,26 +9,23 @@ The request's format and the reading of the answer belong to the dialect
 the HTTP exchange in two steps: L{UpstreamClient.prepare} builds the whole
 request (L{PreparedRequest}), L{UpstreamClient.post_prepared} sends it with
 a deadline, reads a bounded answer, tells a request that certainly never
-left (L{NotSent}) from one that may have, retries once a request that met a
-stale pooled connection (L{UpstreamPool}), and turns C{Retry-After} into
-the reply's text.  Network problems never raise.
+left (L{NotSent}) from one that may have (both with L{relayd.answer}),
+retries once a request that met a stale pooled connection
+(L{UpstreamPool}), and turns C{Retry-After} into the reply's text.  Network problems never raise.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import TYPE_CHECKING, Any
 
 from attrs import frozen
 from hyperlink import EncodedURL
-from OpenSSL import SSL
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.error import ConnectError, ConnectingCancelledError
 from twisted.internet.interfaces import IConsumer, IStreamClientEndpoint
-from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web._newclient import (
@@ -36,12 +33,17 @@ from twisted.web._newclient import (
     RequestTransmissionFailed,
     ResponseNeverReceived,
 )
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
-from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import IBodyProducer, IResponse
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
-from relayd import __version__
+from relayd import __version__, events
+from relayd.answer import Exchange as _Exchange
+from relayd.answer import answer_headers as _answer_headers
+from relayd.answer import credentials_in as _secrets
+from relayd.answer import describe_failure as _describe
+from relayd.answer import never_sent as _not_sent
+from relayd.answer import read_body as _read_body
 from relayd.config import ConfigError
 from relayd.dialects import get_dialect
 from relayd.dialects.base import HTTPRequest, retry_after_seconds
@@ -302,100 +304,6 @@ def make_http_client(reactor: Any, pool: HTTPConnectionPool, connect_timeout: fl
     return HTTPClient(agent, cookiejar=jar, data_to_body_producer=BytesProducer)
 
 
-class _BoundedBody(Protocol):
-    """
-    Collect the first C{limit} bytes of a response body into C{sink},
-    discard the rest, fire C{finished} when the body ends.
-    """
-
-    def __init__(self, sink: bytearray, limit: int, finished: Deferred[None]) -> None:
-        self.sink = sink
-        self.limit = limit
-        self.finished = finished
-
-    def dataReceived(self, data: bytes) -> None:
-        room = self.limit - len(self.sink)
-        if room > 0:
-            self.sink += data[:room]
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self.finished.called:
-            return
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self.finished.callback(None)
-        else:
-            self.finished.errback(reason)
-
-
-def _read_body(response: IResponse, sink: bytearray, limit: int) -> Deferred[None]:
-    """
-    Read C{response}'s body, keeping at most C{limit} bytes in C{sink}.
-
-    @return: A L{Deferred} that fires when the body is complete; cancelling
-        it closes the connection (the rest of the answer is not wanted, and
-        the connection cannot serve another request before it ends).
-    """
-    protocol: _BoundedBody
-
-    def cancel(d: Deferred[None]) -> None:
-        # The body's transport is a proxy to the connection; it offers
-        # loseConnection (twisted.web._newclient.TransportProxyProducer),
-        # other IResponse implementations may offer abortConnection.
-        transport = protocol.transport
-        close = getattr(transport, "abortConnection", None) or getattr(
-            transport, "loseConnection", None
-        )
-        if close is not None:
-            close()
-
-    finished: Deferred[None] = Deferred(cancel)
-    protocol = _BoundedBody(sink, limit, finished)
-    response.deliverBody(protocol)
-    return finished
-
-
-def _describe(error: Exception, timed_out: bool, secrets: Iterable[str]) -> str:
-    """
-    Say in one line why a request got no (complete) answer, for the log.
-
-    @param error: What the request raised.
-    @param timed_out: The timeout cancelled it.
-    @param secrets: Credentials (the token, header values that hold it),
-        removed from the text just in case.
-    @return: For example C{"ConnectionRefusedError: Connection was refused
-        by other side: 111: Connection refused."}.
-    """
-    if timed_out:
-        return "timeout"
-    reasons = getattr(error, "reasons", None)  # ResponseFailed and subclasses
-    if reasons:
-        detail = "; ".join(str(r.getErrorMessage()) for r in reasons)
-    else:
-        detail = str(error)
-    text = f"{type(error).__name__}: {detail}"
-    for secret in sorted(secrets, key=len, reverse=True):
-        if len(secret) >= 4:
-            text = text.replace(secret, "<token>")
-    return " ".join(text.split())[:300]
-
-
-class _Exchange:
-    """
-    What one request got before it ended, however it ended.
-
-    @ivar status: The answer's HTTP status, once its headers arrived.
-    @ivar headers: The answer's headers: lower-case name to last value.
-    @ivar body: The (bounded) body read so far.
-    @ivar timed_out: The deadline cancelled the request.
-    """
-
-    def __init__(self) -> None:
-        self.status: int | None = None
-        self.headers: dict[str, str] = {}
-        self.body = bytearray()
-        self.timed_out = False
-
-
 def _is_ip_literal(host: str) -> bool:
     """
     @return: Whether C{host} is an IPv4 or IPv6 address (RFC 3986 section
@@ -406,37 +314,6 @@ def _is_ip_literal(host: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _not_sent(error: BaseException) -> bool:
-    """
-    Whether a request that got no answer certainly never reached the
-    upstream: no connection (refused, unreachable, DNS: L{ConnectError}),
-    the deadline passed while connecting (L{ConnectingCancelledError}),
-    the request was refused by a connection already lost
-    (L{RequestNotSent}), or the TLS handshake failed (an L{SSL.Error} before
-    any answer byte: TLS sends application data only after its handshake,
-    RFC 8446 section 2).
-
-    @param error: What the request raised.
-    """
-    if isinstance(error, (ConnectError, ConnectingCancelledError, RequestNotSent)):
-        return True
-    if isinstance(error, (ResponseNeverReceived, RequestTransmissionFailed)):
-        return any(r.check(SSL.Error) for r in error.reasons)
-    return False
-
-
-def _answer_headers(response: IResponse) -> dict[str, str]:
-    """
-    @return: The response's headers, lower-case name to last value (Latin-1
-        decoded, RFC 9110 section 5.5).
-    """
-    return {
-        name.decode("latin-1").lower(): values[-1].decode("latin-1")
-        for name, values in response.headers.getAllRawHeaders()
-        if values
-    }
 
 
 @frozen
@@ -686,24 +563,9 @@ class UpstreamClient:
         @return: L{Accepted}, a L{Reply} or L{NotSent}; network problems
             never raise.
         """
-        exchange = _Exchange()
         start = self._reactor.seconds()
-        d = Deferred.fromCoroutine(self._post(request, exchange))
-
-        def expire() -> None:
-            exchange.timed_out = True
-            d.cancel()
-
-        wait = self._config.timeout if deadline is None else deadline
-        timer = self._reactor.callLater(wait, expire)
-        error: Exception | None = None
-        try:
-            await d
-        except Exception as e:
-            error = e
-        finally:
-            if timer.active():
-                timer.cancel()
+        exchange, error = await self._exchange(request, deadline)
+        events.upstream(exchange, start, error, self._reactor)
         fields = {
             "dialect": self._dialect.name,
             "size": request.size,
@@ -712,14 +574,7 @@ class UpstreamClient:
         if error is not None:
             reason = _describe(error, exchange.timed_out, _secrets(request.headers))
             if exchange.status is None:
-                not_sent = _not_sent(error)
-                log.warn(
-                    "upstream {dialect}: no answer after {elapsed}s ({sent}): {reason}",
-                    reason=reason,
-                    sent="not sent" if not_sent else "maybe sent",
-                    **fields,
-                )
-                return NotSent(TEMPORARY_FAILURE) if not_sent else TEMPORARY_FAILURE
+                return _no_answer(error, reason, fields)
             log.warn(
                 "upstream {dialect}: answer {status} cut short after {elapsed}s: {reason}",
                 status=exchange.status,
@@ -728,24 +583,38 @@ class UpstreamClient:
             )
         assert exchange.status is not None
         result = self._result(exchange.status, exchange.headers, bytes(exchange.body))
-        if isinstance(result, Accepted):
-            # The delivery log line already says so at info level.
-            log.debug(
-                "upstream {dialect}: {status} accepted {message_id} in {elapsed}s",
-                status=exchange.status,
-                message_id=result.message_id,
-                **fields,
-            )
-        elif isinstance(result, Reply):
-            log.info(
-                "upstream {dialect}: {status} -> {code} {enhanced} {reply} in {elapsed}s",
-                status=exchange.status,
-                code=result.code,
-                enhanced=result.status,
-                reply=result.text,
-                **fields,
-            )
+        _log_answer(exchange.status, result, fields)
         return result
+
+    async def _exchange(
+        self, request: PreparedRequest, deadline: float | None
+    ) -> tuple[_Exchange, Exception | None]:
+        """
+        Run one POST of C{request} (L{_post}) under its deadline.
+
+        @param request: From L{prepare}.
+        @param deadline: Seconds before the request is cancelled; C{None}:
+            C{upstream.timeout}.
+        @return: What the request got before it ended, and what it raised
+            (C{None} when it completed).
+        """
+        exchange = _Exchange()
+        d = Deferred.fromCoroutine(self._post(request, exchange))
+
+        def expire() -> None:
+            exchange.timed_out = True
+            d.cancel()
+
+        wait = self._config.timeout if deadline is None else deadline
+        timer = self._reactor.callLater(wait, expire)
+        try:
+            await d
+        except Exception as e:
+            return exchange, e
+        finally:
+            if timer.active():
+                timer.cancel()
+        return exchange, None
 
     def _result(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamResult:
         """
@@ -779,26 +648,62 @@ class UpstreamClient:
         return d
 
 
+def _no_answer(error: Exception, reason: str, fields: Mapping[str, Any]) -> UpstreamResult:
+    """
+    Log a request that got no answer, and say what it means for the
+    message.
+
+    @param error: What the request raised.
+    @param reason: L{_describe}'s line about it.
+    @param fields: The log fields of the request (dialect, size, elapsed).
+    @return: L{NotSent} of L{TEMPORARY_FAILURE} when the request certainly
+        never left (L{_not_sent}), else L{TEMPORARY_FAILURE}
+        (C{451 4.3.0}: it may have been sent).
+    """
+    not_sent = _not_sent(error)
+    log.warn(
+        "upstream {dialect}: no answer after {elapsed}s ({sent}): {reason}",
+        reason=reason,
+        sent="not sent" if not_sent else "maybe sent",
+        **fields,
+    )
+    return NotSent(TEMPORARY_FAILURE) if not_sent else TEMPORARY_FAILURE
+
+
+def _log_answer(status: int, result: UpstreamResult, fields: Mapping[str, Any]) -> None:
+    """
+    Log what the dialect made of an answer: an acceptance at debug level
+    (the delivery log line already says so at info level), a reply at
+    info level.
+
+    @param status: The answer's HTTP status.
+    @param result: The dialect's reading of it (L{UpstreamClient._result}).
+    @param fields: The log fields of the request (dialect, size, elapsed).
+    """
+    if isinstance(result, Accepted):
+        log.debug(
+            "upstream {dialect}: {status} accepted {message_id} in {elapsed}s",
+            status=status,
+            message_id=result.message_id,
+            **fields,
+        )
+    elif isinstance(result, Reply):
+        log.info(
+            "upstream {dialect}: {status} -> {code} {enhanced} {reply} in {elapsed}s",
+            status=status,
+            code=result.code,
+            enhanced=result.status,
+            reply=result.text,
+            **fields,
+        )
+
+
 def _plain(result: UpstreamResult) -> Accepted | Reply:
     """
     @return: C{result}, a L{NotSent} as its reply (for callers that do not
         tell them apart).
     """
     return result.reply if isinstance(result, NotSent) else result
-
-
-def _secrets(headers: Mapping[str, str]) -> list[str]:
-    """
-    @return: The request header values that may hold a credential, and
-        their last word (C{"Bearer <token>"}), to keep out of log lines
-        (L{_describe}).
-    """
-    values = [v for k, v in headers.items() if k.lower() not in _PUBLIC_HEADERS]
-    return values + [v.rsplit(" ", 1)[-1] for v in values]
-
-
-#: Request headers that never carry a credential.
-_PUBLIC_HEADERS = frozenset({"content-type", "accept", "user-agent", "idempotency-key"})
 
 
 def make_client(reactor: Any, config: UpstreamConfig) -> UpstreamClient:

@@ -29,7 +29,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.service import Service
@@ -167,6 +167,7 @@ class _WorkerProtocol(ProcessProtocol):
         self.pool = pool
         self.index = index
         self.ended: defer.Deferred[None] = defer.Deferred()
+        self.pid: int | None = None
 
     def processEnded(self, reason: Failure) -> None:
         self.ended.callback(None)
@@ -236,11 +237,12 @@ class WorkerPool(Service):
         argv = self.argv + ["--inherit-fds", ",".join(inherited)]
         proto = _WorkerProtocol(self, index)
         try:
+            # RELAYD_WORKER: the worker's name in its log lines (relayd.events).
             self.workers[index] = self.reactor.spawnProcess(
                 proto,
                 argv[0],
                 argv,
-                env=dict(os.environ if self.env is None else self.env),
+                env=dict(os.environ if self.env is None else self.env, RELAYD_WORKER=str(index)),
                 childFDs=child_fds,
             )
         except OSError:
@@ -248,11 +250,16 @@ class WorkerPool(Service):
             self.reactor.callLater(RESTART_DELAY, self._spawn, index)
             return
         self._protocols[index] = proto
+        proto.pid = self.workers[index].pid
         log.info("started worker {index} (pid {pid})", index=index, pid=self.workers[index].pid)
 
     def _ended(self, proto: _WorkerProtocol, reason: Failure) -> None:
         self.workers.pop(proto.index, None)
         self._protocols.pop(proto.index, None)
+        if proto.pid is not None:
+            from relayd import metrics  # not at import: see relayd.tap
+
+            metrics.process_dead(proto.pid)  # its live gauges end with it
         if self.running:
             log.warn(
                 "worker {index} ended ({reason}); restarting",
@@ -287,17 +294,20 @@ class WorkerPool(Service):
         return d
 
 
-def worker_argv(config_path: str) -> list[str]:
+def worker_argv(config_path: str, log_args: Sequence[str] = ()) -> list[str]:
     """
     The command line that starts one worker of this program.
 
     @param config_path: The configuration file the supervisor loaded.
+    @param log_args: C{twist}'s log options, the supervisor's own
+        (C{--log-format=json}, C{--log-level=warn}), so that every process
+        logs alike; C{--log-format=text} when empty.
     """
     return [
         sys.executable,
         "-m",
         "twisted",
-        "--log-format=text",
+        *(log_args or ["--log-format=text"]),
         "relayd",
         "--config",
         config_path,

@@ -201,12 +201,12 @@ class WorkerPoolTests(SynchronousTestCase):
         """
         self.pool.startService()
         self.assertEqual(len(self.reactor.spawned), 2)
-        for spawned in self.reactor.spawned:
+        for number, spawned in enumerate(self.reactor.spawned):
             self.assertEqual(spawned.executable, ARGV[0])
             self.assertEqual(spawned.args, ARGV + ["--inherit-fds", "3,4"])
             # Standard input is a pipe from the supervisor: its EOF stops the worker.
             self.assertEqual(spawned.child_fds, {0: "w", 1: 1, 2: 2, 3: 7, 4: 9})
-            self.assertEqual(spawned.env, dict(os.environ))
+            self.assertEqual(spawned.env, dict(os.environ, RELAYD_WORKER=str(number)))
         self.assertEqual(sorted(self.pool.workers), [0, 1])
 
     def test_shared_ports_accept_one_at_a_time(self) -> None:

@@ -39,6 +39,7 @@ from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from relayd import events, metrics
 from relayd import reply as R
 from relayd.config import LimitsConfig
 from relayd.interfaces import ICounters, ISubmission, ISubmissionMessage
@@ -186,6 +187,7 @@ class RelaySMTP(Protocol):
         self.peer_ip = str(getattr(peer, "host", peer))
         if not self.factory.limiter.acquire(self.peer_ip):
             log.info("refused connection from {peer}: too many", peer=self.peer_ip)
+            metrics.limit_refused("connections")
             self.closing(R.TOO_MANY_CONNECTIONS)
             return
         self._counted = True
@@ -196,6 +198,7 @@ class RelaySMTP(Protocol):
             self.limits.session_timeout, self._timed_out, R.SESSION_LIFETIME_EXCEEDED
         )
         self.factory.tracker.opened(self)
+        metrics.session_opened(self)
 
     def connectionLost(self, reason: Failure | None = None) -> None:  # type: ignore[override]
         self._state = State.CLOSED
@@ -212,6 +215,7 @@ class RelaySMTP(Protocol):
             self._logout()
             self._logout = None
         self.framing.buffer = bytearray()
+        metrics.session_closed(self, reason)
         self.factory.tracker.closed(self)
 
     def shut_down(self, after_reply: bool = False) -> None:
@@ -335,6 +339,7 @@ class RelaySMTP(Protocol):
         self.send(r)
         self._errors += 1
         if self._errors >= self.limits.max_errors and self._state != State.CLOSED:
+            metrics.limit_refused("errors")
             self.closing(R.TOO_MANY_ERRORS)
 
     # -- input --
@@ -501,6 +506,7 @@ class RelaySMTP(Protocol):
         self._messages += 1
         self._rate = None
         if data.error is not None:
+            metrics.limit_refused(data.error.name.lower())
             for m in messages:
                 m.connectionLost()
             self._release_hold()
@@ -527,6 +533,7 @@ class RelaySMTP(Protocol):
         Hand the message over, wait for the verdict, reply.  The tracker
         counts the message until the reply is written.
         """
+        events.begin(self)
         try:
             for m in messages:
                 m.bodyReceived(body)
@@ -707,6 +714,7 @@ class RelaySMTP(Protocol):
         """
         refusal = await self.factory.guard.check(self.peer_ip)
         if refusal is not None:
+            metrics.auth("locked_out")
             self.send(refusal)
             return
         self._sasl = SASLExchange(parts[0].upper())
@@ -748,6 +756,7 @@ class RelaySMTP(Protocol):
     async def _login(self, username: str, password: bytes) -> None:
         refusal = await self.factory.guard.check_credential(username, password)
         if refusal is not None:
+            metrics.auth("locked_out")
             self.send(refusal)
             return
         credentials = UsernamePassword(username.encode("utf-8"), password)
@@ -760,6 +769,7 @@ class RelaySMTP(Protocol):
             self.send(e.reply)
             return
         # A success clears no failure count (docs/security.md).
+        metrics.auth("success")
         self.authenticated = True
         self.avatar = cast(ISubmission, avatar)
         self._logout = logout
@@ -771,6 +781,7 @@ class RelaySMTP(Protocol):
     ) -> None:
         delay = await self.factory.guard.failed(self.peer_ip, username, password)
         self._auth_failures += 1
+        metrics.auth("failure")
         log.info("failed AUTH from {peer}", peer=self.peer_ip)
         if delay > 0:
             d: defer.Deferred[None] = defer.Deferred()

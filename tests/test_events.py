@@ -1,0 +1,160 @@
+"""
+Tests for L{relayd.events}: the one structured event per transaction and
+its text and JSON renderings.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs, formatEvent
+from twisted.trial.unittest import SynchronousTestCase
+
+from relayd import events
+from relayd.message import Envelope
+from relayd.reply import Reply
+from relayd.testing import TOKEN
+
+
+class FakeFactory:
+    listener = "submission"
+    implicit_tls = True
+
+
+class FakeAvatar:
+    name = "billing"
+
+
+class FakeSession:
+    factory = FakeFactory()
+    avatar = FakeAvatar()
+    peer_ip = "192.0.2.7"
+    session_id = "a1b2c3"
+    transport = None
+
+
+ENVELOPE = Envelope("bounces@example.com", ("ann@example.net", "bob@example.org"), False)
+
+
+def transaction(reply: Reply, upstream_id: str = "up-1") -> list[dict[str, Any]]:
+    """
+    Run one transaction through L{events.begin} and L{events.observe} as the
+    session and the delivery do; return the events logged.
+    """
+    clock = Clock()
+    answer: defer.Deferred[Reply] = defer.Deferred()
+
+    async def deliver() -> Reply:
+        events.begin(FakeSession())
+
+        def start() -> defer.Deferred[Reply]:
+            async def relay() -> Reply:
+                events.note(upstream_status=202, upstream_seconds=0.25, upstream_id=upstream_id)
+                return await answer
+
+            return defer.Deferred.fromCoroutine(relay())
+
+        reply: Reply = await events.observe(start, ENVELOPE, 1234, clock, "billing")
+        return reply
+
+    with capturedLogs() as logged:
+        d = defer.Deferred.fromCoroutine(deliver())
+        clock.advance(0.5)
+        answer.callback(reply)
+    assert d.called
+    return [e for e in logged if e.get("log_event") == "transaction"]
+
+
+class TransactionEventTests(SynchronousTestCase):
+    def test_one_event_with_named_fields(self) -> None:
+        """
+        A transaction logs exactly one event, with every field of
+        L{events.FIELDS} named: the session's, the upstream's and the
+        reply's.
+        """
+        (event,) = transaction(Reply(250, "2.0.0", "Ok: queued as up-1"))
+        self.assertEqual(event["log_namespace"], "relayd.transaction")
+        self.assertEqual(event["log_level"], LogLevel.info)
+        expected = {
+            "session_id": "a1b2c3",
+            "client": "192.0.2.7",
+            "listener": "submission",
+            "tls_version": "none",
+            "identity": "billing",
+            "reverse_path": "bounces@example.com",
+            "recipients": 2,
+            "size": 1234,
+            "reply_code": 250,
+            "enhanced_code": "2.0.0",
+            "upstream_status": 202,
+            "upstream_id": "up-1",
+            "upstream_seconds": 0.25,
+            "latency": 0.5,
+            "idempotency": "-",
+        }
+        self.assertEqual({k: event[k] for k in expected}, expected)
+        self.assertEqual(set(events.FIELDS) - set(event), set())
+        self.assertEqual(
+            formatEvent(event),
+            "transaction a1b2c3 from 192.0.2.7 on submission (none) as billing:"
+            " 250 2.0.0 Ok: queued as up-1; <bounces@example.com> to 2 recipient(s),"
+            " 1234 bytes, 0.500s; upstream 202 up-1 (0.25s); idempotency -;"
+            " mapped -; stripped -",
+        )
+
+    def test_never_a_credential(self) -> None:
+        """
+        The event names the token's policy, never the token.
+        """
+        (event,) = transaction(Reply(451, "4.3.0", "try later"))
+        self.assertNotIn(TOKEN, json.dumps({k: str(v) for k, v in event.items()}))
+        self.assertEqual(event["reply_code"], 451)
+
+    def test_note_outside_a_transaction_does_nothing(self) -> None:
+        events.note(upstream_id="x")
+
+
+class RenderingTests(SynchronousTestCase):
+    def test_json_line_has_stable_fields_and_priority(self) -> None:
+        """
+        C{--log-format=json}: one JSON object per line, with C{priority}
+        (syslog, for journald), the worker and the event's fields.
+        """
+        (event,) = transaction(Reply(550, "5.7.1", "Sender not allowed"))
+        line = events.format_json(event, "1")
+        self.assertTrue(line.endswith("\n"))
+        self.assertEqual(line.count("\n"), 1)
+        data = json.loads(line)
+        self.assertEqual(
+            (data["level"], data["priority"], data["worker"], data["event"]),
+            ("info", 6, "1", "transaction"),
+        )
+        self.assertEqual((data["reply_code"], data["enhanced_code"]), (550, "5.7.1"))
+        self.assertIn("550 5.7.1 Sender not allowed", data["message"])
+
+    def test_json_of_an_ordinary_event(self) -> None:
+        event = {
+            "log_format": "refused connection from {peer}: too many",
+            "log_level": LogLevel.warn,
+            "log_namespace": "relayd.smtp.session",
+            "log_time": 0.0,
+            "peer": "192.0.2.1",
+        }
+        data = json.loads(events.format_json(event, "main"))
+        self.assertEqual((data["priority"], data["peer"]), (4, "192.0.2.1"))
+        self.assertEqual(data["message"], "refused connection from 192.0.2.1: too many")
+
+    def test_text_names_the_worker(self) -> None:
+        event = {
+            "log_format": "hello {x}",
+            "log_level": LogLevel.info,
+            "log_namespace": "relayd.x",
+            "log_time": 0.0,
+            "x": 1,
+        }
+        line = events.format_text(event, "0")
+        assert line is not None
+        self.assertTrue(line.endswith(" [relayd.x#info] [worker 0] hello 1\n"), line)

@@ -1,0 +1,3 @@
+"""
+Tests for L{relayd.tokens}, by part: policies, the store and its file, the command.
+"""
