@@ -17,7 +17,7 @@ the reply's text.  Network problems never raise.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +44,7 @@ from zope.interface import implementer
 from relayd import __version__
 from relayd.config import ConfigError
 from relayd.dialects import get_dialect
-from relayd.dialects.base import HTTPRequest, retry_after_seconds
+from relayd.dialects.base import Body, HTTPRequest, retry_after_seconds
 from relayd.interfaces import IDialect
 from relayd.reply import TEMPORARY_FAILURE, Reply, upstream_retry_after
 from relayd.result import Accepted, NotSent, UpstreamResult
@@ -81,12 +81,16 @@ USER_AGENT = f"relayd/{__version__}"
 @implementer(IBodyProducer)
 class BytesProducer:
     """
-    A request body already in memory, written in one C{write}.
+    A request body already in memory: C{bytes} written in one C{write}, or
+    a L{Body} written a piece at a time as the transport takes them.
 
     treq adapts C{bytes} to L{twisted.web.client.FileBodyProducer}, which
     copies 64 KiB per reactor iteration through a cooperator: several
-    iterations and copies per message.  This writes the whole body at once;
-    the transport buffers it.
+    iterations and copies per message.  This writes C{bytes} at once; the
+    transport buffers them.  A L{Body} is written as a streaming producer
+    (the HTTP client registers it with the transport, which pauses it while
+    its buffer is full), so that its pieces are neither joined nor all
+    buffered at once: a 25 MB attachment goes out without a second copy.
 
     It can be produced again: L{UpstreamPool} resends it on a fresh
     connection when a pooled one turns out stale.
@@ -97,43 +101,84 @@ class BytesProducer:
         upstream that honours the key.
     """
 
-    def __init__(self, body: bytes | BytesProducer, replayable: bool = False) -> None:
+    def __init__(self, body: bytes | Body | BytesProducer, replayable: bool = False) -> None:
         """
         @param body: The whole request body (or a L{BytesProducer}, taken
             as it is: treq adapts the C{data} it is given).
         @param replayable: See L{replayable}.
         """
         if isinstance(body, BytesProducer):
-            self._body: bytes = body._body
+            self._body: bytes | Body = body._body
             self.replayable: bool = body.replayable
         else:
             self._body, self.replayable = body, replayable
         self.length = len(self._body)
+        self._consumer: IConsumer | None = None
+        self._chunks: Iterator[bytes] | None = None
+        self._finished: Deferred[None] | None = None
+        self._paused = False
+        self._writing = False
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
         """
-        Write the body.
+        Write the body: C{bytes} at once; a L{Body} while C{consumer} is
+        not paused, the rest as it resumes.
 
         @param consumer: The request's body consumer.
-        @return: An already fired L{Deferred}.
+        @return: A L{Deferred} that fires once the whole body is written.
         """
-        consumer.write(self._body)
-        return succeed(None)
+        body = self._body
+        if isinstance(body, bytes):
+            consumer.write(body)
+            return succeed(None)
+        self._consumer = consumer
+        self._chunks = body.chunks()
+        self._paused = False
+        finished: Deferred[None] = Deferred()
+        self._finished = finished
+        self._write()
+        return finished
+
+    def _write(self) -> None:
+        """
+        Write pieces until the consumer pauses or the body ends.
+        """
+        if self._writing:
+            return  # resumed from within a write: the loop below goes on
+        self._writing = True
+        try:
+            while not self._paused and self._chunks is not None:
+                chunk = next(self._chunks, None)
+                if chunk is None:
+                    self._chunks = self._consumer = None
+                    finished, self._finished = self._finished, None
+                    if finished is not None:
+                        finished.callback(None)
+                    return
+                assert self._consumer is not None
+                self._consumer.write(chunk)
+        finally:
+            self._writing = False
 
     def pauseProducing(self) -> None:
         """
-        Nothing to pause: everything was written at once.
+        The transport's buffer is full: stop writing pieces.
         """
+        self._paused = True
 
     def resumeProducing(self) -> None:
         """
-        Nothing to resume.
+        The transport took what it had: write more pieces.
         """
+        self._paused = False
+        self._write()
 
     def stopProducing(self) -> None:
         """
-        Nothing to stop.
+        The request is abandoned: write nothing more; the L{Deferred} of
+        L{startProducing} never fires (L{IBodyProducer.stopProducing}).
         """
+        self._chunks = self._consumer = self._finished = None
 
 
 class _StaleRetry:
@@ -400,7 +445,8 @@ class PreparedRequest:
     One upstream request, built whole before it is sent
     (L{UpstreamClient.prepare}).
 
-    @ivar body: The request body.
+    @ivar content: The request body: bytes, or a L{Body} written piece by
+        piece (its base64 values encoded only then).
     @ivar headers: Every request header: name to value.
     @ivar idempotency_key: The transaction's key given to
         L{UpstreamClient.prepare}, or C{None}.
@@ -409,17 +455,26 @@ class PreparedRequest:
         accepts none or there is no key.
     """
 
-    body: bytes
+    content: bytes | Body
     headers: Mapping[str, str]
     idempotency_key: str | None = None
     carries_key: bool = False
+
+    @property
+    def body(self) -> bytes:
+        """
+        The request body as one C{bytes} (a copy when L{content} is a
+        L{Body}).
+        """
+        content = self.content
+        return content if isinstance(content, bytes) else bytes(content)
 
     @property
     def size(self) -> int:
         """
         The body's size in bytes.
         """
-        return len(self.body)
+        return len(self.content)
 
 
 class _ParsedURI(EncodedURL):
@@ -544,7 +599,7 @@ class UpstreamClient:
             for default in [h for h in headers if h.lower() == name.lower()]:
                 del headers[default]
             headers[name] = value
-        return PreparedRequest(built.body, headers, idempotency_key, built.carries_key)
+        return PreparedRequest(built.content, headers, idempotency_key, built.carries_key)
 
     def encode(self, message: OutboundMessage) -> bytes:
         """
@@ -585,9 +640,11 @@ class UpstreamClient:
     async def _post(self, request: PreparedRequest, exchange: _Exchange) -> None:
         # Our own pool retries a keyed request (L{UpstreamPool}): it reads
         # that from the producer.  An injected client gets plain bytes.
-        data: bytes | BytesProducer = request.body
+        data: bytes | BytesProducer
         if self._pool is not None:
-            data = BytesProducer(request.body, replayable=request.carries_key)
+            data = BytesProducer(request.content, replayable=request.carries_key)
+        else:
+            data = request.body
         response = await self.http.post(
             self._url,
             data=data,
