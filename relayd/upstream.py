@@ -112,6 +112,10 @@ class BytesProducer:
             self.replayable: bool = body.replayable
         else:
             self._body, self.replayable = body, replayable
+        if isinstance(self._body, Body) and len(self._body.pieces) == 1:
+            only = self._body.pieces[0]
+            if isinstance(only, bytes):
+                self._body = only  # one piece: written at once
         self.length = len(self._body)
         self._consumer: IConsumer | None = None
         self._chunks: Iterator[bytes] | None = None
