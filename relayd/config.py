@@ -297,7 +297,10 @@ class LimitsConfig:
     max_messages_per_connection: int = 1000
     bare_newline: Literal["normalize", "reject"] = "normalize"
     # guards2: memory bound, slow clients, AUTH throttling (docs/security.md)
-    max_memory_bytes: int = 256 * MiB
+    # memory2: 128 MiB, so that ten 24 MB messages at once stay under 300 MiB
+    # of peak growth (five admitted; a text body is held about three times
+    # while it is parsed and encoded, an attachment about once).
+    max_memory_bytes: int = 128 * MiB
     data_min_rate: int = 1024
     data_grace: float = 30.0
     auth_failures_per_credential: int = 5

@@ -17,7 +17,7 @@ retries once a request that met a stale pooled connection
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +46,7 @@ from relayd.answer import never_sent as _not_sent
 from relayd.answer import read_body as _read_body
 from relayd.config import ConfigError
 from relayd.dialects import get_dialect
-from relayd.dialects.base import HTTPRequest, retry_after_seconds
+from relayd.dialects.base import Body, HTTPRequest, retry_after_seconds
 from relayd.interfaces import IDialect
 from relayd.reply import TEMPORARY_FAILURE, Reply, upstream_retry_after
 from relayd.result import Accepted, NotSent, UpstreamResult
@@ -91,15 +91,17 @@ BODY_CHUNK = 64 * 1024
 @implementer(IBodyProducer)
 class BytesProducer:
     """
-    A request body already in memory, written in pieces of L{BODY_CHUNK}
-    bytes as the transport takes them (a streaming producer: the HTTP
-    client registers it with the transport, which pauses and resumes it).
+    A request body already in memory: C{bytes} of at most L{BODY_CHUNK}
+    bytes written in one C{write}; a larger one, or a L{Body}, written a
+    piece at a time as the transport takes them.
 
     treq adapts C{bytes} to L{twisted.web.client.FileBodyProducer}, which
-    copies 64 KiB per reactor iteration through a cooperator.  This writes
-    a small body in one C{write}; a large one piece by piece while the
-    transport is not paused, so that the transport never joins (copies) the
-    whole body in one iteration of the reactor.
+    copies 64 KiB per reactor iteration through a cooperator: several
+    iterations and copies per message.  This writes C{bytes} at once; the
+    transport buffers them.  A L{Body} is written as a streaming producer
+    (the HTTP client registers it with the transport, which pauses it while
+    its buffer is full), so that its pieces are neither joined nor all
+    buffered at once: a 25 MB attachment goes out without a second copy.
 
     It can be produced again: L{UpstreamPool} resends it on a fresh
     connection when a pooled one turns out stale.
@@ -110,77 +112,105 @@ class BytesProducer:
         upstream that honours the key.
     """
 
-    def __init__(self, body: bytes | BytesProducer, replayable: bool = False) -> None:
+    def __init__(self, body: bytes | Body | BytesProducer, replayable: bool = False) -> None:
         """
         @param body: The whole request body (or a L{BytesProducer}, taken
             as it is: treq adapts the C{data} it is given).
         @param replayable: See L{replayable}.
         """
         if isinstance(body, BytesProducer):
-            self._body: bytes = body._body
+            self._body: bytes | Body = body._body
             self.replayable: bool = body.replayable
         else:
             self._body, self.replayable = body, replayable
+        if isinstance(self._body, Body) and len(self._body.pieces) == 1:
+            only = self._body.pieces[0]
+            if isinstance(only, bytes):
+                self._body = only  # one piece: written at once
         self.length = len(self._body)
         self._consumer: IConsumer | None = None
-        self._done: Deferred[None] | None = None
-        self._offset = 0
+        self._chunks: Iterator[bytes] | None = None
+        self._next: bytes | None = None
+        self._finished: Deferred[None] | None = None
         self._paused = False
         self._writing = False
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
         """
-        Write the body, from its start.
+        Write the body: C{bytes} at once; a L{Body} while C{consumer} is
+        not paused, the rest as it resumes.
 
         @param consumer: The request's body consumer.
-        @return: A L{Deferred} that fires when the whole body is written
-            (at once for a body of at most L{BODY_CHUNK} bytes).
+        @return: A L{Deferred} that fires once the whole body is written.
         """
-        self._consumer, self._done = consumer, Deferred()
-        self._offset, self._paused = 0, False
-        done = self._done
+        body = self._body
+        if isinstance(body, bytes):
+            if len(body) <= BODY_CHUNK:
+                consumer.write(body)
+                return succeed(None)
+            # A large body in pieces, so that the transport (TLS above all)
+            # never takes the whole of it in one reactor iteration.
+            view = memoryview(body)
+            chunks: Iterator[bytes] = (
+                bytes(view[i : i + BODY_CHUNK]) for i in range(0, len(body), BODY_CHUNK)
+            )
+        else:
+            chunks = body.chunks()
+        self._consumer = consumer
+        self._chunks, self._next = chunks, None
+        self._paused = False
+        finished: Deferred[None] = Deferred()
+        self._finished = finished
         self._write()
-        return done
+        return finished
 
     def _write(self) -> None:
         """
-        Write pieces until the transport pauses this producer or the body
-        is written.
+        Write pieces until the consumer pauses or the body ends.
         """
         if self._writing:
-            return  # resumed from inside a write: the loop goes on
+            return  # resumed from within a write: the loop below goes on
         self._writing = True
         try:
-            while not self._paused and self._consumer is not None and self._offset < self.length:
-                piece = self._body[self._offset : self._offset + BODY_CHUNK]
-                self._offset += len(piece)
-                self._consumer.write(piece)
+            while not self._paused and self._chunks is not None:
+                chunk, self._next = self._next, None
+                if chunk is None:
+                    chunk = next(self._chunks, None)
+                if chunk is not None:
+                    assert self._consumer is not None
+                    self._consumer.write(chunk)
+                    # One piece ahead: the result fires with the last
+                    # write, even when that write pauses this producer.
+                    self._next = next(self._chunks, None) if self._chunks is not None else None
+                if chunk is None or (self._next is None and self._chunks is not None):
+                    self._chunks = self._consumer = None
+                    finished, self._finished = self._finished, None
+                    if finished is not None:
+                        finished.callback(None)
+                    return
         finally:
             self._writing = False
-        if self._offset >= self.length and self._done is not None:
-            done, self._done, self._consumer = self._done, None, None
-            done.callback(None)
 
     def pauseProducing(self) -> None:
         """
-        The transport's buffer is full: stop writing.
+        The transport's buffer is full: stop writing pieces.
         """
         self._paused = True
 
     def resumeProducing(self) -> None:
         """
-        The transport drained: go on writing.
+        The transport took what it had: write more pieces.
         """
         self._paused = False
-        if self._done is not None:
-            self._write()
+        self._write()
 
     def stopProducing(self) -> None:
         """
-        The request was abandoned: write no more; the L{Deferred} of
-        L{startProducing} never fires (L{IBodyProducer}).
+        The request is abandoned: write nothing more; the L{Deferred} of
+        L{startProducing} never fires (L{IBodyProducer.stopProducing}).
         """
-        self._consumer, self._done = None, None
+        self._chunks = self._consumer = self._finished = None
+        self._next = None
 
 
 class _StaleRetry:
@@ -322,7 +352,8 @@ class PreparedRequest:
     One upstream request, built whole before it is sent
     (L{UpstreamClient.prepare}).
 
-    @ivar body: The request body.
+    @ivar content: The request body: bytes, or a L{Body} written piece by
+        piece (its base64 values encoded only then).
     @ivar headers: Every request header: name to value.
     @ivar idempotency_key: The transaction's key given to
         L{UpstreamClient.prepare}, or C{None}.
@@ -331,17 +362,26 @@ class PreparedRequest:
         accepts none or there is no key.
     """
 
-    body: bytes
+    content: bytes | Body
     headers: Mapping[str, str]
     idempotency_key: str | None = None
     carries_key: bool = False
+
+    @property
+    def body(self) -> bytes:
+        """
+        The request body as one C{bytes} (a copy when L{content} is a
+        L{Body}).
+        """
+        content = self.content
+        return content if isinstance(content, bytes) else bytes(content)
 
     @property
     def size(self) -> int:
         """
         The body's size in bytes.
         """
-        return len(self.body)
+        return len(self.content)
 
 
 class _ParsedURI(EncodedURL):
@@ -475,7 +515,7 @@ class UpstreamClient:
             for default in [h for h in headers if h.lower() == name.lower()]:
                 del headers[default]
             headers[name] = value
-        return PreparedRequest(built.body, headers, idempotency_key, built.carries_key)
+        return PreparedRequest(built.content, headers, idempotency_key, built.carries_key)
 
     def encode(self, message: OutboundMessage) -> bytes:
         """
@@ -516,9 +556,11 @@ class UpstreamClient:
     async def _post(self, request: PreparedRequest, exchange: _Exchange) -> None:
         # Our own pool retries a keyed request (L{UpstreamPool}): it reads
         # that from the producer.  An injected client gets plain bytes.
-        data: bytes | BytesProducer = request.body
+        data: bytes | BytesProducer
         if self._pool is not None:
-            data = BytesProducer(request.body, replayable=request.carries_key)
+            data = BytesProducer(request.content, replayable=request.carries_key)
+        else:
+            data = request.body
         response = await self.http.post(
             self._url,
             data=data,

@@ -140,7 +140,7 @@ class DefaultTests(SynchronousTestCase):
                 "auth_lockout": 900.0,
                 "max_messages_per_connection": 1000,
                 "bare_newline": "normalize",
-                "max_memory_bytes": 256 * MiB,
+                "max_memory_bytes": 128 * MiB,
                 "data_min_rate": 1024,
                 "data_grace": 30.0,
                 "auth_failures_per_credential": 5,

@@ -22,15 +22,16 @@ import re
 import secrets
 import unicodedata
 from base64 import b64encode
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from email.utils import parseaddr, parsedate_to_datetime
+from json.encoder import encode_basestring, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
 from attrs import field, frozen
 from zope.interface import implementer
 
 from relayd.interfaces import IDialect
-from relayd.message import Attachment, OutboundMessage, address_key
+from relayd.message import Attachment, Base64Text, OutboundMessage, address_key
 from relayd.reply import (
     FALLBACK_REJECTED,
     FALLBACK_TOKEN,
@@ -44,10 +45,12 @@ from relayd.result import Accepted, UpstreamResult
 
 __all__ = [
     "Base64",
+    "Body",
     "HTTPRequest",
     "JSONDialect",
     "clean_id",
     "clean_text",
+    "encode_body",
     "encode_json",
     "envelope_recipients",
     "failure_for_status",
@@ -69,13 +72,22 @@ MAX_TEXT = 200
 #: Longest message id taken from an upstream answer, in characters.
 MAX_ID = 100
 
+#: Octets of binary data base64-encoded at once as a body is written (a
+#: multiple of 3, so the pieces join into one base64 text).
+BASE64_CHUNK = 3 * 64 * 1024
+
+#: Text values at least this many characters long are JSON-encoded apart,
+#: a piece at a time, when L{encode_body} is asked to (C{long_text}).
+LONG_TEXT = 64 * 1024
+
 
 @frozen
 class HTTPRequest:
     """
     One request to an upstream API, as a dialect builds it.
 
-    @ivar body: The request body.
+    @ivar content: The request body: bytes, or a L{Body} written piece by
+        piece (L{encode_body}).
     @ivar headers: Header name to value; each replaces the upstream
         client's header of the same name (case-insensitive) or is added.
     @ivar carries_key: The request carries the transaction's idempotency
@@ -83,9 +95,18 @@ class HTTPRequest:
         takes a repeat of this request as the same message.
     """
 
-    body: bytes
+    content: bytes | Body
     headers: dict[str, str] = field(factory=dict)
     carries_key: bool = False
+
+    @property
+    def body(self) -> bytes:
+        """
+        The request body as one C{bytes} (a copy when L{content} is a
+        L{Body}).
+        """
+        content = self.content
+        return content if isinstance(content, bytes) else bytes(content)
 
 
 class Base64:
@@ -93,52 +114,180 @@ class Base64:
     Bytes that go into a JSON document as a base64 string (RFC 4648
     section 4, no line breaks): attachment contents, raw messages.
 
-    L{encode_json} splices the encoded bytes into the finished document
+    @ivar data: The bytes (C{b""} when L{source} is set).
+    @ivar encoded: C{data} is base64 already (or L{source} is set).
+    @ivar source: Clean base64 where it is in the received message, or
+        C{None}.
+
+    L{encode_body} splices the encoded bytes into the finished document
     instead of passing them through the JSON encoder: base64 never needs
     JSON escaping, and this saves a scan and two copies of what is most of
     the body (a 25 MB message would otherwise hold the reactor for tens of
-    milliseconds).
+    milliseconds).  The base64 text is made only as the body is written
+    (L{chunks}), a piece at a time: a large attachment or raw message is
+    never held twice, encoded and not.
     """
 
-    __slots__ = ("data", "encoded")
+    __slots__ = ("data", "encoded", "source")
 
-    def __init__(self, data: bytes, encoded: bool = False) -> None:
+    def __init__(self, data: bytes | Base64Text, encoded: bool = False) -> None:
         """
-        @param data: The bytes to encode.
+        @param data: The bytes to encode, or clean base64 where it is in
+            the received message (a L{Base64Text}: already encoded).
         @param encoded: C{data} is already base64 (no line breaks).
         """
-        self.data = data
-        self.encoded = encoded
+        self.source: Base64Text | None = None
+        if isinstance(data, Base64Text):
+            self.data, self.encoded, self.source = b"", True, data
+        else:
+            self.data, self.encoded = data, encoded
 
     @classmethod
     def of(cls, attachment: Attachment) -> Base64:
         """
         The content of C{attachment}, without decoding a part that arrived
-        as clean base64 (L{Attachment.encoded}).
+        as clean base64 (L{Attachment.source}).
         """
-        if attachment.encoded is not None:
-            return cls(attachment.encoded, encoded=True)
+        if attachment.source is not None:
+            return cls(attachment.source)
         return cls(attachment.content)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Base64) and other.text() == self.text()
 
+    @property
+    def length(self) -> int:
+        """
+        The length of the base64 text, in octets.
+        """
+        if self.source is not None:
+            return self.source.length
+        if self.encoded:
+            return len(self.data)
+        return (len(self.data) + 2) // 3 * 4
+
     def text(self) -> bytes:
         """
         @return: The base64 text.
         """
+        if self.source is not None:
+            return self.source.text()
         return self.data if self.encoded else b64encode(self.data)
 
+    def chunks(self) -> Iterator[bytes]:
+        """
+        @return: The base64 text in pieces, made as they are asked for
+            (none empty); joined, they are L{text}.
+        """
+        data = self.data
+        if self.source is not None:
+            yield from self.source.chunks()
+        elif self.encoded or len(data) <= BASE64_CHUNK:
+            if data:
+                yield self.text()
+        else:
+            view = memoryview(data)
+            for pos in range(0, len(data), BASE64_CHUNK):
+                yield b64encode(view[pos : pos + BASE64_CHUNK])
+
     def __hash__(self) -> int:
-        return hash(self.data)
+        return hash(self.length)
 
     def __repr__(self) -> str:
-        return f"Base64({len(self.data)} bytes)"
+        return f"Base64({self.length} octets of text)"
 
 
-def encode_json(document: object) -> bytes:
+class Body:
     """
-    Encode C{document} as compact UTF-8 JSON (RFC 8259).
+    A request body as pieces in order: bytes, and L{Base64} values whose
+    text is made only as the body is written.  Its length is known before
+    (C{Content-Length}), and it can be written any number of times.
+
+    @ivar pieces: The pieces.
+    @ivar length: The body's length, in bytes.
+    """
+
+    __slots__ = ("pieces", "length")
+
+    def __init__(self, pieces: Sequence[bytes | Base64]) -> None:
+        self.pieces = tuple(pieces)
+        self.length = sum(p.length if isinstance(p, Base64) else len(p) for p in self.pieces)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def chunks(self) -> Iterator[bytes]:
+        """
+        @return: The body in pieces (none empty), in order.
+        """
+        for piece in self.pieces:
+            if isinstance(piece, Base64):
+                yield from piece.chunks()
+            elif piece:
+                yield piece
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.chunks())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (Body, bytes)):
+            return bytes(self) == bytes(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.length)
+
+    def __repr__(self) -> str:
+        return f"Body({self.length} bytes in {len(self.pieces)} pieces)"
+
+
+class _LongText:
+    """
+    A long text value of a document, set aside to be encoded in pieces.
+    """
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _set_aside(value: object) -> object:
+    """
+    @return: C{value} with its text values of L{LONG_TEXT} characters or
+        more replaced by L{_LongText} (containers copied, tuples as lists:
+        the same JSON).
+    """
+    if isinstance(value, str):
+        return _LongText(value) if len(value) >= LONG_TEXT else value
+    if isinstance(value, dict):
+        return {k: _set_aside(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_set_aside(v) for v in value]
+    return value
+
+
+def _text_pieces(text: str, ascii_only: bool) -> list[bytes]:
+    """
+    A JSON string's content (RFC 8259 section 7), without its quotes, as
+    C{json.dumps} writes it, a piece at a time: escaping is per character,
+    so the pieces join into the same bytes.
+
+    @raise UnicodeEncodeError: Text that cannot be UTF-8 (unless
+        C{ascii_only}).
+    """
+    escape = encode_basestring_ascii if ascii_only else encode_basestring
+    codec = "ascii" if ascii_only else "utf-8"
+    return [
+        escape(text[pos : pos + LONG_TEXT])[1:-1].encode(codec)
+        for pos in range(0, len(text), LONG_TEXT)
+    ]
+
+
+def encode_body(document: object, long_text: bool = False) -> Body:
+    """
+    Encode C{document} as compact UTF-8 JSON (RFC 8259), the L{Base64}
+    values left as pieces of the body, encoded only as it is written.
 
     Non-ASCII text is written as UTF-8, not as C{\\u} escapes, which keeps
     bodies smaller.  Text that cannot be UTF-8 (lone surrogates left by a
@@ -146,33 +295,67 @@ def encode_json(document: object) -> bytes:
     still valid JSON.  L{Base64} values become base64 strings.
 
     @param document: JSON-compatible data, plus L{Base64} values.
+    @param long_text: Encode text values of L{LONG_TEXT} characters or more
+        apart, in pieces, rather than inside one JSON document: the same
+        bytes, without the copies of a whole document (worth the walk over
+        the document for a large message only).
     @return: The encoded document.
     """
-    blobs: list[bytes] = []
+    if long_text:
+        document = _set_aside(document)
+    try:
+        return _encode_body(document, False)
+    except UnicodeEncodeError:
+        return _encode_body(document, True)
+
+
+def _encode_body(document: object, ascii_only: bool) -> Body:
+    """
+    L{encode_body} in one mode: UTF-8, or ASCII with escapes.
+    """
+    blobs: list[Base64 | _LongText] = []
     # A fresh random marker per document: no text in the message can
     # guess it, so it cannot be mistaken for a placeholder.
     marker = secrets.token_hex(12)
 
     def placeholder(value: object) -> str:
-        if not isinstance(value, Base64):
+        if not isinstance(value, (Base64, _LongText)):
             raise TypeError(f"{type(value).__name__} is not JSON serializable")
-        blobs.append(value.text())
+        blobs.append(value)
         return f"{marker}{len(blobs) - 1:08d}"
 
-    try:
-        data = json.dumps(
-            document, ensure_ascii=False, separators=(",", ":"), default=placeholder
-        ).encode("utf-8")
-    except UnicodeEncodeError:
-        blobs.clear()
-        data = json.dumps(document, separators=(",", ":"), default=placeholder).encode("ascii")
+    data = json.dumps(
+        document, ensure_ascii=ascii_only, separators=(",", ":"), default=placeholder
+    ).encode("ascii" if ascii_only else "utf-8")
     if not blobs:
-        return data
+        return Body((data,))
     pieces = data.split(b'"' + marker.encode("ascii"))
-    out = [pieces[0]]
+    out: list[bytes | Base64] = [pieces[0]]
     for piece in pieces[1:]:
-        out += (b'"', blobs[int(piece[:8])], piece[8:])
-    return b"".join(out)
+        blob = blobs[int(piece[:8])]
+        out.append(b'"')
+        if isinstance(blob, Base64):
+            out.append(blob)
+        else:
+            out += _text_pieces(blob.text, ascii_only)
+        out.append(piece[8:])
+    return Body(out)
+
+
+def encode_json(document: object) -> bytes:
+    """
+    Encode C{document} as compact UTF-8 JSON (RFC 8259), as one bytes
+    object: L{encode_body}, joined.
+
+    @param document: JSON-compatible data, plus L{Base64} values.
+    @return: The encoded document.
+    """
+    body = encode_body(document)
+    if len(body.pieces) == 1:
+        only = body.pieces[0]
+        assert isinstance(only, bytes)
+        return only
+    return bytes(body)
 
 
 def parse_answer(body: bytes) -> object:
@@ -430,8 +613,10 @@ def strip_raw_headers(raw: bytes, names: Iterable[str]) -> bytes:
         end = len(raw) if end < 0 else end + 1
         line = raw[position:end]
         if line in (b"\r\n", b"\n"):
-            out.append(raw[position:])
-            return b"".join(out)
+            if position == sum(map(len, out)):
+                return raw  # nothing dropped: no copy
+            # One copy of the rest (a view of it joins without another).
+            return b"".join([*out, memoryview(raw)[position:]])
         if line[:1] in (b" ", b"\t"):
             if not dropping:
                 out.append(line)
@@ -496,6 +681,18 @@ class JSONDialect:
         """
         return encode_json(self.payload(message))
 
+    def chunked_body(self, message: OutboundMessage) -> Body:
+        """
+        The same body as L{body}, as a L{Body}: its base64 values are
+        encoded as it is written, so a large message is not held twice.
+
+        @param message: The message to relay.
+        @return: The body.
+        @raise relayd.reply.Refused: When this upstream cannot carry the
+            message.
+        """
+        return encode_body(self.payload(message), long_text=len(message.raw) >= LONG_TEXT)
+
     def request(
         self,
         message: OutboundMessage,
@@ -505,7 +702,7 @@ class JSONDialect:
         idempotency_key: str | None = None,
     ) -> HTTPRequest:
         """
-        The whole request for C{message}: L{body}, and the
+        The whole request for C{message}: L{chunked_body}, and the
         L{idempotency_header} when there is one and a key.
 
         @param message: The message to relay.
@@ -519,11 +716,12 @@ class JSONDialect:
             upstream client's defaults.
         @raise Refused: When this upstream cannot carry the message.
         """
+        # A subclass (a plugin) that overrides body() keeps its own body.
+        own = type(self).body is not JSONDialect.body
+        body = self.body(message) if own else self.chunked_body(message)
         if idempotency_key and self.idempotency_header:
-            return HTTPRequest(
-                self.body(message), {self.idempotency_header: idempotency_key}, carries_key=True
-            )
-        return HTTPRequest(self.body(message))
+            return HTTPRequest(body, {self.idempotency_header: idempotency_key}, carries_key=True)
+        return HTTPRequest(body)
 
     def answer(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamResult:
         """

@@ -24,7 +24,7 @@ This package re-exports the names the rest of relayd uses.
 from relayd.message.addresses import MAX_ADDRESS_BYTES, address_key
 from relayd.message.decoding import decode_text
 from relayd.message.mime import MAX_DEPTH, MAX_HEADER_BYTES, MAX_PARTS
-from relayd.message.model import Attachment, Envelope, OutboundMessage
+from relayd.message.model import Attachment, Base64Text, Envelope, OutboundMessage
 from relayd.message.parse import parse_message
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "MAX_HEADER_BYTES",
     "MAX_PARTS",
     "Attachment",
+    "Base64Text",
     "Envelope",
     "OutboundMessage",
     "address_key",

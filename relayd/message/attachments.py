@@ -10,7 +10,8 @@ characters removed); a part without one gets C{attachment-<n><ext>}, the
 extension from its media type.  A part with a Content-ID is inline when its
 disposition says so or when the HTML body refers to it by a C{cid:} URL
 (RFC 2392).  Large parts that arrived as clean base64 keep that base64
-(L{relayd.message.model.Attachment.encoded}).
+where it is in the received message
+(L{relayd.message.model.Attachment.source}).
 """
 
 from __future__ import annotations
@@ -25,13 +26,13 @@ from attrs import frozen
 
 from relayd.message.decoding import (
     PASSTHROUGH_MIN,
-    canonical_base64,
+    clean_base64_length,
     clean_filename,
     content_param,
     decode_body,
     unfold,
 )
-from relayd.message.model import Attachment
+from relayd.message.model import Attachment, Base64Text
 
 __all__ = ["AttachmentPart", "attachment_part", "build_attachments"]
 
@@ -90,14 +91,14 @@ class AttachmentPart:
     @ivar filename: The decoded file name, or C{""} when it has none.
     @ivar content_type: C{maintype/subtype}, plus C{; method=...} for
         text/calendar (RFC 5545 section 3.7.2).
-    @ivar content: The decoded bytes (empty when C{encoded} is set).
+    @ivar content: The decoded bytes (empty when C{source} is set).
     @ivar content_id: The Content-ID without angle brackets, or C{None}.
     @ivar disposition: The Content-Disposition type, lower case
         (C{"inline"}, C{"attachment"}...), or C{None}.
     @ivar charset: For C{text/*} parts, the declared charset label, lower
         case; otherwise C{None}.
-    @ivar encoded: The clean base64 of a large part, without line breaks,
-        or C{None}.
+    @ivar source: Where the clean base64 of a large part is in the
+        received message, or C{None}.
     """
 
     filename: str
@@ -106,12 +107,14 @@ class AttachmentPart:
     content_id: str | None
     disposition: str | None
     charset: str | None
-    encoded: bytes | None
+    source: Base64Text | None
 
 
 def attachment_part(
     headers: Message,
-    body: bytes,
+    buf: bytes,
+    start: int,
+    end: int,
     content_type: str,
     disposition: str | None,
     encoding: str,
@@ -120,7 +123,9 @@ def attachment_part(
     Read one leaf part that is not a body.
 
     @param headers: The part's parsed header fields.
-    @param body: Its body as in the message, still transfer-encoded.
+    @param buf: The message its body is in, still transfer-encoded.
+    @param start: Offset of the body's first octet in C{buf}.
+    @param end: Offset just past its last octet.
     @param content_type: Its media type, lower case.
     @param disposition: Its Content-Disposition type, or C{None}.
     @param encoding: Its Content-Transfer-Encoding (any case).
@@ -129,12 +134,14 @@ def attachment_part(
     """
     media = _MEDIA_TYPE.match(content_type)
     clean_type = media.group() if media else "application/octet-stream"
-    encoded = None
-    if len(body) >= PASSTHROUGH_MIN and encoding.strip().lower() == "base64":
-        encoded = canonical_base64(body)
-    content = b"" if encoded is not None else decode_body(body, encoding)
+    source = None
+    if end - start >= PASSTHROUGH_MIN and encoding.strip().lower() == "base64":
+        length = clean_base64_length(buf, start, end)
+        if length is not None:
+            source = Base64Text(buf, start, end, length)
+    content = b"" if source is not None else decode_body(memoryview(buf)[start:end], encoding)
     filename = clean_filename(headers.get_filename() or "")
-    if not content and encoded is None and not filename:
+    if not content and source is None and not filename:
         return None
     if clean_type == "text/calendar":
         method = _TOKEN.search(content_param(headers, "method"))
@@ -146,7 +153,7 @@ def attachment_part(
         charset = label.group().lower() if label else None
     content_id = unfold(str(headers.get("content-id", ""))).strip("<> \t")
     return AttachmentPart(
-        filename, clean_type, content, content_id or None, disposition, charset, encoded
+        filename, clean_type, content, content_id or None, disposition, charset, source
     )
 
 
@@ -180,7 +187,7 @@ def build_attachments(parts: Sequence[AttachmentPart], html: str | None) -> tupl
                 content_id=content_id,
                 inline=inline,
                 charset=part.charset,
-                encoded=part.encoded,
+                source=part.source,
             )
         )
     return tuple(result)

@@ -46,6 +46,7 @@ __all__ = [
     "UNSAFE",
     "body_text",
     "canonical_base64",
+    "clean_base64_length",
     "clean_filename",
     "content_param",
     "decode_base64",
@@ -121,33 +122,33 @@ def _codec_name(label: str) -> str | None:
     return _SUPERSETS.get(name, name)
 
 
-def decode_text(data: bytes, charset: str | None) -> str:
+def decode_text(data: bytes | memoryview, charset: str | None) -> str:
     """
     Turn bytes into text by the charset fallback rule of this module's
     docstring: declared charset, UTF-8, declared charset with replacement,
     windows-1252 with replacement.  Never raises.
 
-    @param data: The bytes.
+    @param data: The bytes (or a view of them: nothing is copied).
     @param charset: The declared charset label, or C{None}.
     @return: The text.
     """
     codec = _codec_name(charset) if charset else None
     if codec is not None:
         try:
-            return data.decode(codec)
+            return str(data, codec)
         except (UnicodeError, LookupError):
             pass
     if codec != "utf-8":
         try:
-            return data.decode("utf-8")
+            return str(data, "utf-8")
         except UnicodeDecodeError:
             pass
     if codec is not None and codec != "utf-8":
         try:
-            return data.decode(codec, "replace")
+            return str(data, codec, "replace")
         except (UnicodeError, LookupError):
             pass
-    return data.decode("cp1252", "replace")
+    return str(data, "cp1252", "replace")
 
 
 # ---------------------------------------------------------------------------
@@ -157,20 +158,20 @@ _BASE64_ALPHABET = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvw
 _NOT_BASE64 = bytes(c for c in range(256) if c not in _BASE64_ALPHABET)
 
 
-def decode_base64(data: bytes) -> bytes:
+def decode_base64(data: bytes | memoryview) -> bytes:
     """
     Decode base64 (RFC 2045 section 6.8) leniently: characters outside the
     alphabet are ignored, missing padding is supplied and a final lone
     character (which holds less than one octet) is dropped.
 
-    @param data: The encoded bytes.
+    @param data: The encoded bytes (or a view of them).
     @return: The decoded bytes.
     """
     try:
         return binascii.a2b_base64(data)
     except binascii.Error:
         pass
-    cleaned = data.translate(None, _NOT_BASE64)
+    cleaned = bytes(data).translate(None, _NOT_BASE64)
     rest = len(cleaned) % 4
     if rest == 1:
         cleaned = cleaned[:-1]
@@ -183,7 +184,7 @@ def decode_base64(data: bytes) -> bytes:
 _BASE64_LINES = bytes(_BASE64_ALPHABET) + b"=\r\n"
 
 
-def _decodes(data: bytes, charset: str | None) -> bool:
+def _decodes(data: bytes | memoryview, charset: str | None) -> bool:
     """
     Tell whether bytes are valid text in their declared charset or UTF-8.
 
@@ -195,7 +196,7 @@ def _decodes(data: bytes, charset: str | None) -> bool:
     for codec in (_codec_name(charset) if charset else None, "utf-8"):
         if codec is not None:
             try:
-                data.decode(codec)
+                str(data, codec)
             except (UnicodeError, LookupError):
                 continue
             return True
@@ -224,21 +225,62 @@ def canonical_base64(body: bytes) -> bytes | None:
     return text
 
 
-def decode_body(body: bytes, encoding: str) -> bytes:
+def clean_base64_length(buf: bytes, start: int, end: int) -> int | None:
+    """
+    Tell whether a part's base64 body is clean, as L{canonical_base64}
+    does, where it lies in the message: nothing as large as the part is
+    copied.
+
+    @param buf: The message.
+    @param start: Offset of the body's first octet in C{buf}.
+    @param end: Offset just past its last octet.
+    @return: The length of the base64 text without line breaks, or C{None}
+        when the body must be decoded leniently.
+    """
+    length = 0
+    for pos in range(start, end, _CHECK_CHUNK):
+        text = buf[pos : min(pos + _CHECK_CHUNK, end)].translate(None, b"\r\n")
+        if text.translate(None, _BASE64_PADDED):
+            return None
+        length += len(text)
+    if length % 4:
+        return None
+    # Padding only at the end: "=" or "==" (RFC 4648 section 4), line
+    # breaks aside.
+    first = buf.find(b"=", start, end)
+    if first == -1:
+        return length
+    last = buf.find(b"=", first + 1, end)
+    if last == -1:
+        last = first
+    elif buf.find(b"=", last + 1, end) != -1 or not _LINE_BREAKS.fullmatch(buf, first + 1, last):
+        return None
+    if not _LINE_BREAKS.fullmatch(buf, last + 1, end):
+        return None
+    return length
+
+
+# Octets checked at once by clean_base64_length.
+_CHECK_CHUNK = 1024 * 1024
+_LINE_BREAKS = re.compile(rb"[\r\n]*")
+
+
+def decode_body(body: bytes | memoryview, encoding: str) -> bytes:
     """
     Undo a Content-Transfer-Encoding.
 
-    @param body: The body bytes as they are in the message.
+    @param body: The body bytes as they are in the message (or a view of
+        them).
     @param encoding: The Content-Transfer-Encoding value (any case).
     @return: The decoded bytes; for C{7bit}, C{8bit}, C{binary} and
-        encodings not known, C{body} itself.
+        encodings not known, C{body} itself (as bytes).
     """
     encoding = encoding.strip().lower()
     if encoding == "base64":
         return decode_base64(body)
     if encoding == "quoted-printable":
         return binascii.a2b_qp(body)
-    return body
+    return body if isinstance(body, bytes) else bytes(body)
 
 
 # ---------------------------------------------------------------------------
@@ -364,7 +406,7 @@ def clean_filename(name: str) -> str:
 # Bodies
 
 
-def body_text(raw: bytes, encoding: str, charset: str | None) -> str:
+def body_text(raw: bytes | memoryview, encoding: str, charset: str | None) -> str:
     """
     Decode a text or HTML body part into the text of a body field.
 
@@ -372,18 +414,23 @@ def body_text(raw: bytes, encoding: str, charset: str | None) -> str:
     no encoder writes, and whose decoding gives no valid text, is plain text
     the client mislabelled: its bytes are taken as they are.
 
-    @param raw: The part's body as in the message, still transfer-encoded.
+    @param raw: The part's body as in the message, still transfer-encoded
+        (or a view of it: a 7bit, 8bit or binary body is decoded from the
+        view, without a copy).
     @param encoding: Its Content-Transfer-Encoding (any case).
     @param charset: Its declared charset label, or C{None}.
     @return: The text by the charset fallback rule, line ends LF.
     """
-    content = decode_body(raw, encoding)
-    if (
-        encoding.strip().lower() == "base64"
-        and raw.translate(None, _BASE64_LINES)
-        and raw.isascii()
-        and not _decodes(content, charset)
-    ):
+    kind = encoding.strip().lower()
+    content: bytes | memoryview
+    if kind == "base64":
+        raw = bytes(raw)
+        content = decode_base64(raw)
+        if raw.translate(None, _BASE64_LINES) and raw.isascii() and not _decodes(content, charset):
+            content = raw
+    elif kind == "quoted-printable":
+        content = binascii.a2b_qp(raw)
+    else:
         content = raw
     text = decode_text(content, charset)
     return text.replace("\r\n", "\n").replace("\r", "\n")

@@ -18,7 +18,9 @@ Each MIME entity is read once:
   - a multipart body is cut into its body parts by finding the delimiter
     lines (RFC 2046 section 5.1.1) with C{bytes.find}, on byte offsets into
     the received data, so that no line-by-line Python loop runs over bodies.
-    A part's bytes are copied only when the part is decoded.
+    A part's bytes are copied only when the part is decoded (a text body is
+    decoded from a view of them), and not at all for a large attachment
+    that arrived as clean base64 (L{relayd.message.model.Base64Text}).
 
 Unrecognised multipart subtypes are read as C{multipart/mixed} (RFC 2046
 section 5.1.7).  A C{multipart/*} entity without a boundary, or whose body
@@ -133,6 +135,12 @@ class Entity:
         @return: A copy of the body bytes, still transfer-encoded.
         """
         return self.buf[self.start : self.end]
+
+    def view(self) -> memoryview:
+        """
+        @return: The body bytes, still transfer-encoded, without a copy.
+        """
+        return memoryview(self.buf)[self.start : self.end]
 
 
 def _header_end(buf: bytes, start: int, end: int, limit: int) -> tuple[int, int]:
@@ -428,7 +436,9 @@ class Structure:
             slot = "text" if content_type == "text/plain" else "html"
             if self._take_body(slot, entity, encoding):
                 return
-        part = attachment_part(headers, entity.body(), content_type, disposition, encoding)
+        part = attachment_part(
+            headers, entity.buf, entity.start, entity.end, content_type, disposition, encoding
+        )
         if part is not None:
             self.parts.append(part)
 
@@ -464,4 +474,4 @@ class Structure:
         @param encoding: Its Content-Transfer-Encoding.
         """
         charset = entity.headers.get_content_charset()
-        setattr(self, slot, body_text(entity.body(), encoding, charset))
+        setattr(self, slot, body_text(entity.view(), encoding, charset))

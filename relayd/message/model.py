@@ -11,10 +11,79 @@ bytes of one message (RFC 5322, MIME of RFC 2045-2049); the dialects
 from __future__ import annotations
 
 import binascii
+from collections.abc import Iterator
 
 from attrs import field, frozen
 
-__all__ = ["Attachment", "Envelope", "OutboundMessage"]
+__all__ = ["Attachment", "Base64Text", "Envelope", "OutboundMessage"]
+
+#: Octets of a part's base64 text read at once (L{Base64Text.chunks}).
+BASE64_CHUNK = 256 * 1024
+
+
+class Base64Text:
+    """
+    Clean base64 (RFC 2045 section 6.8) where it lies in the received
+    message: the body of one part, line breaks included.  Nothing is
+    copied when the message is read; the line breaks are taken out as the
+    text is read (L{chunks}), so an attachment goes from the received bytes
+    to the upstream request without a copy of its own.
+
+    @ivar buf: The received message.
+    @ivar start: Offset of the part body's first octet in C{buf}.
+    @ivar end: Offset just past its last octet.
+    @ivar length: Octets of base64 text without line breaks (a multiple
+        of 4).
+    """
+
+    __slots__ = ("buf", "start", "end", "length")
+
+    def __init__(self, buf: bytes, start: int, end: int, length: int) -> None:
+        self.buf = buf
+        self.start = start
+        self.end = end
+        self.length = length
+
+    def chunks(self, size: int = BASE64_CHUNK) -> Iterator[bytes]:
+        """
+        Read the text in pieces.
+
+        @param size: Octets of the message read per piece (line breaks
+            included).
+        @return: The base64 text without line breaks, in pieces in order
+            (none empty), each at most C{size} octets.
+        """
+        buf, end = self.buf, self.end
+        for pos in range(self.start, end, size):
+            piece = buf[pos : min(pos + size, end)].translate(None, b"\r\n")
+            if piece:
+                yield piece
+
+    def text(self) -> bytes:
+        """
+        @return: The whole base64 text without line breaks (a copy).
+        """
+        return self.buf[self.start : self.end].translate(None, b"\r\n")
+
+    def decode(self) -> bytes:
+        """
+        @return: The decoded bytes of the part.
+        """
+        return binascii.a2b_base64(memoryview(self.buf)[self.start : self.end])
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Base64Text):
+            return self.length == other.length and self.text() == other.text()
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.length)
+
+    def __repr__(self) -> str:
+        return f"Base64Text({self.length} octets)"
 
 
 @frozen
@@ -47,11 +116,11 @@ class Attachment:
         referenced by a C{cid:} URL).
     @ivar charset: For C{text/*} parts, the charset label the part declared
         (lower case), which C{content} is encoded in; otherwise C{None}.
-    @ivar encoded: For large parts that arrived as clean base64 (RFC 2045
-        section 6.8), that base64 without line breaks, and C{content} is
-        empty: the upstream wants base64 anyway, so the part is neither
-        decoded nor encoded again.  Use L{payload} or L{base64} rather
-        than C{content} directly.
+    @ivar source: For large parts that arrived as clean base64 (RFC 2045
+        section 6.8), where that base64 is in the received message, and
+        C{content} is empty: the upstream wants base64 anyway, so the part
+        is neither decoded nor encoded again, nor copied.  Use L{payload}
+        or L{base64} rather than C{content} directly.
     """
 
     filename: str
@@ -60,22 +129,30 @@ class Attachment:
     content_id: str | None = None
     inline: bool = False
     charset: str | None = None
-    encoded: bytes | None = field(default=None, repr=False)
+    source: Base64Text | None = field(default=None, repr=False)
+
+    @property
+    def encoded(self) -> bytes | None:
+        """
+        For a part with a L{source}, its base64 without line breaks (a
+        copy); otherwise C{None}.
+        """
+        return self.source.text() if self.source is not None else None
 
     def payload(self) -> bytes:
         """
         @return: The decoded bytes of the part.
         """
-        if self.encoded is not None:
-            return binascii.a2b_base64(self.encoded)
+        if self.source is not None:
+            return self.source.decode()
         return self.content
 
     def base64(self) -> bytes:
         """
         @return: The part as base64 without line breaks (RFC 4648 section 4).
         """
-        if self.encoded is not None:
-            return self.encoded
+        if self.source is not None:
+            return self.source.text()
         return binascii.b2a_base64(self.content, newline=False)
 
 

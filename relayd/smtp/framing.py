@@ -25,6 +25,7 @@ can be tested and fuzzed alone:
 from __future__ import annotations
 
 import enum
+import io
 from collections.abc import Callable
 
 __all__ = [
@@ -74,11 +75,12 @@ class DataReader:
     """
     The content of one DATA command, as it arrives.
 
-    @ivar parts: The content so far: complete lines with C{<CR><LF>} line
-        ends, dot-stuffing undone, in one growing C{bytearray} (one large
-        block that goes back to the system when freed, copied once by
-        L{body}).  Emptied when the message fails, so a failed message
-        holds no memory.
+    @ivar content: The content so far: complete lines with C{<CR><LF>} line
+        ends, dot-stuffing undone, in one growing L{io.BytesIO} (one large
+        block that goes back to the system when freed, handed over by
+        L{body} without a copy: C{getvalue} gives its own buffer), or
+        C{None} when there is none.  Dropped when the message fails, so a
+        failed message holds no memory.
     @ivar grow: Asked before the content grows to a size in bytes, or
         C{None}; its C{False} fails the message (L{DataError.NO_MEMORY}).
     @ivar size: Octets of content taken, in bytes.
@@ -101,7 +103,7 @@ class DataReader:
         self.max_line_length = max_line_length
         self.max_size = max_size
         self.reject_bare_newline = reject_bare_newline
-        self.parts: list[bytearray] = []
+        self.content: io.BytesIO | None = None
         self.grow: Callable[[int], bool] | None = None
         self.size = 0
         self.crlf = True
@@ -115,20 +117,27 @@ class DataReader:
         """
         if self.error is None:
             self.error = error
-        self.parts = []
+        self.content = None
+
+    @property
+    def parts(self) -> list[bytes]:
+        """
+        The content so far, for a look at what is held: one L{bytes} (a
+        copy once more content follows), or none.
+        """
+        return [self.content.getvalue()] if self.content is not None else []
 
     def body(self) -> bytes | bytearray:
         """
-        Take the content.
+        Take the content, without copying it.
 
         @return: The message so far (C{b""} after a failure), the reader's
             own C{bytearray}, not copied: a 25 MB copy would stall the
             reactor (the delivery path makes C{bytes} of it in its thread
             pool); the reader holds none of it afterwards.
         """
-        body: bytes | bytearray = self.parts[0] if self.parts else b""
-        self.parts = []
-        return body
+        content, self.content = self.content, None
+        return content.getvalue() if content is not None else b""
 
     def take(self, block: bytes) -> None:
         """
@@ -166,10 +175,9 @@ class DataReader:
         if self.grow is not None and not self.grow(self.size):
             self.fail(DataError.NO_MEMORY)
             return
-        if self.parts:
-            self.parts[0] += block
-        else:
-            self.parts.append(bytearray(block))
+        if self.content is None:
+            self.content = io.BytesIO()
+        self.content.write(block)
 
 
 class Framer:
