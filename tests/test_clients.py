@@ -1,11 +1,12 @@
 """
 The client settings of C{docs/clients.md}, tested with the real clients
 that install here: swaks and msmtp (Debian), Python's smtplib, Django's
-SMTP backend (when Django is installed) and nodemailer (when
-C{npm install -g nodemailer} was run), each over STARTTLS (port 587
-style) and implicit TLS (port 465 style), against the real daemon and a
-recording upstream.  A client that is not installed is skipped, never
-faked.
+SMTP backend (PyPI, in the C{dev} extra), nodemailer (npm, installed into a
+temporary folder by the test), PHPMailer (Debian C{php-cli} and
+C{libphp-phpmailer}) and Ruby's C{mail} gem, which Action Mailer sends
+with (Debian C{ruby-mail}), each over STARTTLS (port 587 style) and
+implicit TLS (port 465 style), against the real daemon and a recording
+upstream.  A client that is not installed is skipped, never faked.
 """
 
 from __future__ import annotations
@@ -35,14 +36,39 @@ def message(subject: str) -> bytes:
     ).encode()
 
 
+_node_modules: list[str | None] = []
+
+
 def node_path() -> str | None:
     """
-    Where a global C{nodemailer} is, or C{None}.
+    Where C{nodemailer} is: a global install, else one the first call
+    installs with C{npm install nodemailer} into a temporary folder (kept
+    for the rest of the run); C{None} without node and npm, or when npm
+    cannot install it.
     """
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        return None
-    root = subprocess.run(["npm", "root", "-g"], capture_output=True, text=True).stdout.strip()
-    return root if root and os.path.isdir(os.path.join(root, "nodemailer")) else None
+    if _node_modules:
+        return _node_modules[0]
+    found = None
+    if shutil.which("node") is not None and shutil.which("npm") is not None:
+        root = subprocess.run(["npm", "root", "-g"], capture_output=True, text=True).stdout.strip()
+        if root and os.path.isdir(os.path.join(root, "nodemailer")):
+            found = root
+        else:
+            prefix = tempfile.mkdtemp(prefix="relayd-nodemailer-")
+            done = subprocess.run(
+                ["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix", prefix]
+                + ["nodemailer"],
+                capture_output=True,
+                timeout=300,
+            )
+            modules = os.path.join(prefix, "node_modules")
+            if done.returncode == 0 and os.path.isdir(os.path.join(modules, "nodemailer")):
+                found = modules
+    _node_modules.append(found)
+    return found
+
+
+PHPMAILER = "/usr/share/php/libphp-phpmailer/autoload.php"
 
 
 class ClientTests(unittest.TestCase):
@@ -88,6 +114,17 @@ class ClientTests(unittest.TestCase):
         self.assertEqual(len(found), 1, [r["json"]["subject"] for r in self.upstream.requests])
         self.assertEqual(found[0]["headers"]["Authorization"], f"Bearer {TOKEN}")
         return found[0]
+
+    def relayed_fields(self, subject: str) -> None:
+        """
+        The one upstream request with C{subject} carried the token, the
+        From, the To and the text the client sent.
+        """
+        document = self.relayed(subject)["json"]
+        self.assertIn("app@example.com", document["from"])
+        self.assertEqual([a for a in document["to"] if "user@example.net" in a], document["to"])
+        self.assertEqual(len(document["to"]), 1)
+        self.assertEqual(document["text"].strip(), "Hi")
 
     def run_client(self, argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=60, **kwargs)
@@ -174,7 +211,7 @@ send_mail({subject!r}, "Hi", "app@example.com", ["user@example.net"])
         if check.returncode:
             self.skipTest("Django is not installed (pip install django)")
         self.run_client([sys.executable, "-c", script])
-        self.relayed(subject)
+        self.relayed_fields(subject)
 
     def test_django_starttls(self) -> None:
         self.django(False, self.starttls, "django 587")
@@ -185,7 +222,7 @@ send_mail({subject!r}, "Hi", "app@example.com", ["user@example.net"])
     def nodemailer(self, secure: bool, port: int, subject: str) -> None:
         root = node_path()
         if root is None:
-            self.skipTest("nodemailer is not installed (npm install -g nodemailer)")
+            self.skipTest("node/npm are not installed, or npm could not install nodemailer")
         script = f"""
 const fs = require("fs");
 const nodemailer = require("nodemailer");
@@ -196,16 +233,98 @@ const transport = nodemailer.createTransport({{
 }});
 transport.sendMail({{
   from: "app@example.com", to: "user@example.net", subject: {json.dumps(subject)}, text: "Hi",
-}}).then(() => process.exit(0), (e) => {{ console.error(e); process.exit(1); }});
+}}).then(
+  (info) => {{ console.log(info.response); process.exit(0); }},
+  (e) => {{ console.error(e); process.exit(1); }},
+);
 """
-        self.run_client(["node", "-e", script], env=dict(os.environ, NODE_PATH=root))
-        self.relayed(subject)
+        done = self.run_client(["node", "-e", script], env=dict(os.environ, NODE_PATH=root))
+        self.assertIn("250", done.stdout)
+        self.relayed_fields(subject)
 
     def test_nodemailer_starttls(self) -> None:
         self.nodemailer(False, self.starttls, "nodemailer 587")
 
     def test_nodemailer_implicit_tls(self) -> None:
         self.nodemailer(True, self.implicit, "nodemailer 465")
+
+    def phpmailer(self, smtps: bool, port: int, subject: str) -> None:
+        if shutil.which("php") is None or not os.path.exists(PHPMAILER):
+            self.skipTest("PHPMailer is not installed (apt-get install php-cli libphp-phpmailer)")
+        encryption = "ENCRYPTION_SMTPS" if smtps else "ENCRYPTION_STARTTLS"
+        script = f"""<?php
+require {json.dumps(PHPMAILER)};
+use PHPMailer\\PHPMailer\\PHPMailer;
+$mail = new PHPMailer(true);
+$mail->isSMTP();
+$mail->Host = 'localhost';
+$mail->Port = {port};
+$mail->SMTPAuth = true;
+$mail->AuthType = 'PLAIN';
+$mail->Username = 'apikey';
+$mail->Password = getenv('RELAYD_TOKEN');
+$mail->SMTPSecure = PHPMailer::{encryption};
+$mail->Timeout = 10;
+// The test's self-signed CA (production: a public certificate, no change).
+$mail->SMTPOptions = ['ssl' => ['cafile' => {json.dumps(self.cert)}, 'verify_peer' => true]];
+$mail->setFrom('app@example.com');
+$mail->addAddress('user@example.net');
+$mail->Subject = {json.dumps(subject)};
+$mail->Body = 'Hi';
+$mail->send();
+echo "sent\n";
+"""
+        path = self.folder / f"phpmailer-{port}.php"
+        path.write_text(script)
+        done = self.run_client(["php", str(path)], env=dict(os.environ, RELAYD_TOKEN=TOKEN))
+        self.assertEqual(done.stdout, "sent\n")
+        self.relayed_fields(subject)
+
+    def test_phpmailer_starttls(self) -> None:
+        self.phpmailer(False, self.starttls, "phpmailer 587")
+
+    def test_phpmailer_implicit_tls(self) -> None:
+        self.phpmailer(True, self.implicit, "phpmailer 465")
+
+    def ruby_mail(self, tls: bool, port: int, subject: str) -> None:
+        """
+        Ruby's C{mail} gem with Action Mailer's C{smtp_settings} keys
+        (Action Mailer hands them to this gem unchanged).
+        """
+        if shutil.which("ruby") is None:
+            self.skipTest("Ruby is not installed (apt-get install ruby-mail)")
+        check = subprocess.run(["ruby", "-e", 'require "mail"'], capture_output=True)
+        if check.returncode:
+            self.skipTest("the Ruby mail gem is not installed (apt-get install ruby-mail)")
+        mode = "tls: true" if tls else "enable_starttls: true"
+        script = f"""
+require "mail"
+Mail.defaults do
+  delivery_method :smtp, address: "localhost", port: {port},
+    user_name: "apikey", password: ENV.fetch("RELAYD_TOKEN"), authentication: :plain,
+    {mode}, open_timeout: 10, read_timeout: 60,
+    # The test's self-signed CA (production: a public certificate, no change).
+    openssl_verify_mode: "peer", ca_file: {json.dumps(self.cert)},
+    return_response: true
+end
+mail = Mail.new do
+  from "app@example.com"
+  to "user@example.net"
+  subject {json.dumps(subject)}
+  body "Hi"
+end
+response = mail.deliver!
+puts response.status
+"""
+        done = self.run_client(["ruby", "-e", script], env=dict(os.environ, RELAYD_TOKEN=TOKEN))
+        self.assertEqual(done.stdout.strip(), "250")
+        self.relayed_fields(subject)
+
+    def test_ruby_mail_starttls(self) -> None:
+        self.ruby_mail(False, self.starttls, "ruby mail 587")
+
+    def test_ruby_mail_implicit_tls(self) -> None:
+        self.ruby_mail(True, self.implicit, "ruby mail 465")
 
     def test_wrong_token_is_535(self) -> None:
         """
