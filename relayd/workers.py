@@ -105,6 +105,7 @@ class AdoptedPortService(Service):
         self.port = self.reactor.adoptStreamPort(self.fd, family, self.factory)
         os.close(self.fd)
         accept_one_at_a_time(self.port)
+        log.info("listening on {address} (inherited socket)", address=str(self.port.getHost()))
 
     def stopService(self) -> Any:
         super().stopService()

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import unittest
+from pathlib import Path
 
 from tests.test_e2e import ROOT, TOKEN, Daemon, Upstream, children, distinct
 
@@ -23,9 +24,14 @@ class LoggingDaemon(Daemon):
 
     def __init__(self, upstream_url: str, log_args: list[str]) -> None:
         super().__init__(upstream_url, workers=2)
-        # Restart the same configuration with the log options under test.
+        # Restart the same configuration with the log options under test,
+        # once the first daemon's worker has let go of the sockets too.
+        workers = children(self.process.pid)
         self.process.terminate()
         self.process.wait(10)
+        gone = time.monotonic() + 20
+        while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < gone:
+            time.sleep(0.1)
         self.log.close()
         self.log = open(self.dir / "relayd.log", "wb")
         self.process = subprocess.Popen(
@@ -36,10 +42,22 @@ class LoggingDaemon(Daemon):
             cwd=str(self.dir),
             env=dict(os.environ, PYTHONPATH=str(ROOT)),
         )
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 30
         while len(children(self.process.pid)) < 1 and time.monotonic() < deadline:
             time.sleep(0.1)
-        time.sleep(1.5)  # the worker adopts the sockets
+        # The worker says it listens on its inherited socket (at info:
+        # below --log-level=warn, wait a while instead).
+        quiet = any(
+            arg.startswith("--log-level=") and arg != "--log-level=info" for arg in log_args
+        )
+        path = self.dir / "relayd.log"
+        while time.monotonic() < deadline:
+            if quiet:
+                time.sleep(3)
+                break
+            if b"(inherited socket)" in path.read_bytes():
+                break
+            time.sleep(0.1)
 
     def send(self, count: int) -> None:
         for _ in range(count):
