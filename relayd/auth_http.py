@@ -255,8 +255,8 @@ class HTTPAuthChecker:
             if "accepted" in record:
                 answer = record["accepted"]
                 return _Verdict(
-                policy=policy_from("customer", answer, self._defaults), answer=answer
-            )
+                    policy=policy_from("customer", answer, self._defaults), answer=answer
+                )
             code, status, text = record["refused"]
             return _Verdict(refusal=Reply(int(code), str(status), str(text)))
         except Exception:
@@ -352,9 +352,7 @@ class HTTPAuthChecker:
             if not isinstance(answer, Mapping):
                 log.warn("auth endpoint answered {status} without a JSON object", status=status)
                 return _Verdict()
-            return _Verdict(
-                policy=policy_from("customer", answer, self._defaults), answer=answer
-            )
+            return _Verdict(policy=policy_from("customer", answer, self._defaults), answer=answer)
         if status in (401, 403):
             text = _clean(answer.get("error")) if isinstance(answer, Mapping) else ""
             return _Verdict(refusal=R.auth_refused(text))

@@ -454,9 +454,7 @@ class RedisAuthCache:
     def _key(self, key: str) -> str:
         return f"{self.redis.prefix}a:{key}"
 
-    def get(
-        self, key: str, fallback: Callable[[], Awaitable[Any]] | None = None
-    ) -> Deferred[Any]:
+    def get(self, key: str, fallback: Callable[[], Awaitable[Any]] | None = None) -> Deferred[Any]:
         """
         @param key: The cache key.
         @param fallback: What answers while Redis is down (not on a miss);

@@ -31,7 +31,9 @@ class MessageRatesTests(SynchronousTestCase):
         self.clock.advance(1000)
         self.counters = LocalCounters(self.clock)
 
-    def refusal(self, rates: MessageRates, token: str, ip: str | None, policy: TokenPolicy) -> Reply:
+    def refusal(
+        self, rates: MessageRates, token: str, ip: str | None, policy: TokenPolicy
+    ) -> Reply:
         failure = self.failureResultOf(rates.check(token, ip, policy), Refused)
         return failure.value.reply  # type: ignore[no-any-return]
 
@@ -113,7 +115,9 @@ class ValidateFromTests(SynchronousTestCase):
         self.pipeline = Pipeline(client, HeadersConfig(), self.clock, rates=self.rates)
 
     def test_no_limit_answers_at_once(self) -> None:
-        pipeline = Pipeline(None, HeadersConfig(), self.clock, rates=MessageRates(self.rates.counters))
+        pipeline = Pipeline(
+            None, HeadersConfig(), self.clock, rates=MessageRates(self.rates.counters)
+        )
         avatar = RelayDelivery("tok", WEB, pipeline)
         self.assertEqual(avatar.validateFrom(("c", "192.0.2.1"), "a@example.com"), "a@example.com")
 
