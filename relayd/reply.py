@@ -423,10 +423,6 @@ FIRST_ATTEMPT_IN_FLIGHT = Reply(
 # -- redis5: message rates per token and per client address (relayd.policy) --
 
 
-def _seconds(retry_after: float) -> int:
-    return max(1, int(retry_after + 0.999))
-
-
 def token_rate_exceeded(retry_after: float) -> Reply:
     """
     MAIL refused: the token sent C{[limits] messages_per_minute_per_token}
@@ -439,7 +435,8 @@ def token_rate_exceeded(retry_after: float) -> Reply:
     return Reply(
         451,
         "4.7.1",
-        f"Too many messages from this token, try again in {_seconds(retry_after)} seconds",
+        "Too many messages from this token, try again in"
+        f" {max(1, int(retry_after + 0.999))} seconds",
     )
 
 
@@ -455,5 +452,6 @@ def ip_rate_exceeded(retry_after: float) -> Reply:
     return Reply(
         451,
         "4.7.1",
-        f"Too many messages from this IP address, try again in {_seconds(retry_after)} seconds",
+        "Too many messages from this IP address, try again in"
+        f" {max(1, int(retry_after + 0.999))} seconds",
     )
