@@ -22,6 +22,11 @@ ones C{auth.negative_cache_ttl} seconds, at most C{auth.cache_size} of
 each (the oldest forgotten first); temporary failures are not remembered.
 Concurrent logins with one credential make one request.  Cache keys are
 SHA-256 digests of the user name and password, never the credential.
+
+With C{[redis]}, the answers are kept in Redis as well
+(L{relayd.redisstore.RedisAuthCache}, the same lifetimes), so every relayd
+process of a fleet uses one cache: Redis is read first, and the
+in-process cache answers while Redis is down.
 """
 
 from __future__ import annotations
@@ -110,6 +115,7 @@ class _Verdict:
 
     policy: TokenPolicy | None = None
     refusal: Reply | None = None
+    answer: Mapping[str, Any] | None = None  # the endpoint's JSON, to share
 
 
 def _clean(text: object) -> str:
@@ -148,6 +154,7 @@ class HTTPAuthChecker:
         ttl: float = 60.0,
         negative_ttl: float = 10.0,
         size: int = 10000,
+        shared: Any = None,
     ) -> None:
         """
         @param http: A treq-like client (C{post}), for example
@@ -162,6 +169,8 @@ class HTTPAuthChecker:
         @param ttl: Seconds an accepted credential is remembered.
         @param negative_ttl: Seconds a refused credential is remembered.
         @param size: Most entries of each cache.
+        @param shared: A cache shared by the fleet
+            (L{relayd.redisstore.RedisAuthCache}), or C{None}.
         """
         self._http = http
         self._url = url
@@ -175,6 +184,7 @@ class HTTPAuthChecker:
         self._negative_ttl = negative_ttl
         self._accepted: TTLCache[TokenPolicy] = TTLCache(clock, size)
         self._refused: TTLCache[Reply] = TTLCache(clock, size)
+        self._shared = shared
         self._inflight: dict[bytes, list[defer.Deferred[_Verdict]]] = {}
         self.requests = 0
         self.hits = 0
@@ -198,15 +208,76 @@ class HTTPAuthChecker:
             + b"\0"
             + password.encode("utf-8", "surrogatepass")
         ).digest()
+        if self._shared is not None:
+            return defer.Deferred.fromCoroutine(self._shared_login(key, username, forwarded))
+        verdict = self._cached(key)
+        if verdict is not None:
+            self.hits += 1
+            return defer.maybeDeferred(self._login, verdict, forwarded)
+        return self._verdict(key, username, forwarded).addCallback(self._login, forwarded)
+
+    def _cached(self, key: bytes) -> _Verdict | None:
+        """
+        The in-process cache's verdict for C{key}, or C{None}.
+        """
         policy = self._accepted.get(key)
         if policy is not None:
-            self.hits += 1
-            return defer.succeed(Login(forwarded, policy))
+            return _Verdict(policy=policy)
         refusal = self._refused.get(key)
         if refusal is not None:
+            return _Verdict(refusal=refusal)
+        return None
+
+    async def _shared_login(self, key: bytes, username: str, forwarded: str) -> Login:
+        """
+        The shared cache's verdict (the in-process one while Redis is
+        down), else the endpoint's.
+        """
+
+        async def local() -> _Verdict | None:
+            return self._cached(key)
+
+        value = await self._shared.get("http:" + key.hex(), local)
+        verdict = self._decode(value) if isinstance(value, str) else value
+        if verdict is not None:
             self.hits += 1
-            return defer.fail(AuthRefused(refusal))
-        return self._verdict(key, username, forwarded).addCallback(self._login, forwarded)
+        else:
+            verdict = await self._verdict(key, username, forwarded)
+        return self._login(verdict, forwarded)
+
+    def _decode(self, value: str) -> _Verdict | None:
+        """
+        A verdict stored in the shared cache, or C{None} for one this
+        version cannot read.
+        """
+        try:
+            record = json.loads(value)
+            if "accepted" in record:
+                answer = record["accepted"]
+                return _Verdict(
+                    policy=policy_from("customer", answer, self._defaults), answer=answer
+                )
+            code, status, text = record["refused"]
+            return _Verdict(refusal=Reply(int(code), str(status), str(text)))
+        except Exception:
+            log.warn("unreadable auth cache entry in Redis; taken as none")
+            return None
+
+    def _share(self, key: bytes, verdict: _Verdict) -> None:
+        """
+        Store C{verdict} in the shared cache, with its lifetime.
+        """
+        if verdict.policy is not None and verdict.answer is not None:
+            value, ttl = json.dumps({"accepted": dict(verdict.answer)}), self._ttl
+        elif verdict.refusal is not None:
+            reply = verdict.refusal
+            value = json.dumps({"refused": [reply.code, reply.status, reply.text]})
+            ttl = self._negative_ttl
+        else:
+            return
+        self._shared.set("http:" + key.hex(), value, ttl).addErrback(
+            lambda f: log.failure("auth cache write failed", f)
+        )
 
     def _login(self, verdict: _Verdict, forwarded: str) -> Login:
         if verdict.policy is not None:
@@ -233,6 +304,8 @@ class HTTPAuthChecker:
                 self._accepted.put(key, verdict.policy, self._ttl)
             elif verdict.refusal is not None:
                 self._refused.put(key, verdict.refusal, self._negative_ttl)
+            if self._shared is not None:
+                self._share(key, verdict)
             for d in waiting:
                 d.callback(verdict)
 
@@ -279,7 +352,7 @@ class HTTPAuthChecker:
             if not isinstance(answer, Mapping):
                 log.warn("auth endpoint answered {status} without a JSON object", status=status)
                 return _Verdict()
-            return _Verdict(policy=policy_from("customer", answer, self._defaults))
+            return _Verdict(policy=policy_from("customer", answer, self._defaults), answer=answer)
         if status in (401, 403):
             text = _clean(answer.get("error")) if isinstance(answer, Mapping) else ""
             return _Verdict(refusal=R.auth_refused(text))

@@ -265,6 +265,18 @@ class UpstreamConfig:
             raise ConfigError("upstream.idle_timeout: expected more than 0 seconds")
 
 
+#: An int where 0 means off (not held to the "at least 1" of other limits).
+_RateOrOff = int
+
+
+def _check_rate(instance: Any, attribute: Any, value: int) -> None:
+    """
+    C{limits.messages_per_minute_per_*}: 0 (off) or more messages.
+    """
+    if value < 0:
+        raise ConfigError(f"limits.{attribute.name}: expected 0 (off) or more messages")
+
+
 @frozen
 class LimitsConfig:
     """
@@ -306,6 +318,9 @@ class LimitsConfig:
     auth_failures_per_credential: int = 5
     auth_exempt_networks: tuple[str, ...] = ()
     auth_exempt_listeners: tuple[str, ...] = ()
+    # redis5: messages per minute at MAIL FROM, 0 = off (relayd.policy.MessageRates)
+    messages_per_minute_per_token: _RateOrOff = field(default=0, validator=_check_rate)
+    messages_per_minute_per_ip: _RateOrOff = field(default=0, validator=_check_rate)
 
 
 @frozen

@@ -590,25 +590,34 @@ class RelayDelivery:
         """
         return None
 
-    def validateFrom(self, helo: Any, origin: str, smtputf8: bool = False) -> str:
+    def validateFrom(self, helo: Any, origin: str, smtputf8: bool = False) -> Any:
         """
         Start a transaction from the reverse-path C{origin}.
 
         @param helo: C{(EHLO argument, client IP)}.
         @param origin: The reverse-path mailbox, C{""} for C{<>}.
-        @return: C{origin}.
+        @return: C{origin}, or a Deferred firing with it once the message
+            rates (L{relayd.policy.MessageRates}, maybe shared in Redis)
+            counted the transaction.
         @raise Refused: C{550 5.7.1 Sender not allowed} when the
-            token may not send from that address.
+            token may not send from that address; a C{451 4.7.1} (raised,
+            or the Deferred's failure) when a message rate is used up.
         """
         if self._revoked:
             raise Refused(R.CREDENTIAL_REFUSED_UPSTREAM)
         if not self.policy.allows_sender(origin):
             raise Refused(R.SENDER_NOT_ALLOWED)
         rates = self.pipeline.rates
-        if rates is not None and not rates.allow(self.token, self.policy):
-            raise Refused(R.MESSAGE_RATE_EXCEEDED)
-        self._current = TransactionMessage(self, origin, smtputf8)
-        return origin
+        if rates is None or not rates.applies(self.policy):
+            self._current = TransactionMessage(self, origin, smtputf8)
+            return origin
+        ip = helo[1] if isinstance(helo, tuple) and len(helo) > 1 else None
+
+        def counted(_: None) -> str:
+            self._current = TransactionMessage(self, origin, smtputf8)
+            return origin
+
+        return rates.check(self.token, ip, self.policy).addCallback(counted)
 
     def validateTo(self, user: str) -> Callable[[], TransactionMessage]:
         """

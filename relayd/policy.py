@@ -2,23 +2,25 @@
 """
 The per-customer policy checks that need more than one field of
 L{relayd.tokens.TokenPolicy}: attachments at the end of DATA, messages per
-minute at MAIL FROM, and recognising the upstream's refusal of a
-credential.
+minute at MAIL FROM (counted in an L{ICounters}), and recognising the
+upstream's refusal of a credential.
 
-No reactor code here: the clock is passed in.
+No reactor code here: the counters are passed in.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
-from collections import deque
+from collections.abc import Callable
 
 import attrs
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import Deferred
 
 from relayd import reply as R
 from relayd.config import HeadersConfig
+from relayd.interfaces import ICounters
 from relayd.message import Envelope, OutboundMessage, parse_message
 from relayd.reply import Refused, Reply
 from relayd.tokens import TokenPolicy
@@ -111,40 +113,98 @@ def upstream_refused_credential(reply: Reply) -> bool:
 
 class MessageRates:
     """
-    Transactions per credential in the last 60 seconds (a sliding window),
-    for C{messages_per_minute}.  Credentials are kept as SHA-256 digests.
+    Messages per minute at MAIL FROM, counted in an L{ICounters} (in this
+    process, or shared by a fleet through Redis): the customer's
+    C{messages_per_minute} (its policy), and C{[limits]}
+    C{messages_per_minute_per_token} and C{messages_per_minute_per_ip}.
+
+    Each limit is a sliding window of L{WINDOW} seconds.  Every limit is
+    read first and the transaction is counted only when all allow it, so a
+    refused MAIL uses up nothing; MAILs checked at the same moment on
+    several processes may each pass, so a burst can exceed a limit by the
+    number of MAILs in flight.  Credentials become SHA-256 digests before
+    they are keys; an IPv6 client counts for its /64 (RFC 6177).
     """
 
     WINDOW = 60.0
 
-    def __init__(self, clock: IReactorTime) -> None:
+    def __init__(self, counters: ICounters, per_token: int = 0, per_ip: int = 0) -> None:
         """
-        @param clock: Time source.
+        @param counters: Where the messages are counted.
+        @param per_token: C{[limits] messages_per_minute_per_token}; 0: off.
+        @param per_ip: C{[limits] messages_per_minute_per_ip}; 0: off.
         """
-        self._clock = clock
-        self._seen: dict[bytes, deque[float]] = {}
+        self.counters = counters
+        self.per_token = per_token
+        self.per_ip = per_ip
 
-    def allow(self, credential: str, policy: TokenPolicy) -> bool:
+    def applies(self, policy: TokenPolicy) -> bool:
         """
-        Count one transaction for C{credential} if the policy allows it.
+        @return: Whether any limit counts the transactions of C{policy}
+            (else L{check} need not be called: MAIL is answered at once).
+        """
+        return bool(policy.messages_per_minute or self.per_token or self.per_ip)
 
-        @param credential: The client's credential.
-        @param policy: Its policy; no C{messages_per_minute}: always allowed
-            (and not counted).
-        @return: Whether the transaction may start.
+    def check(self, credential: str, ip: str | None, policy: TokenPolicy) -> Deferred[None]:
         """
-        limit = policy.messages_per_minute
-        if limit is None:
-            return True
-        key = hashlib.sha256(credential.encode("utf-8", "surrogatepass")).digest()
-        now = self._clock.seconds()
-        times = self._seen.setdefault(key, deque())
-        while times and times[0] <= now - self.WINDOW:
-            times.popleft()
-        if len(times) >= limit:
-            return False
-        times.append(now)
-        if len(self._seen) > 100000:  # bound memory: forget idle credentials
-            for k in [k for k, v in self._seen.items() if not v or v[-1] <= now - self.WINDOW]:
-                del self._seen[k]
-        return True
+        Count one transaction if every limit allows it.
+
+        @param credential: The key of the customer (its credential, or the
+            identity of its policy).
+        @param ip: The client's address (from the PROXY header behind a
+            load balancer), or C{None} when unknown (not counted per IP).
+        @param policy: The customer's policy (C{messages_per_minute}).
+        @return: A Deferred firing with C{None} once counted, or failing
+            with L{Refused}: L{relayd.reply.MESSAGE_RATE_EXCEEDED} (the
+            policy's limit), L{relayd.reply.token_rate_exceeded} or
+            L{relayd.reply.ip_rate_exceeded} (RFC 3463 X.7.1, temporary,
+            with the seconds to wait).
+        """
+        return Deferred.fromCoroutine(self._check(credential, ip, policy))
+
+    async def _check(self, credential: str, ip: str | None, policy: TokenPolicy) -> None:
+        digest = hashlib.sha256(credential.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        limits: list[tuple[str, int, Callable[[int], Reply]]] = []
+        if policy.messages_per_minute:
+            limits.append(("msg:c:" + digest, policy.messages_per_minute, _customer_rate))
+        if self.per_token:
+            limits.append(("msg:t:" + digest, self.per_token, R.token_rate_exceeded))
+        if self.per_ip and ip:
+            limits.append(("msg:i:" + _network(ip), self.per_ip, R.ip_rate_exceeded))
+        for key, limit, refusal in limits:
+            if await self.counters.count(key, self.WINDOW) >= limit:
+                raise Refused(refusal(await self._wait(key, limit)))
+        for key, _, _ in limits:
+            await self.counters.hit(key, self.WINDOW)
+
+    async def _wait(self, key: str, limit: int) -> int:
+        """
+        @return: The whole seconds until fewer than C{limit} events of
+            C{key} are in the window (a binary search on shorter windows:
+            a few reads, for a refusal only).
+        """
+        low, high = 1, int(self.WINDOW)
+        while low < high:
+            middle = (low + high) // 2
+            if await self.counters.count(key, self.WINDOW - middle) < limit:
+                high = middle
+            else:
+                low = middle + 1
+        return low
+
+
+def _customer_rate(wait: int) -> Reply:
+    return R.MESSAGE_RATE_EXCEEDED
+
+
+def _network(ip: str) -> str:
+    """
+    The address a client counts for: itself, or its /64 for IPv6.
+    """
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is None:
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(getattr(address, "ipv4_mapped", None) or address)

@@ -57,16 +57,19 @@ log = Logger()
 T = TypeVar("T")
 
 # KEYS[1]: the counter; ARGV: window (ms), a unique member, 1 to count.
-# Time is the Redis server's, the same for every relayd process.
+# Time is the Redis server's, the same for every relayd process.  A read
+# (ARGV[3] '0') trims nothing: it may look at a shorter window than the
+# counter's (relayd.policy.MessageRates, the time to wait).
 _HIT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window = tonumber(ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-if ARGV[3] == '1' then
-  redis.call('ZADD', KEYS[1], now, ARGV[2])
-  redis.call('PEXPIRE', KEYS[1], window)
+if ARGV[3] ~= '1' then
+  return redis.call('ZCOUNT', KEYS[1], '(' .. (now - window), '+inf')
 end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+redis.call('ZADD', KEYS[1], now, ARGV[2])
+redis.call('PEXPIRE', KEYS[1], window)
 return redis.call('ZCARD', KEYS[1])
 """
 
@@ -424,13 +427,22 @@ class _Raw:
         return _decode(value)
 
 
+class _Down:
+    """
+    Tells a fallback's answer from Redis's value.
+    """
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
 class RedisAuthCache:
     """
-    A cache of recent authentication answers for the http auth backend:
-    opaque string values under opaque keys (hash a credential before it
-    becomes a key), each with its own lifetime.  While Redis is down the
-    cache is empty: L{get} misses and L{set} does nothing, so every AUTH
-    asks the backend.
+    A cache of recent authentication answers for the http auth backend
+    (L{relayd.auth_http.HTTPAuthChecker}): opaque string values under
+    opaque keys (hash a credential before it becomes a key), each with its
+    own lifetime.  While Redis is down L{get} answers with its fallback
+    (the checker's in-process cache), or misses, and L{set} does nothing.
     """
 
     def __init__(self, redis: RedisConnection) -> None:
@@ -442,17 +454,22 @@ class RedisAuthCache:
     def _key(self, key: str) -> str:
         return f"{self.redis.prefix}a:{key}"
 
-    def get(self, key: str) -> Deferred[str | None]:
+    def get(self, key: str, fallback: Callable[[], Awaitable[Any]] | None = None) -> Deferred[Any]:
         """
         @param key: The cache key.
-        @return: A Deferred firing with the cached value, or C{None}.
+        @param fallback: What answers while Redis is down (not on a miss);
+            by default a miss.
+        @return: A Deferred firing with the cached value (a C{str}), C{None}
+            for none, or the fallback's answer.
         """
 
-        async def miss() -> str | None:
-            return None
+        async def down() -> Any:
+            return _Down(await fallback() if fallback is not None else None)
 
-        async def go() -> str | None:
-            value = await self.redis.run(lambda c: c.get(self._key(key)), miss)
+        async def go() -> Any:
+            value = await self.redis.run(lambda c: c.get(self._key(key)), down)
+            if isinstance(value, _Down):
+                return value.value
             return None if value is None else str(value)
 
         return Deferred.fromCoroutine(go())

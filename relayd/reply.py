@@ -418,3 +418,40 @@ FIRST_ATTEMPT_IN_FLIGHT = Reply(
     "4.3.0",
     "The first attempt of this message is still being processed, try again later",
 )
+
+
+# -- redis5: message rates per token and per client address (relayd.policy) --
+
+
+def token_rate_exceeded(retry_after: float) -> Reply:
+    """
+    MAIL refused: the token sent C{[limits] messages_per_minute_per_token}
+    messages in the last 60 seconds (counted across the fleet with
+    C{[redis]}).  RFC 3463 X.7.1 (delivery not authorized), temporary.
+
+    @param retry_after: Seconds until the next message is counted, at most.
+    @return: The C{451 4.7.1} saying when to retry.
+    """
+    return Reply(
+        451,
+        "4.7.1",
+        "Too many messages from this token, try again in"
+        f" {max(1, int(retry_after + 0.999))} seconds",
+    )
+
+
+def ip_rate_exceeded(retry_after: float) -> Reply:
+    """
+    MAIL refused: the client's address (its /64 for IPv6) sent
+    C{[limits] messages_per_minute_per_ip} messages in the last 60 seconds.
+    RFC 3463 X.7.1, temporary.
+
+    @param retry_after: Seconds until the next message is counted, at most.
+    @return: The C{451 4.7.1} saying when to retry.
+    """
+    return Reply(
+        451,
+        "4.7.1",
+        "Too many messages from this IP address, try again in"
+        f" {max(1, int(retry_after + 0.999))} seconds",
+    )

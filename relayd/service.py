@@ -32,7 +32,13 @@ from relayd.idempotency import OutcomeStore
 from relayd.interfaces import ICounters, IOutcomeStore
 from relayd.listeners import ListenerService, listener_service, parse_endpoint
 from relayd.policy import MessageRates
-from relayd.redisstore import RedisConnection, RedisCounters, RedisOutcomeStore, connect
+from relayd.redisstore import (
+    RedisAuthCache,
+    RedisConnection,
+    RedisCounters,
+    RedisOutcomeStore,
+    connect,
+)
 from relayd.replytexts import ReplyTexts
 from relayd.routing import make_router
 from relayd.sdnotify import Readiness
@@ -297,9 +303,10 @@ class _UpstreamCloser(Service):
         return self.client.close()
 
 
-def _http_checker(config: Config, reactor: Any) -> Any:
+def _http_checker(config: Config, reactor: Any, redis: RedisConnection | None = None) -> Any:
     """
-    The C{http} auth backend's checker, or C{None} for the other backends.
+    The C{http} auth backend's checker, or C{None} for the other backends;
+    with C{redis}, its cache is shared (L{RedisAuthCache}).
     """
     if config.auth.backend != "http":
         return None
@@ -322,6 +329,7 @@ def _http_checker(config: Config, reactor: Any) -> Any:
         ttl=config.auth.cache_ttl,
         negative_ttl=config.auth.negative_cache_ttl,
         size=config.auth.cache_size,
+        shared=RedisAuthCache(redis) if redis is not None else None,
     )
 
 
@@ -404,12 +412,22 @@ def make_service(
         outcomes = RedisOutcomeStore(
             redis, fallback=outcomes, in_flight_window=config.idempotency.window
         )
+    # Shared by every listener of this process, and with [redis] by the
+    # fleet: AUTH throttling (guards) and message rates (policy).
+    counters: ICounters = LocalCounters(reactor)
+    if redis is not None:
+        counters = RedisCounters(redis, fallback=counters)
+    rates = MessageRates(
+        counters,
+        per_token=config.limits.messages_per_minute_per_token,
+        per_ip=config.limits.messages_per_minute_per_ip,
+    )
     pipeline = Pipeline(
         client,
         config.headers,
         reactor,
         threads=reactor,
-        rates=MessageRates(reactor),
+        rates=rates,
         revoke_on_upstream_refusal=config.auth.backend == "passthrough",
         store=outcomes,
         timeout=config.upstream.timeout,
@@ -420,7 +438,7 @@ def make_service(
         config.auth,
         make_avatar_factory(pipeline),
         store=store,
-        checker=_http_checker(config, reactor),
+        checker=_http_checker(config, reactor, redis),
     )
     reply_texts = ReplyTexts.from_config(config.replies)
     limits = config.limits
@@ -430,11 +448,6 @@ def make_service(
     stop_timeout = config.upstream.timeout + 5
     DrainService(tracker, reactor, stop_timeout).setServiceParent(top)
     SessionCloser(tracker, reactor, stop_timeout).setServiceParent(top)
-    # Shared by every listener of this process (a Redis-backed ICounters
-    # would share them across a fleet).
-    counters: ICounters = LocalCounters(reactor)
-    if redis is not None:
-        counters = RedisCounters(redis, fallback=counters)
     memory = MemoryBudget(limits.max_memory_bytes)
     listening = []
     for index, listener in enumerate(config.listeners):

@@ -291,6 +291,20 @@ class RedisCountersTests(RedisTestCase):
         self.assertEqual(await one.count("auth:198.51.100.2", 60.0), 0)
 
     @async_test
+    async def test_count_over_a_shorter_window_keeps_the_events(self) -> None:
+        """
+        A read over a shorter window (how L{relayd.policy.MessageRates}
+        finds the time to wait) counts only the recent events and drops
+        none of the older ones.
+        """
+        counters = RedisCounters(self.connection(), LocalCounters())
+        await counters.hit("m", 60.0)
+        await deferLater(reactor, 0.3)
+        await counters.hit("m", 60.0)
+        self.assertEqual(await counters.count("m", 0.2), 1)
+        self.assertEqual(await counters.count("m", 60.0), 2)
+
+    @async_test
     async def test_window_slides(self) -> None:
         """
         An event stops counting C{window} seconds after it happened.
