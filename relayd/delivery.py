@@ -620,9 +620,22 @@ class RelayDelivery:
         current = self._current
         if current is None:
             raise Refused(R.NEED_MAIL)
-        if user.casefold() not in (r.casefold() for r in current.rcpt_to):
-            current.rcpt_to.append(user)  # a repeated RCPT is one recipient
+        # A repeated RCPT is one recipient: the same mailbox, the domain
+        # compared without case and the local part exactly (RFC 5321
+        # section 2.4), the rule of the idempotency key.
+        same = _mailbox_key(user)
+        if all(_mailbox_key(r) != same for r in current.rcpt_to):
+            current.rcpt_to.append(user)
         return lambda: current
+
+
+def _mailbox_key(path: str) -> str:
+    """
+    A mailbox with its domain in lower case (RFC 5321 section 2.4: local
+    parts are case-sensitive, domains are not).
+    """
+    local, at, domain = path.rpartition("@")
+    return f"{local}{at}{domain.lower()}" if at else path
 
 
 def make_avatar_factory(pipeline: Pipeline) -> Callable[[str, TokenPolicy], RelayDelivery]:
