@@ -47,6 +47,7 @@ L{IReactorTime}.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -68,6 +69,7 @@ __all__ = [
     "Outcome",
     "OutcomeStore",
     "content_digest",
+    "credential_identity",
     "idempotency_key",
 ]
 
@@ -120,6 +122,33 @@ def content_digest(data: bytes | Iterable[bytes]) -> bytes:
         for piece in data:
             digest.update(piece)
     return digest.digest()
+
+
+def credential_identity(name: str, credential: str | None, secret: bytes | None = None) -> str:
+    """
+    The identity of an idempotency key (L{idempotency_key}) for a policy
+    and the client's credential: names alone do not tell customers apart
+    (every C{passthrough} client is C{"passthrough"}, every http-backend
+    answer without a C{name} is C{"customer"}), so the credential is added
+    as a keyed HMAC-SHA256 (RFC 2104): never the credential itself, and
+    nothing from which it can be recovered.
+
+    @param name: The policy's name (L{relayd.tokens.TokenPolicy.name}).
+    @param credential: The client's own credential, or C{None} when the
+        name alone identifies the client (a tokens-file token whose
+        upstream credential relayd holds: names are unique there, and a
+        rotated held credential must not change the key of a retry).
+    @param secret: The per-deployment HMAC key; C{None}: the SHA-256 of
+        the credential (what the tokens file stores), so that every
+        process and host agrees without configuration.
+    @return: C{name}, or C{name} and 64 hex digits.
+    """
+    if credential is None:
+        return name
+    data = credential.encode("utf-8", "surrogatepass")
+    key = secret if secret is not None else hashlib.sha256(data).digest()
+    tag = hmac.new(key, b"relayd-identity/1\0" + data, hashlib.sha256).hexdigest()
+    return f"{name}\0{tag}"
 
 
 def _forward_path(path: str) -> str:

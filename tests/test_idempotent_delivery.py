@@ -19,11 +19,12 @@ from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from relayd import reply as R
-from relayd.config import HeadersConfig
+from relayd.config import CredentialSource, HeadersConfig
 from relayd.delivery import Pipeline, RelayDelivery, message_id
 from relayd.idempotency import OutcomeStore, content_digest, idempotency_key
 from relayd.message import OutboundMessage
-from relayd.reply import Reply
+from relayd.policy import MessageRates
+from relayd.reply import Refused, Reply
 from relayd.result import Accepted, InFlight, NotSent, UpstreamResult
 from relayd.routing import Candidate, Route, Router
 from relayd.tokens import TokenPolicy
@@ -107,7 +108,11 @@ class IdempotentDeliveryTests(SynchronousTestCase):
 
     def key(self, data: bytes = MESSAGE) -> str:
         return idempotency_key(
-            "web", "ann@example.com", ["bob@example.net"], message_id(data), content_digest(data)
+            self.pipeline.identity("tok-1", TokenPolicy("web")),
+            "ann@example.com",
+            ["bob@example.net"],
+            message_id(data),
+            content_digest(data),
         )
 
     def test_request_carries_the_key_and_the_window(self) -> None:
@@ -242,6 +247,83 @@ class _RecordingClient(FakeClient):
     ) -> Prepared:
         self.prepared.append((token, now))
         return super().prepare(message, token, key, now)
+
+
+class IdentityTests(SynchronousTestCase):
+    """
+    The key's identity tells credentials apart where policy names do not
+    (passthrough, an http backend answer without a name), and so does
+    C{messages_per_minute}.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.client = FakeClient()
+        self.pipeline = Pipeline(
+            self.client,  # type: ignore[arg-type]
+            HeadersConfig(),
+            self.clock,
+            rates=MessageRates(self.clock),
+            timeout=TIMEOUT,
+            window=WINDOW,
+        )
+
+    def send(self, avatar: RelayDelivery) -> Deferred[Reply]:
+        avatar.validateFrom(None, "ann@example.com")
+        message = avatar.validateTo("bob@example.net")()
+        message.bodyReceived(MESSAGE)
+        return message.eomReceived()
+
+    def test_two_passthrough_clients_are_two_senders(self) -> None:
+        """
+        tokenA then tokenB send the same bytes under the one policy name
+        C{passthrough}: two upstream requests, each with its own key (no
+        250 with tokenA's id for tokenB), and no credential in the key.
+        """
+        policy = TokenPolicy("passthrough")
+        first = self.send(RelayDelivery("tokenA", policy, self.pipeline))
+        self.client.answer(Accepted("up-a"))
+        self.assertEqual(self.successResultOf(first), R.queued("up-a"))
+        second = self.send(RelayDelivery("tokenB", policy, self.pipeline))
+        self.client.answer(Accepted("up-b"))
+        self.assertEqual(self.successResultOf(second), R.queued("up-b"))
+        keys = [request.idempotency_key for request, _ in self.client.requests]
+        self.assertEqual(len(keys), 2)
+        self.assertNotEqual(keys[0], keys[1])
+        identity = self.pipeline.identity("tokenA", policy)
+        self.assertNotIn("tokenA", identity)
+        self.assertEqual(
+            identity, Pipeline(None, HeadersConfig(), self.clock).identity("tokenA", policy)
+        )
+
+    def test_secret_keys_the_identity(self) -> None:
+        policy = TokenPolicy("customer")
+        other = Pipeline(None, HeadersConfig(), self.clock, identity_secret=b"s" * 32)
+        self.assertNotEqual(
+            self.pipeline.identity("tokenA", policy), other.identity("tokenA", policy)
+        )
+
+    def test_rate_is_per_token_not_per_held_credential(self) -> None:
+        """
+        Two tokens that share one held upstream credential each have their
+        own C{messages_per_minute}.
+        """
+        held = CredentialSource("env", "HELD", "tokens.x")
+        a = RelayDelivery(
+            "held-cred",
+            TokenPolicy("a", messages_per_minute=1, upstream_credential=held),
+            self.pipeline,
+        )
+        b = RelayDelivery(
+            "held-cred",
+            TokenPolicy("b", messages_per_minute=1, upstream_credential=held),
+            self.pipeline,
+        )
+        a.validateFrom(None, "ann@example.com")
+        b.validateFrom(None, "ann@example.com")
+        with self.assertRaises(Refused) as e:
+            a.validateFrom(None, "ann@example.com")
+        self.assertEqual(e.exception.reply, R.MESSAGE_RATE_EXCEEDED)
 
 
 class RoutedDeliveryTests(SynchronousTestCase):
