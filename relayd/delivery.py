@@ -307,7 +307,7 @@ class Pipeline:
             # Only the request is needed from here on: let a large
             # message's other copies go before the upstream call.
             del data
-            earlier = await self.store.claim(built.sent.key)
+            earlier = await self.store.claim(built.sent.key, built.sent.started)
         except Refused as e:
             return e.reply
         except Exception:
@@ -390,22 +390,29 @@ class Pipeline:
         sending.addCallback(done).addErrback(failed)
         return await answered
 
-    async def _post(self, built: _Built, token: str) -> UpstreamResult:
+    async def _post(self, built: _Built, token: str, tried: list[Any]) -> UpstreamResult:
         """
         POST the first request; while an upstream certainly did not take
         it (L{NotSent}), build the next upstream's request (same key, in
         the thread pool for a large message) and POST that.
+
+        @param tried: Filled with C{[candidate, prepared request]} of the
+            last upstream tried.
         """
         message = built.message
 
         async def request(index: int, candidate: Candidate) -> Any:
+            tried[:] = [candidate]
             if index == 0:
-                return built.request
-            assert message is not None
-            now = self.clock.seconds()
-            return await self._off_thread(
-                built.sent.size, _prepare, candidate, message, token, built.sent.key, now
-            )
+                prepared = built.request
+            else:
+                assert message is not None
+                now = self.clock.seconds()
+                prepared = await self._off_thread(
+                    built.sent.size, _prepare, candidate, message, token, built.sent.key, now
+                )
+            tried.append(prepared)
+            return prepared
 
         return await failover(
             built.route.candidates, request, deadline=self.window, route=built.route.name
@@ -417,18 +424,20 @@ class Pipeline:
         the client is told (if it still waits: C{in_time()}).
         """
         sent = built.sent
+        tried: list[Any] = []
         try:
-            result = await self._post(built, token)
+            result = await self._post(built, token, tried)
         except Refused as e:
             # A failover upstream's dialect cannot carry the message.
-            await self._record(self.store.release(sent.key))
+            await self._record(self.store.release(sent.key, sent.started))
             return e.reply
         except Exception:
             log.failure("sending message {key} failed", key=sent.key)
-            await self._record(self.store.release(sent.key))
+            await self._record(self.store.release(sent.key, sent.started))
             return R.LOCAL_ERROR
         elapsed = self.clock.seconds() - sent.started
         late = "" if in_time() else " (late: the client was told 451)"
+        carries_key = len(tried) == 2 and bool(getattr(tried[1], "carries_key", False))
         if isinstance(result, Accepted):
             await self._record(self.store.record_accepted(sent.key, result.message_id))
             events.note(
@@ -460,13 +469,25 @@ class Pipeline:
             return R.queued(result.message_id)
         if isinstance(result, NotSent):
             reply: Reply = result.reply
-            await self._record(self.store.release(sent.key))
+            await self._record(self.store.release(sent.key, sent.started))
+        elif result == R.TEMPORARY_FAILURE and not carries_key:
+            # Maybe sent (no answer after the request was written), to an
+            # API that takes no idempotency key: a retry would be a second
+            # message, so the claim stays until it expires (window +
+            # timeout) and a retry meanwhile gets FIRST_ATTEMPT_IN_FLIGHT.
+            reply = result
+            log.info(
+                "message {key} for token {token_name} may have been sent and the upstream"
+                " takes no idempotency key: its claim is kept; a retry is not sent",
+                key=sent.key,
+                token_name=sent.token_name,
+            )
         else:
             reply = result
             if reply.permanent:
                 await self._record(self.store.record_refused(sent.key, reply))
             else:
-                await self._record(self.store.release(sent.key))
+                await self._record(self.store.release(sent.key, sent.started))
         events.note(idempotency="new")
         if late:
             log.info(

@@ -307,43 +307,59 @@ class OutcomeStore:
         self._sweep(now)
         return defer.succeed(self._current(key, now))
 
-    def claim(self, key: str) -> Deferred[Outcome | None]:
+    def claim(self, key: str, since: float | None = None) -> Deferred[Outcome | None]:
         """
         See L{IOutcomeStore.claim}.
+
+        @param since: The claim's own time (the caller's token for
+            L{release}); C{None}: now.
         """
         now = self._clock.seconds()
         self._sweep(now)
         existing = self._current(key, now)
         if existing is not None:
             return defer.succeed(existing)
-        self._write(key, InFlight(now), self.in_flight_window, now)
+        self._write(key, InFlight(now if since is None else since), self.in_flight_window, now)
         return defer.succeed(None)
 
-    def record_accepted(self, key: str, upstream_id: str) -> Deferred[None]:
+    def record_accepted(
+        self, key: str, upstream_id: str, lifetime: float | None = None
+    ) -> Deferred[None]:
         """
         See L{IOutcomeStore.record_accepted}.
+
+        @param lifetime: Seconds it is kept; C{None}: L{window}.
         """
         now = self._clock.seconds()
         self._sweep(now)
-        self._write(key, Accepted(upstream_id or ""), self.window, now)
+        self._write(key, Accepted(upstream_id or ""), lifetime or self.window, now)
         return defer.succeed(None)
 
-    def record_refused(self, key: str, reply: Reply) -> Deferred[None]:
+    def record_refused(
+        self, key: str, reply: Reply, lifetime: float | None = None
+    ) -> Deferred[None]:
         """
         See L{IOutcomeStore.record_refused}.
+
+        @param lifetime: Seconds it is kept; C{None}: L{window}.
         """
         now = self._clock.seconds()
         self._sweep(now)
         current = self._current(key, now)
         if not isinstance(current, Accepted):
-            self._write(key, reply, self.window, now)
+            self._write(key, reply, lifetime or self.window, now)
         return defer.succeed(None)
 
-    def release(self, key: str) -> Deferred[None]:
+    def release(self, key: str, since: float | None = None) -> Deferred[None]:
         """
         See L{IOutcomeStore.release}.
+
+        @param since: The C{since} of the claim to drop (the caller's own,
+            given to L{claim}): a later attempt's claim, made after this
+            one expired, is kept; C{None}: any claim.
         """
         now = self._clock.seconds()
-        if isinstance(self._current(key, now), InFlight):
+        current = self._current(key, now)
+        if isinstance(current, InFlight) and (since is None or current.since == since):
             del self._entries[key]
         return defer.succeed(None)

@@ -47,6 +47,7 @@ class Prepared:
     headers: dict[str, list[str]]
     size: int
     idempotency_key: str | None
+    carries_key: bool = False
 
 
 class FakeClient:
@@ -57,7 +58,8 @@ class FakeClient:
     @ivar requests: C{(request, deadline)} of every C{post_prepared} call.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, carries_key: bool = False) -> None:
+        self.carries_key = carries_key
         self.requests: list[tuple[Prepared, float | None]] = []
         self._open: list[Deferred[UpstreamResult]] = []
 
@@ -65,7 +67,7 @@ class FakeClient:
         self, message: OutboundMessage, token: str, key: str | None, now: float | None = None
     ) -> Prepared:
         body = message.subject.encode()
-        return Prepared(body, {"Idempotency-Key": [key or ""]}, len(body), key)
+        return Prepared(body, {"Idempotency-Key": [key or ""]}, len(body), key, self.carries_key)
 
     def post_prepared(
         self, request: Prepared, deadline: float | None = None
@@ -209,6 +211,44 @@ class IdempotentDeliveryTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(self.store.lookup(self.key())))
         self.submit()
         self.assertEqual(len(self.client.requests), 2)
+
+    def test_maybe_sent_without_upstream_key_keeps_the_claim(self) -> None:
+        """
+        No answer after the request was written (maybe sent), to a dialect
+        that carries no idempotency key: the claim stays, and a retry gets
+        C{451} saying the first attempt is open instead of a second send.
+        """
+        first = self.submit()
+        self.client.answer(R.TEMPORARY_FAILURE)
+        self.assertEqual(self.successResultOf(first), R.TEMPORARY_FAILURE)
+        self.assertEqual(self.successResultOf(self.store.lookup(self.key())), InFlight(0.0))
+        self.assertEqual(self.successResultOf(self.submit()), R.FIRST_ATTEMPT_IN_FLIGHT)
+        self.assertEqual(len(self.client.requests), 1)
+
+    def test_maybe_sent_with_upstream_key_releases_the_claim(self) -> None:
+        """
+        The same with a dialect that carries the key: the upstream sends a
+        repeat once, so the retry is sent at once.
+        """
+        self.client.carries_key = True
+        self.submit()
+        self.client.answer(R.TEMPORARY_FAILURE)
+        self.assertIsNone(self.successResultOf(self.store.lookup(self.key())))
+        self.submit()
+        self.assertEqual(len(self.client.requests), 2)
+
+    def test_release_keeps_a_later_attempts_claim(self) -> None:
+        """
+        The first attempt's claim expired and a retry claimed the key: the
+        first attempt's release does not drop the retry's claim.
+        """
+        self.submit()
+        self.clock.advance(WINDOW + 1)
+        self.submit()
+        self.assertEqual(len(self.client.requests), 2)
+        self.client.answer(NotSent(R.TEMPORARY_FAILURE))
+        self.assertEqual(self.successResultOf(self.store.lookup(self.key())), InFlight(WINDOW + 1))
+        self.assertEqual(self.successResultOf(self.submit()), R.FIRST_ATTEMPT_IN_FLIGHT)
 
     def test_other_message_other_key(self) -> None:
         """
@@ -386,13 +426,14 @@ class RoutedDeliveryTests(SynchronousTestCase):
     def test_an_answer_is_final(self) -> None:
         """
         A temporary failure that may have been a delivery is the answer:
-        the second upstream is not asked; the key is released.
+        the second upstream is not asked; the claim is kept (this dialect
+        carries no idempotency key: a retry would be a second message).
         """
         d = self.submit()
         self.first.answer(R.TEMPORARY_FAILURE)
         self.assertEqual(self.successResultOf(d), R.TEMPORARY_FAILURE)
         self.assertEqual(self.second.requests, [])
-        self.assertEqual(len(self.store), 0)
+        self.assertEqual(len(self.store), 1)
 
     def test_no_upstream_reached_releases_the_key(self) -> None:
         """
