@@ -117,6 +117,7 @@ class _Sent:
     mapped: tuple[str, ...]
     stripped: tuple[str, ...]
     started: float
+    held: bool = False
 
 
 @attrs.frozen
@@ -273,6 +274,7 @@ class Pipeline:
             message.mapped,
             message.stripped,
             now,
+            policy.upstream_credential is not None,
         )
         return _Built(sent, route, request, message if len(route.candidates) > 1 else None)
 
@@ -482,6 +484,17 @@ class Pipeline:
                 key=sent.key,
                 token_name=sent.token_name,
             )
+        elif upstream_refused_credential(result) and self._relay_credential(tried, sent):
+            # 401/403 for a credential relayd holds: relayd's mistake, not
+            # the client's; temporary and not recorded.
+            log.error(
+                "upstream refused relayd's own credential for message {key} of token"
+                " {token_name}: check the held or route credential",
+                key=sent.key,
+                token_name=sent.token_name,
+            )
+            reply = R.UPSTREAM_REFUSED_RELAY_CREDENTIAL
+            await self._record(self.store.release(sent.key, sent.started))
         else:
             reply = result
             if reply.permanent:
@@ -502,6 +515,15 @@ class Pipeline:
                 late=late,
             )
         return reply
+
+    @staticmethod
+    def _relay_credential(tried: list[Any], sent: _Sent) -> bool:
+        """
+        Was the credential sent relayd's own (the token's held one or the
+        route upstream's), not the client's?
+        """
+        route_own = bool(tried) and getattr(tried[0], "credential", None) is not None
+        return sent.held or route_own
 
     async def _record(self, d: defer.Deferred[None]) -> None:
         """

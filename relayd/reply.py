@@ -418,3 +418,13 @@ FIRST_ATTEMPT_IN_FLIGHT = Reply(
     "4.3.0",
     "The first attempt of this message is still being processed, try again later",
 )
+
+
+# -- fix5a: the delivery promise (relayd.delivery) ---------------------------
+
+#: The upstream refused (HTTP 401/403) a credential relayd holds (the
+#: token's held one or the route's): relayd's mistake, not the client's, so
+#: temporary (RFC 3463 X.7.0) and never recorded as a permanent refusal.
+UPSTREAM_REFUSED_RELAY_CREDENTIAL = Reply(
+    451, "4.7.0", "Upstream refused relayd's credential, try again later"
+)

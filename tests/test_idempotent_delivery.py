@@ -250,6 +250,37 @@ class IdempotentDeliveryTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(self.store.lookup(self.key())), InFlight(WINDOW + 1))
         self.assertEqual(self.successResultOf(self.submit()), R.FIRST_ATTEMPT_IN_FLIGHT)
 
+    def test_refusal_of_a_held_credential_is_temporary(self) -> None:
+        """
+        401/403 (C{554 5.7.1}) for the credential relayd holds for the
+        token: C{451 4.7.0}, logged at error without the credential, not
+        recorded; the retry is sent.
+        """
+        held = CredentialSource("env", "HELD", "tokens.x")
+        self.avatar = RelayDelivery(
+            "held-secret", TokenPolicy("web", upstream_credential=held), self.pipeline
+        )
+        with capturedLogs() as events:
+            d = self.submit()
+            self.client.answer(Reply(554, "5.7.1", "Upstream refused the credential"))
+        self.assertEqual(
+            self.successResultOf(d),
+            Reply(451, "4.7.0", "Upstream refused relayd's credential, try again later"),
+        )
+        errors = [e for e in events if e["log_level"].name == "error"]
+        self.assertEqual(len(errors), 1)
+        self.assertNotIn("held-secret", repr(errors))
+        self.assertEqual(len(self.store), 0)
+        self.submit()
+        self.assertEqual(len(self.client.requests), 2)
+
+    def test_refusal_of_the_clients_credential_is_permanent(self) -> None:
+        refusal = Reply(554, "5.7.1", "Upstream refused the credential")
+        d = self.submit()
+        self.client.answer(refusal)
+        self.assertEqual(self.successResultOf(d), refusal)
+        self.assertEqual(self.successResultOf(self.submit()), refusal)
+
     def test_other_message_other_key(self) -> None:
         """
         Another recipient or another Message-ID is another transaction:
