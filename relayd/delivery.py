@@ -118,6 +118,7 @@ class _Sent:
     stripped: tuple[str, ...]
     started: float
     held: bool = False
+    no_message_id: bool = False
 
 
 @attrs.frozen
@@ -256,11 +257,12 @@ class Pipeline:
             )
         check_message(message, policy)
         # SHA-256 over the content: about 0.7 ms per MiB; 3 us for 4 KiB.
+        mid = message_id(data)
         key = idempotency_key(
             self.identity(token, policy),
             envelope.mail_from,
             envelope.rcpt_to,
-            message_id(data),
+            mid,
             content_digest(data),
         )
         route = self.router.route(policy, envelope, message)
@@ -275,6 +277,7 @@ class Pipeline:
             message.stripped,
             now,
             policy.upstream_credential is not None,
+            not (mid or "").strip(),
         )
         return _Built(sent, route, request, message if len(route.candidates) > 1 else None)
 
@@ -332,6 +335,13 @@ class Pipeline:
                 token_name=sent.token_name,
                 upstream_id=earlier.message_id,
             )
+            if sent.no_message_id:
+                log.info(
+                    "message {key} for token {token_name} has no Message-ID: identical"
+                    " bytes within the window are taken as a retry",
+                    key=sent.key,
+                    token_name=sent.token_name,
+                )
             events.note(idempotency="replayed", upstream_id=earlier.message_id)
             return R.queued(earlier.message_id)
         if isinstance(earlier, InFlight):
@@ -441,7 +451,9 @@ class Pipeline:
         late = "" if in_time() else " (late: the client was told 451)"
         carries_key = len(tried) == 2 and bool(getattr(tried[1], "carries_key", False))
         if isinstance(result, Accepted):
-            await self._record(self.store.record_accepted(sent.key, result.message_id))
+            await self._record(
+                self.store.record_accepted(sent.key, result.message_id, *self._lifetime(sent))
+            )
             events.note(
                 upstream_id=result.message_id,
                 mapped=sent.mapped,
@@ -498,7 +510,9 @@ class Pipeline:
         else:
             reply = result
             if reply.permanent:
-                await self._record(self.store.record_refused(sent.key, reply))
+                await self._record(
+                    self.store.record_refused(sent.key, reply, *self._lifetime(sent))
+                )
             else:
                 await self._record(self.store.release(sent.key, sent.started))
         events.note(idempotency="new")
@@ -515,6 +529,15 @@ class Pipeline:
                 late=late,
             )
         return reply
+
+    def _lifetime(self, sent: _Sent) -> tuple[float, ...]:
+        """
+        The lifetime argument of a record: L{window} seconds for a message
+        without a Message-ID (identical bytes within the retry window are
+        a retry; later they are a new message), else none (the store's
+        window).
+        """
+        return (self.window,) if sent.no_message_id else ()
 
     @staticmethod
     def _relay_credential(tried: list[Any], sent: _Sent) -> bool:

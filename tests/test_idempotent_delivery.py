@@ -281,6 +281,22 @@ class IdempotentDeliveryTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d), refusal)
         self.assertEqual(self.successResultOf(self.submit()), refusal)
 
+    def test_without_message_id_kept_only_for_the_window(self) -> None:
+        """
+        Identical bytes without a Message-ID: within the window the repeat
+        gets the first id (logged at info); after it, it is a new message.
+        """
+        data = MESSAGE.replace(b"Message-ID: <m1@example.com>\r\n", b"")
+        first = self.submit(data)
+        self.client.answer(Accepted("up-1"))
+        self.assertEqual(self.successResultOf(first), R.queued("up-1"))
+        with capturedLogs() as events:
+            self.assertEqual(self.successResultOf(self.submit(data)), R.queued("up-1"))
+        self.assertTrue(any("no Message-ID" in e["log_format"] for e in events))
+        self.clock.advance(WINDOW)
+        self.submit(data)
+        self.assertEqual(len(self.client.requests), 2)
+
     def test_other_message_other_key(self) -> None:
         """
         Another recipient or another Message-ID is another transaction:
