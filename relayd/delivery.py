@@ -41,7 +41,12 @@ from zope.interface import implementer
 from relayd import events
 from relayd import reply as R
 from relayd.config import HeadersConfig
-from relayd.idempotency import OutcomeStore, content_digest, idempotency_key
+from relayd.idempotency import (
+    OutcomeStore,
+    content_digest,
+    credential_identity,
+    idempotency_key,
+)
 from relayd.interfaces import IOutcomeStore, ISubmission, ISubmissionMessage
 from relayd.message import Envelope, OutboundMessage
 from relayd.policy import (
@@ -112,6 +117,8 @@ class _Sent:
     mapped: tuple[str, ...]
     stripped: tuple[str, ...]
     started: float
+    held: bool = False
+    no_message_id: bool = False
 
 
 @attrs.frozen
@@ -174,6 +181,8 @@ class Pipeline:
         comes in this window is recorded for the client's retry.
     @ivar router: Chooses each message's upstreams (C{[[routes]]},
         L{relayd.routing.make_router}); by default C{upstream} alone.
+    @ivar identity_secret: The HMAC key of L{identity} (the same in every
+        process of a deployment), or C{None}: derived from each credential.
     """
 
     upstream: UpstreamClient | None
@@ -190,6 +199,22 @@ class Pipeline:
     router: Router = attrs.field(
         default=attrs.Factory(lambda self: single_router(self.upstream), takes_self=True)
     )
+    identity_secret: bytes | None = None
+
+    def identity(self, token: str, policy: TokenPolicy) -> str:
+        """
+        Who sends, for the idempotency key and C{messages_per_minute}: the
+        policy's name and, when C{token} is the client's own credential
+        (no held one), its HMAC (L{credential_identity}, keyed with
+        C{identity_secret}), so that two customers with one name never
+        share a key or a rate.
+
+        @param token: The avatar's credential.
+        @param policy: Its policy.
+        @return: An opaque string that holds no credential.
+        """
+        own = token if policy.upstream_credential is None else None
+        return credential_identity(policy.name, own, self.identity_secret)
 
     async def _off_thread(self, size: int, f: Callable[..., _T], *args: Any) -> _T:
         """
@@ -232,11 +257,12 @@ class Pipeline:
             )
         check_message(message, policy)
         # SHA-256 over the content: about 0.7 ms per MiB; 3 us for 4 KiB.
+        mid = message_id(data)
         key = idempotency_key(
-            policy.name,
+            self.identity(token, policy),
             envelope.mail_from,
             envelope.rcpt_to,
-            message_id(data),
+            mid,
             content_digest(data),
         )
         route = self.router.route(policy, envelope, message)
@@ -250,6 +276,8 @@ class Pipeline:
             message.mapped,
             message.stripped,
             now,
+            policy.upstream_credential is not None,
+            not (mid or "").strip(),
         )
         return _Built(sent, route, request, message if len(route.candidates) > 1 else None)
 
@@ -284,7 +312,7 @@ class Pipeline:
             # Only the request is needed from here on: let a large
             # message's other copies go before the upstream call.
             del data
-            earlier = await self.store.claim(built.sent.key)
+            earlier = await self.store.claim(built.sent.key, built.sent.started)
         except Refused as e:
             return e.reply
         except Exception:
@@ -307,6 +335,13 @@ class Pipeline:
                 token_name=sent.token_name,
                 upstream_id=earlier.message_id,
             )
+            if sent.no_message_id:
+                log.info(
+                    "message {key} for token {token_name} has no Message-ID: identical"
+                    " bytes within the window are taken as a retry",
+                    key=sent.key,
+                    token_name=sent.token_name,
+                )
             events.note(idempotency="replayed", upstream_id=earlier.message_id)
             return R.queued(earlier.message_id)
         if isinstance(earlier, InFlight):
@@ -367,22 +402,29 @@ class Pipeline:
         sending.addCallback(done).addErrback(failed)
         return await answered
 
-    async def _post(self, built: _Built, token: str) -> UpstreamResult:
+    async def _post(self, built: _Built, token: str, tried: list[Any]) -> UpstreamResult:
         """
         POST the first request; while an upstream certainly did not take
         it (L{NotSent}), build the next upstream's request (same key, in
         the thread pool for a large message) and POST that.
+
+        @param tried: Filled with C{[candidate, prepared request]} of the
+            last upstream tried.
         """
         message = built.message
 
         async def request(index: int, candidate: Candidate) -> Any:
+            tried[:] = [candidate]
             if index == 0:
-                return built.request
-            assert message is not None
-            now = self.clock.seconds()
-            return await self._off_thread(
-                built.sent.size, _prepare, candidate, message, token, built.sent.key, now
-            )
+                prepared = built.request
+            else:
+                assert message is not None
+                now = self.clock.seconds()
+                prepared = await self._off_thread(
+                    built.sent.size, _prepare, candidate, message, token, built.sent.key, now
+                )
+            tried.append(prepared)
+            return prepared
 
         return await failover(
             built.route.candidates, request, deadline=self.window, route=built.route.name
@@ -394,20 +436,24 @@ class Pipeline:
         the client is told (if it still waits: C{in_time()}).
         """
         sent = built.sent
+        tried: list[Any] = []
         try:
-            result = await self._post(built, token)
+            result = await self._post(built, token, tried)
         except Refused as e:
             # A failover upstream's dialect cannot carry the message.
-            await self._record(self.store.release(sent.key))
+            await self._record(self.store.release(sent.key, sent.started))
             return e.reply
         except Exception:
             log.failure("sending message {key} failed", key=sent.key)
-            await self._record(self.store.release(sent.key))
+            await self._record(self.store.release(sent.key, sent.started))
             return R.LOCAL_ERROR
         elapsed = self.clock.seconds() - sent.started
         late = "" if in_time() else " (late: the client was told 451)"
+        carries_key = len(tried) == 2 and bool(getattr(tried[1], "carries_key", False))
         if isinstance(result, Accepted):
-            await self._record(self.store.record_accepted(sent.key, result.message_id))
+            await self._record(
+                self.store.record_accepted(sent.key, result.message_id, *self._lifetime(sent))
+            )
             events.note(
                 upstream_id=result.message_id,
                 mapped=sent.mapped,
@@ -437,13 +483,38 @@ class Pipeline:
             return R.queued(result.message_id)
         if isinstance(result, NotSent):
             reply: Reply = result.reply
-            await self._record(self.store.release(sent.key))
+            await self._record(self.store.release(sent.key, sent.started))
+        elif result == R.TEMPORARY_FAILURE and not carries_key:
+            # Maybe sent (no answer after the request was written), to an
+            # API that takes no idempotency key: a retry would be a second
+            # message, so the claim stays until it expires (window +
+            # timeout) and a retry meanwhile gets FIRST_ATTEMPT_IN_FLIGHT.
+            reply = result
+            log.info(
+                "message {key} for token {token_name} may have been sent and the upstream"
+                " takes no idempotency key: its claim is kept; a retry is not sent",
+                key=sent.key,
+                token_name=sent.token_name,
+            )
+        elif upstream_refused_credential(result) and self._relay_credential(tried, sent):
+            # 401/403 for a credential relayd holds: relayd's mistake, not
+            # the client's; temporary and not recorded.
+            log.error(
+                "upstream refused relayd's own credential for message {key} of token"
+                " {token_name}: check the held or route credential",
+                key=sent.key,
+                token_name=sent.token_name,
+            )
+            reply = R.UPSTREAM_REFUSED_RELAY_CREDENTIAL
+            await self._record(self.store.release(sent.key, sent.started))
         else:
             reply = result
             if reply.permanent:
-                await self._record(self.store.record_refused(sent.key, reply))
+                await self._record(
+                    self.store.record_refused(sent.key, reply, *self._lifetime(sent))
+                )
             else:
-                await self._record(self.store.release(sent.key))
+                await self._record(self.store.release(sent.key, sent.started))
         events.note(idempotency="new")
         if late:
             log.info(
@@ -458,6 +529,24 @@ class Pipeline:
                 late=late,
             )
         return reply
+
+    def _lifetime(self, sent: _Sent) -> tuple[float, ...]:
+        """
+        The lifetime argument of a record: L{window} seconds for a message
+        without a Message-ID (identical bytes within the retry window are
+        a retry; later they are a new message), else none (the store's
+        window).
+        """
+        return (self.window,) if sent.no_message_id else ()
+
+    @staticmethod
+    def _relay_credential(tried: list[Any], sent: _Sent) -> bool:
+        """
+        Was the credential sent relayd's own (the token's held one or the
+        route upstream's), not the client's?
+        """
+        route_own = bool(tried) and getattr(tried[0], "credential", None) is not None
+        return sent.held or route_own
 
     async def _record(self, d: defer.Deferred[None]) -> None:
         """
@@ -617,7 +706,9 @@ class RelayDelivery:
             self._current = TransactionMessage(self, origin, smtputf8)
             return origin
 
-        return rates.check(self.token, ip, self.policy).addCallback(counted)
+        return rates.check(
+            self.pipeline.identity(self.token, self.policy), ip, self.policy
+        ).addCallback(counted)
 
     def validateTo(self, user: str) -> Callable[[], TransactionMessage]:
         """
@@ -629,9 +720,22 @@ class RelayDelivery:
         current = self._current
         if current is None:
             raise Refused(R.NEED_MAIL)
-        if user.casefold() not in (r.casefold() for r in current.rcpt_to):
-            current.rcpt_to.append(user)  # a repeated RCPT is one recipient
+        # A repeated RCPT is one recipient: the same mailbox, the domain
+        # compared without case and the local part exactly (RFC 5321
+        # section 2.4), the rule of the idempotency key.
+        same = _mailbox_key(user)
+        if all(_mailbox_key(r) != same for r in current.rcpt_to):
+            current.rcpt_to.append(user)
         return lambda: current
+
+
+def _mailbox_key(path: str) -> str:
+    """
+    A mailbox with its domain in lower case (RFC 5321 section 2.4: local
+    parts are case-sensitive, domains are not).
+    """
+    local, at, domain = path.rpartition("@")
+    return f"{local}{at}{domain.lower()}" if at else path
 
 
 def make_avatar_factory(pipeline: Pipeline) -> Callable[[str, TokenPolicy], RelayDelivery]:

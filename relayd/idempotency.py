@@ -47,6 +47,7 @@ L{IReactorTime}.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -68,6 +69,7 @@ __all__ = [
     "Outcome",
     "OutcomeStore",
     "content_digest",
+    "credential_identity",
     "idempotency_key",
 ]
 
@@ -120,6 +122,33 @@ def content_digest(data: bytes | Iterable[bytes]) -> bytes:
         for piece in data:
             digest.update(piece)
     return digest.digest()
+
+
+def credential_identity(name: str, credential: str | None, secret: bytes | None = None) -> str:
+    """
+    The identity of an idempotency key (L{idempotency_key}) for a policy
+    and the client's credential: names alone do not tell customers apart
+    (every C{passthrough} client is C{"passthrough"}, every http-backend
+    answer without a C{name} is C{"customer"}), so the credential is added
+    as a keyed HMAC-SHA256 (RFC 2104): never the credential itself, and
+    nothing from which it can be recovered.
+
+    @param name: The policy's name (L{relayd.tokens.TokenPolicy.name}).
+    @param credential: The client's own credential, or C{None} when the
+        name alone identifies the client (a tokens-file token whose
+        upstream credential relayd holds: names are unique there, and a
+        rotated held credential must not change the key of a retry).
+    @param secret: The per-deployment HMAC key; C{None}: the SHA-256 of
+        the credential (what the tokens file stores), so that every
+        process and host agrees without configuration.
+    @return: C{name}, or C{name} and 64 hex digits.
+    """
+    if credential is None:
+        return name
+    data = credential.encode("utf-8", "surrogatepass")
+    key = secret if secret is not None else hashlib.sha256(data).digest()
+    tag = hmac.new(key, b"relayd-identity/1\0" + data, hashlib.sha256).hexdigest()
+    return f"{name}\0{tag}"
 
 
 def _forward_path(path: str) -> str:
@@ -278,43 +307,59 @@ class OutcomeStore:
         self._sweep(now)
         return defer.succeed(self._current(key, now))
 
-    def claim(self, key: str) -> Deferred[Outcome | None]:
+    def claim(self, key: str, since: float | None = None) -> Deferred[Outcome | None]:
         """
         See L{IOutcomeStore.claim}.
+
+        @param since: The claim's own time (the caller's token for
+            L{release}); C{None}: now.
         """
         now = self._clock.seconds()
         self._sweep(now)
         existing = self._current(key, now)
         if existing is not None:
             return defer.succeed(existing)
-        self._write(key, InFlight(now), self.in_flight_window, now)
+        self._write(key, InFlight(now if since is None else since), self.in_flight_window, now)
         return defer.succeed(None)
 
-    def record_accepted(self, key: str, upstream_id: str) -> Deferred[None]:
+    def record_accepted(
+        self, key: str, upstream_id: str, lifetime: float | None = None
+    ) -> Deferred[None]:
         """
         See L{IOutcomeStore.record_accepted}.
+
+        @param lifetime: Seconds it is kept; C{None}: L{window}.
         """
         now = self._clock.seconds()
         self._sweep(now)
-        self._write(key, Accepted(upstream_id or ""), self.window, now)
+        self._write(key, Accepted(upstream_id or ""), lifetime or self.window, now)
         return defer.succeed(None)
 
-    def record_refused(self, key: str, reply: Reply) -> Deferred[None]:
+    def record_refused(
+        self, key: str, reply: Reply, lifetime: float | None = None
+    ) -> Deferred[None]:
         """
         See L{IOutcomeStore.record_refused}.
+
+        @param lifetime: Seconds it is kept; C{None}: L{window}.
         """
         now = self._clock.seconds()
         self._sweep(now)
         current = self._current(key, now)
         if not isinstance(current, Accepted):
-            self._write(key, reply, self.window, now)
+            self._write(key, reply, lifetime or self.window, now)
         return defer.succeed(None)
 
-    def release(self, key: str) -> Deferred[None]:
+    def release(self, key: str, since: float | None = None) -> Deferred[None]:
         """
         See L{IOutcomeStore.release}.
+
+        @param since: The C{since} of the claim to drop (the caller's own,
+            given to L{claim}): a later attempt's claim, made after this
+            one expired, is kept; C{None}: any claim.
         """
         now = self._clock.seconds()
-        if isinstance(self._current(key, now), InFlight):
+        current = self._current(key, now)
+        if isinstance(current, InFlight) and (since is None or current.since == since):
             del self._entries[key]
         return defer.succeed(None)

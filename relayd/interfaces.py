@@ -171,7 +171,7 @@ class IOutcomeStore(Interface):
             store holds none (never seen, expired or dropped).
         """
 
-    def claim(key: str) -> Deferred[Outcome | None]:
+    def claim(key: str, since: float | None = None) -> Deferred[Outcome | None]:
         """
         Atomically: if the key has no outcome, record it as in flight (the
         caller now sends the request) and fire with C{None}; otherwise
@@ -181,10 +181,14 @@ class IOutcomeStore(Interface):
         C{4xx}, since the first request may still succeed).
 
         @param key: An idempotency key.
+        @param since: The claim's time (the caller's token for L{release});
+            C{None}: now.
         @return: A Deferred firing with C{None} or the existing outcome.
         """
 
-    def record_accepted(key: str, upstream_id: str) -> Deferred[None]:
+    def record_accepted(
+        key: str, upstream_id: str, lifetime: float | None = None
+    ) -> Deferred[None]:
         """
         Record that the upstream took the message, whatever was recorded
         before (a late 2xx answer is the truth even after a timeout or a
@@ -192,10 +196,11 @@ class IOutcomeStore(Interface):
 
         @param key: An idempotency key.
         @param upstream_id: The upstream's id for the message, or C{""} when its answer carried none.
+        @param lifetime: Seconds it is kept; C{None}: the store's window.
         @return: A Deferred firing with C{None} once it is recorded.
         """
 
-    def record_refused(key: str, reply: Reply) -> Deferred[None]:
+    def record_refused(key: str, reply: Reply, lifetime: float | None = None) -> Deferred[None]:
         """
         Record that the upstream refused the message permanently, unless
         it is already recorded as accepted (an accepted message stays
@@ -203,16 +208,19 @@ class IOutcomeStore(Interface):
 
         @param key: An idempotency key.
         @param reply: The C{5xx} L{relayd.reply.Reply} given to the client.
+        @param lifetime: Seconds it is kept; C{None}: the store's window.
         @return: A Deferred firing with C{None} once it is recorded.
         """
 
-    def release(key: str) -> Deferred[None]:
+    def release(key: str, since: float | None = None) -> Deferred[None]:
         """
         Drop an in-flight claim whose request certainly did not reach the
         upstream (connection refused, a 4xx/5xx status that took nothing),
-        so that a retry is sent at once.  A finished outcome is kept.
+        so that a retry is sent at once.  A finished outcome is kept, and
+        so is another attempt's claim (C{since} differs).
 
         @param key: An idempotency key.
+        @param since: The C{since} given to L{claim}; C{None}: any claim.
         @return: A Deferred firing with C{None}.
         """
 

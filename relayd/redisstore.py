@@ -89,10 +89,12 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
-# KEYS[1]: the outcome.
+# KEYS[1]: the outcome; ARGV[1]: the caller's own claim record, or "" for
+# any claim.  Compare, then delete: a later attempt's claim is kept.
 _RELEASE = """
 local current = redis.call('GET', KEYS[1])
-if current and cjson.decode(current)['state'] == 'in_flight' then
+if current and ((ARGV[1] ~= '' and current == ARGV[1])
+    or (ARGV[1] == '' and cjson.decode(current)['state'] == 'in_flight')) then
   redis.call('DEL', KEYS[1])
 end
 return 0
@@ -357,16 +359,19 @@ class RedisOutcomeStore:
 
         return Deferred.fromCoroutine(go())
 
-    def claim(self, key: str) -> Deferred[Outcome | None]:
+    def claim(self, key: str, since: float | None = None) -> Deferred[Outcome | None]:
         """
         See L{IOutcomeStore.claim}.
+
+        @param since: The claim's own time (the caller's token for
+            L{release}); C{None}: now.
         """
-        record = _encode(InFlight(self.redis.clock.seconds()))
+        record = _encode(InFlight(self.redis.clock.seconds() if since is None else since))
         args = [record, str(_ms(self.in_flight_window))]
 
         async def go() -> Outcome | None:
             async def local() -> Outcome | None:
-                return await self.fallback.claim(key)
+                return await self.fallback.claim(key, since)
 
             value = await self.redis.run(
                 lambda c: c.eval(_CLAIM, [self._key(key)], args), _Raw.wrap(local)
@@ -375,33 +380,46 @@ class RedisOutcomeStore:
 
         return Deferred.fromCoroutine(go())
 
-    def record_accepted(self, key: str, upstream_id: str) -> Deferred[None]:
+    def record_accepted(
+        self, key: str, upstream_id: str, lifetime: float | None = None
+    ) -> Deferred[None]:
         """
         See L{IOutcomeStore.record_accepted}.
+
+        @param lifetime: Seconds it is kept; C{None}: C{window}.
         """
         record = _encode(Accepted(upstream_id or ""))
+        ms = _ms(lifetime or self.window)
         return self._run(
-            lambda c: c.set(self._key(key), record, pexpire=_ms(self.window)),
-            lambda: self.fallback.record_accepted(key, upstream_id),
+            lambda c: c.set(self._key(key), record, pexpire=ms),
+            lambda: self.fallback.record_accepted(key, upstream_id, lifetime),
         ).addCallback(lambda _: None)
 
-    def record_refused(self, key: str, reply: Reply) -> Deferred[None]:
+    def record_refused(
+        self, key: str, reply: Reply, lifetime: float | None = None
+    ) -> Deferred[None]:
         """
         See L{IOutcomeStore.record_refused}.
+
+        @param lifetime: Seconds it is kept; C{None}: C{window}.
         """
-        args = [_encode(reply), str(_ms(self.window))]
+        args = [_encode(reply), str(_ms(lifetime or self.window))]
         return self._run(
             lambda c: c.eval(_REFUSE, [self._key(key)], args),
-            lambda: self.fallback.record_refused(key, reply),
+            lambda: self.fallback.record_refused(key, reply, lifetime),
         ).addCallback(lambda _: None)
 
-    def release(self, key: str) -> Deferred[None]:
+    def release(self, key: str, since: float | None = None) -> Deferred[None]:
         """
         See L{IOutcomeStore.release}.
+
+        @param since: The C{since} of the caller's own claim: only that
+            claim is dropped (compare, then delete); C{None}: any claim.
         """
+        mine = "" if since is None else _encode(InFlight(since))
         return self._run(
-            lambda c: c.eval(_RELEASE, [self._key(key)], []),
-            lambda: self.fallback.release(key),
+            lambda c: c.eval(_RELEASE, [self._key(key)], [mine]),
+            lambda: self.fallback.release(key, since),
         ).addCallback(lambda _: None)
 
 

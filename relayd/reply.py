@@ -455,3 +455,13 @@ def ip_rate_exceeded(retry_after: float) -> Reply:
         "Too many messages from this IP address, try again in"
         f" {max(1, int(retry_after + 0.999))} seconds",
     )
+
+
+# -- fix5a: the delivery promise (relayd.delivery) ---------------------------
+
+#: The upstream refused (HTTP 401/403) a credential relayd holds (the
+#: token's held one or the route's): relayd's mistake, not the client's, so
+#: temporary (RFC 3463 X.7.0) and never recorded as a permanent refusal.
+UPSTREAM_REFUSED_RELAY_CREDENTIAL = Reply(
+    451, "4.7.0", "Upstream refused relayd's credential, try again later"
+)

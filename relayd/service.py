@@ -403,15 +403,16 @@ def make_service(
     )
     if redis is not None:
         _RedisCloser(redis).setServiceParent(top)
+    in_flight_window = config.idempotency.window + config.upstream.timeout
     outcomes: IOutcomeStore = OutcomeStore(
         reactor,
         max_entries=config.idempotency.max_records,
-        in_flight_window=config.idempotency.window,
+        # A claim outlives the POST's deadline (the window) by the client's
+        # wait, so that it never expires under its own open request.
+        in_flight_window=in_flight_window,
     )
     if redis is not None:
-        outcomes = RedisOutcomeStore(
-            redis, fallback=outcomes, in_flight_window=config.idempotency.window
-        )
+        outcomes = RedisOutcomeStore(redis, fallback=outcomes, in_flight_window=in_flight_window)
     # Shared by every listener of this process, and with [redis] by the
     # fleet: AUTH throttling (guards) and message rates (policy).
     counters: ICounters = LocalCounters(reactor)

@@ -185,10 +185,31 @@ class DuplicateRecipientTests(SynchronousTestCase):
         )
         avatar = RelayDelivery("t", TokenPolicy("web"), Pipeline(client, HeadersConfig(), clock))
         avatar.validateFrom(None, "ann@example.com")
-        for rcpt in ("bob@example.net", "Bob@Example.net", "cy@example.org"):
+        for rcpt in ("bob@example.net", "bob@Example.NET", "cy@example.org"):
             message = avatar.validateTo(rcpt)()
         message.bodyReceived(MESSAGE)
         self.assertEqual(self.successResultOf(message.eomReceived()).code, 250)
         self.assertEqual(
             upstream.requests[0].json["envelope"]["rcpt_to"], ["bob@example.net", "cy@example.org"]
+        )
+
+    def test_rcpt_differing_in_local_part_case_is_another_recipient(self) -> None:
+        """
+        Only exact repeats are dropped: the domain is compared without case,
+        the local part exactly (RFC 5321 section 2.4), as in the
+        idempotency key.
+        """
+        clock = Clock()
+        upstream = FakeUpstream()
+        client = UpstreamClient(
+            clock, UpstreamConfig(), get_dialect("native"), http=StubTreq(upstream)
+        )
+        avatar = RelayDelivery("t", TokenPolicy("web"), Pipeline(client, HeadersConfig(), clock))
+        avatar.validateFrom(None, "ann@example.com")
+        for rcpt in ("bob@example.net", "Bob@example.net", "bob@EXAMPLE.net"):
+            message = avatar.validateTo(rcpt)()
+        message.bodyReceived(MESSAGE)
+        self.assertEqual(self.successResultOf(message.eomReceived()).code, 250)
+        self.assertEqual(
+            upstream.requests[0].json["envelope"]["rcpt_to"], ["bob@example.net", "Bob@example.net"]
         )

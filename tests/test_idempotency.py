@@ -201,6 +201,27 @@ class OutcomeStoreTests(SynchronousTestCase):
         self.assertEqual(self.outcome("k"), Accepted("up-1"))
         self.store.release("never-seen")
 
+    def test_release_drops_only_its_own_claim(self) -> None:
+        """
+        A release names its claim (its C{since}): a later attempt's claim
+        under the same key is kept.
+        """
+        self.store.claim("k", 100.0)
+        self.store.release("k", 99.0)
+        self.assertEqual(self.outcome("k"), InFlight(100.0))
+        self.store.release("k", 100.0)
+        self.assertIsNone(self.outcome("k"))
+
+    def test_record_with_a_lifetime(self) -> None:
+        """
+        An outcome recorded with a lifetime lives that long, not C{window}.
+        """
+        self.store.record_accepted("k", "up-1", lifetime=60.0)
+        self.clock.advance(59)
+        self.assertEqual(self.outcome("k"), Accepted("up-1"))
+        self.clock.advance(1)
+        self.assertIsNone(self.outcome("k"))
+
     def test_bounded_oldest_written_dropped(self) -> None:
         """
         With C{max_entries} keys held, writing one more drops the key

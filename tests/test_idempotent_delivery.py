@@ -19,13 +19,15 @@ from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from relayd import reply as R
-from relayd.config import HeadersConfig
+from relayd.config import CredentialSource, HeadersConfig
 from relayd.delivery import Pipeline, RelayDelivery, message_id
 from relayd.idempotency import OutcomeStore, content_digest, idempotency_key
 from relayd.message import OutboundMessage
-from relayd.reply import Reply
+from relayd.policy import MessageRates
+from relayd.reply import Refused, Reply
 from relayd.result import Accepted, InFlight, NotSent, UpstreamResult
 from relayd.routing import Candidate, Route, Router
+from relayd.smtp.guards import LocalCounters
 from relayd.tokens import TokenPolicy
 
 MESSAGE = (
@@ -46,6 +48,7 @@ class Prepared:
     headers: dict[str, list[str]]
     size: int
     idempotency_key: str | None
+    carries_key: bool = False
 
 
 class FakeClient:
@@ -56,7 +59,8 @@ class FakeClient:
     @ivar requests: C{(request, deadline)} of every C{post_prepared} call.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, carries_key: bool = False) -> None:
+        self.carries_key = carries_key
         self.requests: list[tuple[Prepared, float | None]] = []
         self._open: list[Deferred[UpstreamResult]] = []
 
@@ -64,7 +68,7 @@ class FakeClient:
         self, message: OutboundMessage, token: str, key: str | None, now: float | None = None
     ) -> Prepared:
         body = message.subject.encode()
-        return Prepared(body, {"Idempotency-Key": [key or ""]}, len(body), key)
+        return Prepared(body, {"Idempotency-Key": [key or ""]}, len(body), key, self.carries_key)
 
     def post_prepared(
         self, request: Prepared, deadline: float | None = None
@@ -107,7 +111,11 @@ class IdempotentDeliveryTests(SynchronousTestCase):
 
     def key(self, data: bytes = MESSAGE) -> str:
         return idempotency_key(
-            "web", "ann@example.com", ["bob@example.net"], message_id(data), content_digest(data)
+            self.pipeline.identity("tok-1", TokenPolicy("web")),
+            "ann@example.com",
+            ["bob@example.net"],
+            message_id(data),
+            content_digest(data),
         )
 
     def test_request_carries_the_key_and_the_window(self) -> None:
@@ -205,6 +213,91 @@ class IdempotentDeliveryTests(SynchronousTestCase):
         self.submit()
         self.assertEqual(len(self.client.requests), 2)
 
+    def test_maybe_sent_without_upstream_key_keeps_the_claim(self) -> None:
+        """
+        No answer after the request was written (maybe sent), to a dialect
+        that carries no idempotency key: the claim stays, and a retry gets
+        C{451} saying the first attempt is open instead of a second send.
+        """
+        first = self.submit()
+        self.client.answer(R.TEMPORARY_FAILURE)
+        self.assertEqual(self.successResultOf(first), R.TEMPORARY_FAILURE)
+        self.assertEqual(self.successResultOf(self.store.lookup(self.key())), InFlight(0.0))
+        self.assertEqual(self.successResultOf(self.submit()), R.FIRST_ATTEMPT_IN_FLIGHT)
+        self.assertEqual(len(self.client.requests), 1)
+
+    def test_maybe_sent_with_upstream_key_releases_the_claim(self) -> None:
+        """
+        The same with a dialect that carries the key: the upstream sends a
+        repeat once, so the retry is sent at once.
+        """
+        self.client.carries_key = True
+        self.submit()
+        self.client.answer(R.TEMPORARY_FAILURE)
+        self.assertIsNone(self.successResultOf(self.store.lookup(self.key())))
+        self.submit()
+        self.assertEqual(len(self.client.requests), 2)
+
+    def test_release_keeps_a_later_attempts_claim(self) -> None:
+        """
+        The first attempt's claim expired and a retry claimed the key: the
+        first attempt's release does not drop the retry's claim.
+        """
+        self.submit()
+        self.clock.advance(WINDOW + 1)
+        self.submit()
+        self.assertEqual(len(self.client.requests), 2)
+        self.client.answer(NotSent(R.TEMPORARY_FAILURE))
+        self.assertEqual(self.successResultOf(self.store.lookup(self.key())), InFlight(WINDOW + 1))
+        self.assertEqual(self.successResultOf(self.submit()), R.FIRST_ATTEMPT_IN_FLIGHT)
+
+    def test_refusal_of_a_held_credential_is_temporary(self) -> None:
+        """
+        401/403 (C{554 5.7.1}) for the credential relayd holds for the
+        token: C{451 4.7.0}, logged at error without the credential, not
+        recorded; the retry is sent.
+        """
+        held = CredentialSource("env", "HELD", "tokens.x")
+        self.avatar = RelayDelivery(
+            "held-secret", TokenPolicy("web", upstream_credential=held), self.pipeline
+        )
+        with capturedLogs() as events:
+            d = self.submit()
+            self.client.answer(Reply(554, "5.7.1", "Upstream refused the credential"))
+        self.assertEqual(
+            self.successResultOf(d),
+            Reply(451, "4.7.0", "Upstream refused relayd's credential, try again later"),
+        )
+        errors = [e for e in events if e["log_level"].name == "error"]
+        self.assertEqual(len(errors), 1)
+        self.assertNotIn("held-secret", repr(errors))
+        self.assertEqual(len(self.store), 0)
+        self.submit()
+        self.assertEqual(len(self.client.requests), 2)
+
+    def test_refusal_of_the_clients_credential_is_permanent(self) -> None:
+        refusal = Reply(554, "5.7.1", "Upstream refused the credential")
+        d = self.submit()
+        self.client.answer(refusal)
+        self.assertEqual(self.successResultOf(d), refusal)
+        self.assertEqual(self.successResultOf(self.submit()), refusal)
+
+    def test_without_message_id_kept_only_for_the_window(self) -> None:
+        """
+        Identical bytes without a Message-ID: within the window the repeat
+        gets the first id (logged at info); after it, it is a new message.
+        """
+        data = MESSAGE.replace(b"Message-ID: <m1@example.com>\r\n", b"")
+        first = self.submit(data)
+        self.client.answer(Accepted("up-1"))
+        self.assertEqual(self.successResultOf(first), R.queued("up-1"))
+        with capturedLogs() as events:
+            self.assertEqual(self.successResultOf(self.submit(data)), R.queued("up-1"))
+        self.assertTrue(any("no Message-ID" in e["log_format"] for e in events))
+        self.clock.advance(WINDOW)
+        self.submit(data)
+        self.assertEqual(len(self.client.requests), 2)
+
     def test_other_message_other_key(self) -> None:
         """
         Another recipient or another Message-ID is another transaction:
@@ -242,6 +335,86 @@ class _RecordingClient(FakeClient):
     ) -> Prepared:
         self.prepared.append((token, now))
         return super().prepare(message, token, key, now)
+
+
+class IdentityTests(SynchronousTestCase):
+    """
+    The key's identity tells credentials apart where policy names do not
+    (passthrough, an http backend answer without a name), and so does
+    C{messages_per_minute}.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.client = FakeClient()
+        self.pipeline = Pipeline(
+            self.client,  # type: ignore[arg-type]
+            HeadersConfig(),
+            self.clock,
+            rates=MessageRates(LocalCounters(self.clock)),
+            timeout=TIMEOUT,
+            window=WINDOW,
+        )
+
+    def send(self, avatar: RelayDelivery) -> Deferred[Reply]:
+        avatar.validateFrom(None, "ann@example.com")
+        message = avatar.validateTo("bob@example.net")()
+        message.bodyReceived(MESSAGE)
+        return message.eomReceived()
+
+    def test_two_passthrough_clients_are_two_senders(self) -> None:
+        """
+        tokenA then tokenB send the same bytes under the one policy name
+        C{passthrough}: two upstream requests, each with its own key (no
+        250 with tokenA's id for tokenB), and no credential in the key.
+        """
+        policy = TokenPolicy("passthrough")
+        first = self.send(RelayDelivery("tokenA", policy, self.pipeline))
+        self.client.answer(Accepted("up-a"))
+        self.assertEqual(self.successResultOf(first), R.queued("up-a"))
+        second = self.send(RelayDelivery("tokenB", policy, self.pipeline))
+        self.client.answer(Accepted("up-b"))
+        self.assertEqual(self.successResultOf(second), R.queued("up-b"))
+        keys = [request.idempotency_key for request, _ in self.client.requests]
+        self.assertEqual(len(keys), 2)
+        self.assertNotEqual(keys[0], keys[1])
+        identity = self.pipeline.identity("tokenA", policy)
+        self.assertNotIn("tokenA", identity)
+        self.assertEqual(
+            identity, Pipeline(None, HeadersConfig(), self.clock).identity("tokenA", policy)
+        )
+
+    def test_secret_keys_the_identity(self) -> None:
+        policy = TokenPolicy("customer")
+        other = Pipeline(None, HeadersConfig(), self.clock, identity_secret=b"s" * 32)
+        self.assertNotEqual(
+            self.pipeline.identity("tokenA", policy), other.identity("tokenA", policy)
+        )
+
+    def test_rate_is_per_token_not_per_held_credential(self) -> None:
+        """
+        Two tokens that share one held upstream credential each have their
+        own C{messages_per_minute}.
+        """
+        held = CredentialSource("env", "HELD", "tokens.x")
+        a = RelayDelivery(
+            "held-cred",
+            TokenPolicy("a", messages_per_minute=1, upstream_credential=held),
+            self.pipeline,
+        )
+        b = RelayDelivery(
+            "held-cred",
+            TokenPolicy("b", messages_per_minute=1, upstream_credential=held),
+            self.pipeline,
+        )
+        self.assertEqual(
+            self.successResultOf(a.validateFrom(None, "ann@example.com")), "ann@example.com"
+        )
+        self.assertEqual(
+            self.successResultOf(b.validateFrom(None, "ann@example.com")), "ann@example.com"
+        )
+        refused = self.failureResultOf(a.validateFrom(None, "ann@example.com"), Refused)
+        self.assertEqual(refused.value.reply, R.MESSAGE_RATE_EXCEEDED)
 
 
 class RoutedDeliveryTests(SynchronousTestCase):
@@ -304,13 +477,14 @@ class RoutedDeliveryTests(SynchronousTestCase):
     def test_an_answer_is_final(self) -> None:
         """
         A temporary failure that may have been a delivery is the answer:
-        the second upstream is not asked; the key is released.
+        the second upstream is not asked; the claim is kept (this dialect
+        carries no idempotency key: a retry would be a second message).
         """
         d = self.submit()
         self.first.answer(R.TEMPORARY_FAILURE)
         self.assertEqual(self.successResultOf(d), R.TEMPORARY_FAILURE)
         self.assertEqual(self.second.requests, [])
-        self.assertEqual(len(self.store), 0)
+        self.assertEqual(len(self.store), 1)
 
     def test_no_upstream_reached_releases_the_key(self) -> None:
         """

@@ -208,6 +208,19 @@ class OutcomeSemantics:
         await store.release("never-seen")
 
     @async_test
+    async def test_release_drops_only_its_own_claim(self: Any) -> None:
+        """
+        A release names its claim (its C{since}): a later attempt's claim
+        under the same key is kept; a lifetime given to a record is used.
+        """
+        store = self.make_store()
+        await store.claim("k", 100.0)
+        await store.release("k", 99.0)
+        self.assertEqual(await store.lookup("k"), InFlight(100.0))
+        await store.release("k", 100.0)
+        self.assertIsNone(await store.lookup("k"))
+
+    @async_test
     async def test_claim_and_outcome_expire(self: Any) -> None:
         """
         An open claim lives C{in_flight_window} seconds, a finished outcome
