@@ -25,7 +25,7 @@ from twisted.cred.portal import Portal
 from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.logger import Logger
 
-from relayd.admin import Readiness as AdminReadiness
+from relayd.admin import ReadinessChecks
 from relayd.admin import make_site as make_admin_site
 from relayd.auth import make_auth_portal
 from relayd.config import Config, ConfigError, ListenerConfig
@@ -37,7 +37,7 @@ from relayd.policy import MessageRates
 from relayd.redisstore import RedisConnection, RedisCounters, RedisOutcomeStore, connect
 from relayd.replytexts import ReplyTexts
 from relayd.routing import make_router
-from relayd.sdnotify import Readiness
+from relayd.sdnotify import SystemdReadiness
 from relayd.smtp.guards import ConnectionLimiter, DeliveryTracker, LocalCounters, MemoryBudget
 from relayd.smtp.session import RelaySMTPFactory
 from relayd.tls import ServerTLS, ensure_self_signed, implicit_tls_factory
@@ -608,7 +608,7 @@ def _admin(
     """
     if not config.admin.listen:
         return
-    readiness = AdminReadiness(reactor, listening, tracker, redis, config.admin.upstream_fresh)
+    readiness = ReadinessChecks(reactor, listening, tracker, redis, config.admin.upstream_fresh)
     site = make_admin_site(readiness, reactor)
     _http_listener(reactor, "admin", config.admin.listen, "admin.listen", site, top)
 
@@ -640,7 +640,7 @@ def _workers_and_readiness(
         reloader.pool = pool
     # Before the pool, which starts the workers with its NOTIFY_SOCKET.
     listening_too = listening if dev is None else [*listening, dev]
-    Readiness(reactor, listening_too, pool).setServiceParent(top)
+    SystemdReadiness(reactor, listening_too, pool).setServiceParent(top)
     if pool is not None:
         pool.setServiceParent(top)
 
@@ -685,7 +685,7 @@ def make_service(
         # Standard input is a pipe from the supervisor (relayd.workers).
         SupervisorWatch(reactor, 0, terminator.stop).setServiceParent(top)
         # Tells the supervisor once the adopted sockets accept connections.
-        Readiness(reactor, []).setServiceParent(top)
+        SystemdReadiness(reactor, []).setServiceParent(top)
         return top
     dev = _dev_upstream(config, reactor, top)
     _admin(config, reactor, listening, shared.tracker, redis, top)
