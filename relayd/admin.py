@@ -28,12 +28,13 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from relayd import metrics
 
-__all__ = ["Readiness", "make_site"]
+__all__ = ["ReadinessChecks", "make_site"]
 
 
-class Readiness:
+class ReadinessChecks:
     """
-    Says whether this daemon should get traffic (C{/readyz}).
+    The checks behind C{/readyz}: whether this daemon should get traffic
+    (not the systemd notification, L{relayd.sdnotify.SystemdReadiness}).
 
     @ivar listening: The SMTP listening services (strports services).
     @ivar tracker: The L{relayd.smtp.DeliveryTracker}: C{stopping} means
@@ -124,7 +125,7 @@ class _Healthz(Resource):
 class _Readyz(Resource):
     isLeaf = True
 
-    def __init__(self, readiness: Readiness) -> None:
+    def __init__(self, readiness: ReadinessChecks) -> None:
         super().__init__()
         self.readiness = readiness
 
@@ -149,7 +150,7 @@ class _Readyz(Resource):
         return NOT_DONE_YET
 
 
-def make_site(readiness: Readiness, reactor: Any) -> Site:
+def make_site(readiness: ReadinessChecks, reactor: Any) -> Site:
     """
     The admin listener's site.
 

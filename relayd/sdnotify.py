@@ -28,7 +28,7 @@ from twisted.internet import defer, task
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
-__all__ = ["Readiness", "notify", "watchdog_interval"]
+__all__ = ["SystemdReadiness", "notify", "watchdog_interval"]
 
 log = Logger()
 
@@ -104,9 +104,10 @@ class _WorkersReady(DatagramProtocol):
                 self.all_ready.callback(None)
 
 
-class Readiness(Service):
+class SystemdReadiness(Service):
     """
-    Sends C{READY=1} when every listener listens (and every worker said
+    The systemd readiness protocol (sd_notify(3); not C{/readyz}, see
+    L{relayd.admin.ReadinessChecks}): sends C{READY=1} when every listener listens (and every worker said
     so), C{STOPPING=1} when the daemon starts to stop, and the watchdog's
     pings.  Add it after the listeners and before the L{WorkerPool}.
 

@@ -28,7 +28,7 @@ import attrs
 from attrs import field, frozen
 from twisted.cred.portal import Portal
 from twisted.internet import defer
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.task import Clock
@@ -521,6 +521,7 @@ class SMTPDriver:
         hostname: str = "mx.example.test",
         ip: str = "192.0.2.1",
         context_factory: Any = _FAKE_TLS_CONTEXT,
+        **factory_args: Any,
     ) -> None:
         """
         @param implicit_tls: The listener is implicit TLS (RFC 8314): the
@@ -530,9 +531,11 @@ class SMTPDriver:
             parameters but C{ip} and C{delivery} are then ignored.
         @param portal: The cred portal (default: L{make_fake_portal} of
             C{delivery} with L{TOKEN}).
-        @param ip: The client's IPv4 address.
+        @param ip: The client's IPv4 or IPv6 address.
         @param context_factory: The TLS context for STARTTLS, or C{None}
             for a listener without it.
+        @param factory_args: More keyword arguments of L{RelaySMTPFactory}
+            (C{counters}, C{auth_exempt}, ...).
         """
         self.clock = clock or Clock()
         self.delivery = delivery or FakeDelivery()
@@ -543,9 +546,11 @@ class SMTPDriver:
             self.clock,
             context_factory=context_factory,
             implicit_tls=implicit_tls,
+            **factory_args,
         )
         self.hostname = self.factory.hostname
-        self.transport = RecordingTransport(peerAddress=IPv4Address("TCP", ip, 40000))
+        peer: Any = IPv6Address("TCP", ip, 40000) if ":" in ip else IPv4Address("TCP", ip, 40000)
+        self.transport = RecordingTransport(peerAddress=peer)
         self.proto: RelaySMTP = self.factory.buildProtocol(None)
         self.proto.makeConnection(self.transport)
 

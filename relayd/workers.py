@@ -185,7 +185,7 @@ class WorkerPool(Service):
     @ivar argv: The worker's command line, without the file descriptors
         argument (appended here).
     @ivar env: The workers' environment; C{None}: this process's
-        (L{relayd.sdnotify.Readiness} gives them their own C{NOTIFY_SOCKET}).
+        (L{relayd.sdnotify.SystemdReadiness} gives them their own C{NOTIFY_SOCKET}).
     @ivar stop_timeout: Seconds a stopping worker has to drain (finish its
         messages in flight and close its sessions) before it is killed.
     """

@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
 from relayd import metrics
-from relayd.admin import Readiness, make_site
+from relayd.admin import ReadinessChecks, make_site
 from relayd.reply import Reply
 from tests.test_e2e import OTHER_TOKEN, TOKEN, Daemon, Upstream, children, distinct, free_port
 
@@ -73,7 +73,7 @@ class AdminResourceTests(SynchronousTestCase):
         self.clock = Clock()
         self.tracker = FakeTracker()
         self.listening = [FakeService("submission")]
-        self.site = make_site(Readiness(self.clock, self.listening, self.tracker), self.clock)
+        self.site = make_site(ReadinessChecks(self.clock, self.listening, self.tracker), self.clock)
 
     def test_healthz_is_ok(self) -> None:
         self.assertEqual(render(self.site, b"healthz"), (200, b"ok\n"))

@@ -23,7 +23,7 @@ from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from relayd.sdnotify import Readiness, notify, watchdog_interval
+from relayd.sdnotify import SystemdReadiness, notify, watchdog_interval
 from relayd.tls import ensure_self_signed
 from relayd.tokens import digest
 from tests.test_e2e import ROOT, free_port
@@ -92,7 +92,7 @@ class NotifyTests(SynchronousTestCase):
 
     def test_ready_only_once_every_listener_listens(self) -> None:
         """
-        L{Readiness} waits for each listener's C{when_listening()}, then
+        L{SystemdReadiness} waits for each listener's C{when_listening()}, then
         sends C{READY=1}; it sends C{STOPPING=1} when stopped; pings the
         watchdog at half its timeout.
         """
@@ -106,7 +106,7 @@ class NotifyTests(SynchronousTestCase):
 
         reactor = MemoryReactorClock()
         env = {"NOTIFY_SOCKET": self.notifications.path, "WATCHDOG_USEC": "2000000"}
-        readiness = Readiness(reactor, [Listener(), Listener()], environ=env)
+        readiness = SystemdReadiness(reactor, [Listener(), Listener()], environ=env)
         readiness.startService()
         self.assertEqual(self.notifications.receive(), [b"WATCHDOG=1"])
         waiting[0].callback(None)
@@ -199,7 +199,7 @@ def greeting(port: int) -> bytes:
         return s.recv(100)
 
 
-class ReadinessEndToEndTests(unittest.TestCase):
+class SystemdReadinessEndToEndTests(unittest.TestCase):
     def run_daemon(self, workers: int, **env: str) -> tuple[Any, list[int], Notifications]:
         folder = Path(tempfile.mkdtemp(prefix="relayd-notify-"))
         self.addCleanup(shutil.rmtree, folder, True)

@@ -23,6 +23,7 @@ from relayd.config import LimitsConfig
 from relayd.interfaces import ISubmission
 from relayd.message import OutboundMessage
 from relayd.reply import Refused, Reply
+from relayd.smtp.guards import DeliveryTracker
 from relayd.testing import (
     TOKEN,
     FakeDelivery,
@@ -293,6 +294,17 @@ class SMTPDriverTests(SynchronousTestCase):
         self.assertEqual(first.factory.limiter.total, 0)
         other = SMTPDriver(factory=first.factory, ip="198.51.100.1")
         self.assertEqual(other.replies(), [other.line(R.GREETING)])
+
+    def test_ipv6_client_and_factory_arguments(self) -> None:
+        """
+        An IPv6 C{ip} is the session's peer; other keyword arguments go to
+        the factory (here C{tracker}).
+        """
+        tracker = DeliveryTracker()
+        s = SMTPDriver(ip="2001:db8::1", tracker=tracker)
+        self.assertEqual(s.transport.getPeer().host, "2001:db8::1")
+        self.assertIs(s.factory.tracker, tracker)
+        self.assertEqual(s.replies(), [s.line(R.GREETING)])
 
     def test_without_tls_context(self) -> None:
         """

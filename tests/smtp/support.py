@@ -1,8 +1,9 @@
 """
-Helpers of the SMTP session tests: credentials, limits for long sessions,
-byte-stream predicates, and L{WireChecks}, the shape of everything the
-session writes.  The session itself is driven with
-L{relayd.testing.SMTPDriver}.
+Helpers of the SMTP session tests: credentials, replies, limits for long
+sessions, byte-stream predicates, and L{WireChecks}, the shape of
+everything the session writes.  The session itself is driven with
+L{relayd.testing.SMTPDriver} (L{session} for an implicit-TLS one whose
+greeting is read, as the guard tests want).
 """
 
 from __future__ import annotations
@@ -15,10 +16,35 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from relayd.config import LimitsConfig
 from relayd.smtp.session import RelaySMTP
-from relayd.testing import SMTPDriver, auth_plain
+from relayd.testing import TOKEN, SMTPDriver, auth_plain
 
 #: The server's name in the driver's greeting and 421 replies.
 HOST = "mx.example.test"
+
+#: The replies to AUTH with a good and a bad credential, and to NOOP.
+AUTH_OK = "235 2.7.0 Authentication successful"
+AUTH_BAD = "535 5.7.8 Authentication credentials invalid"
+NOOP_OK = "250 2.0.0 Ok"
+
+__all__ = [
+    "AUTH_BAD",
+    "AUTH_OK",
+    "DANGEROUS",
+    "HOST",
+    "NOOP_OK",
+    "QUEUED",
+    "SMUGGLE",
+    "TOKEN",
+    "WireChecks",
+    "b64",
+    "crlf_only",
+    "data_parts",
+    "inbuf",
+    "logged_in",
+    "plain",
+    "roomy",
+    "session",
+]
 
 #: The reply of L{relayd.testing.FakeDelivery} to the final dot.
 QUEUED = re.compile(r"^250 2\.0\.0 Ok: queued as fake-\d+$")
@@ -116,6 +142,18 @@ def crlf_only(data: bytes) -> bool:
     Every CR is followed by LF and every LF preceded by CR.
     """
     return _BAD_LINE_END.search(data) is None
+
+
+def session(**kwargs: Any) -> SMTPDriver:
+    """
+    One implicit-TLS session (AUTH allowed at once), its greeting read.
+
+    @param kwargs: More arguments of L{SMTPDriver} (C{ip}, C{factory},
+        C{limits}, the factory's C{counters} ...).
+    """
+    s = SMTPDriver(implicit_tls=True, **kwargs)
+    s.replies()
+    return s
 
 
 def logged_in(implicit_tls: bool = True, **kwargs: Any) -> SMTPDriver:

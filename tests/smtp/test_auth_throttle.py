@@ -22,14 +22,15 @@ from zope.interface.verify import verifyObject
 from relayd.config import LimitsConfig
 from relayd.interfaces import ICounters
 from relayd.smtp.guards import LocalCounters, network_key
-from tests.smtp.helpers import AUTH_BAD, AUTH_OK, NOOP_OK, TOKEN, Session, plain
+from relayd.testing import SMTPDriver
+from tests.smtp.support import AUTH_BAD, AUTH_OK, NOOP_OK, TOKEN, plain, session
 from tests.test_e2e import TOKEN as E2E_TOKEN
 from tests.test_e2e import Daemon
 
 THROTTLED = "454 4.7.0 Too many failed authentication attempts, try again in 900 seconds"
 
 
-def attempt(s: Session, password: str) -> list[str]:
+def attempt(s: SMTPDriver, password: str) -> list[str]:
     """
     One AUTH PLAIN with C{password}; the clock runs past any delay.
     """
@@ -74,10 +75,10 @@ class CounterTests(SynchronousTestCase):
 class ThrottleTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
-        self.first = Session(clock=self.clock, limits=LimitsConfig(auth_failures_per_ip=3))
+        self.first = session(clock=self.clock, limits=LimitsConfig(auth_failures_per_ip=3))
 
-    def session(self, ip: str = "192.0.2.1") -> Session:
-        return Session(clock=self.clock, factory=self.first.factory, ip=ip)
+    def session(self, ip: str = "192.0.2.1") -> SMTPDriver:
+        return session(clock=self.clock, factory=self.first.factory, ip=ip)
 
     def test_failures_slow_down_then_throttle_auth_only(self) -> None:
         """
@@ -141,21 +142,21 @@ class ExemptionTests(SynchronousTestCase):
     def test_exempt_network_is_not_throttled(self) -> None:
         clock = Clock()
         limits = LimitsConfig(auth_failures_per_ip=2, auth_exempt_networks=("10.0.0.0/8",))
-        first = Session(clock=clock, limits=limits, ip="10.1.2.3")
+        first = session(clock=clock, limits=limits, ip="10.1.2.3")
         for i in range(4):
-            s = first if i == 0 else Session(clock=clock, factory=first.factory, ip="10.1.2.3")
+            s = first if i == 0 else session(clock=clock, factory=first.factory, ip="10.1.2.3")
             self.assertEqual(attempt(s, f"guess{i}"), [AUTH_BAD])
-        s = Session(clock=clock, factory=first.factory, ip="10.1.2.3")
+        s = session(clock=clock, factory=first.factory, ip="10.1.2.3")
         self.assertEqual(attempt(s, TOKEN), [AUTH_OK])
 
     def test_exempt_listener_is_not_throttled(self) -> None:
         clock = Clock()
         limits = LimitsConfig(auth_failures_per_ip=2)
-        first = Session(clock=clock, limits=limits, auth_exempt=True)
+        first = session(clock=clock, limits=limits, auth_exempt=True)
         for i in range(4):
-            s = first if i == 0 else Session(clock=clock, factory=first.factory)
+            s = first if i == 0 else session(clock=clock, factory=first.factory)
             self.assertEqual(attempt(s, f"guess{i}"), [AUTH_BAD])
-        self.assertEqual(attempt(Session(clock=clock, factory=first.factory), TOKEN), [AUTH_OK])
+        self.assertEqual(attempt(session(clock=clock, factory=first.factory), TOKEN), [AUTH_OK])
 
 
 @implementer(ICounters)
@@ -198,7 +199,7 @@ class AsyncCounterTests(SynchronousTestCase):
         wait, and replies come in command order.
         """
         counters = LaterCounters()
-        s = Session(counters=counters)
+        s = session(counters=counters)
         s.send("EHLO c\r\n")
         out = s.send(f"AUTH PLAIN {plain('apikey', 'bad')}\r\nNOOP\r\n")
         self.assertEqual(out, [])

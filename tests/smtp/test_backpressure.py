@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from relayd.smtp.flow import INPUT_LIMIT, OUTPUT, WAITING, ReadGate
-from tests.smtp.helpers import HOST, NOOP_OK, Session
+from tests.smtp.support import HOST, NOOP_OK, session
 from tests.test_e2e import Daemon, rss
 
 HELP = "214 2.0.0 See RFC 5321"
@@ -32,7 +32,7 @@ class ProducerTests(SynchronousTestCase):
         The session registers its L{OutputFlow} with the transport as a
         streaming producer, so the transport says when its buffer is full.
         """
-        s = Session()
+        s = session()
         self.assertIs(s.transport.producer, s.proto.flow)
         self.assertTrue(s.transport.streaming)
         self.assertTrue(verifyObject(IPushProducer, s.proto.flow))
@@ -42,7 +42,7 @@ class ProducerTests(SynchronousTestCase):
         While the transport's buffer is full, pipelined commands wait; once
         it drained they are answered, in order.
         """
-        s = Session()
+        s = session()
         s.proto.flow.pauseProducing()
         self.assertEqual(s.send("NOOP\r\nHELP\r\nNOOP\r\n"), [])
         s.proto.flow.resumeProducing()
@@ -56,7 +56,7 @@ class ProducerTests(SynchronousTestCase):
         Past L{INPUT_LIMIT} bytes of waiting input the transport is paused
         (nothing more is read); it reads again once the client read.
         """
-        s = Session()
+        s = session()
         s.proto.flow.pauseProducing()
         count = INPUT_LIMIT // len("NOOP\r\n") + 1
         self.assertEqual(s.send("NOOP\r\n" * count), [])
@@ -70,7 +70,7 @@ class ProducerTests(SynchronousTestCase):
         A full output buffer alone does not stop reading: a TLS transport
         pauses its producer during the handshake, which must still read.
         """
-        s = Session()
+        s = session()
         s.proto.flow.pauseProducing()
         s.send("NOOP\r\n")
         self.assertEqual(s.transport.producerState, "producing")
@@ -80,7 +80,7 @@ class ProducerTests(SynchronousTestCase):
         A client that never reads is timed out and its connection aborted
         (a graceful close would wait for it to read, forever).
         """
-        s = Session()
+        s = session()
         s.proto.flow.pauseProducing()
         s.send("NOOP\r\n" * (INPUT_LIMIT // 6 + 1))
         s.clock.advance(300)
@@ -91,7 +91,7 @@ class ProducerTests(SynchronousTestCase):
         """
         After C{stopProducing} (the connection is gone) nothing is paused.
         """
-        s = Session()
+        s = session()
         s.proto.flow.stopProducing()
         s.proto.flow.pauseProducing()
         self.assertFalse(s.proto.flow.blocked)

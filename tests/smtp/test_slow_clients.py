@@ -16,16 +16,18 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from relayd.config import LimitsConfig
 from relayd.smtp.flow import DataRate
-from tests.smtp.helpers import AUTH_OK, HOST, NOOP_OK, Session
+from relayd.testing import SMTPDriver
+from tests.smtp.support import AUTH_OK, HOST, NOOP_OK, TOKEN, plain, session
 from tests.test_e2e import Daemon
 
 TIMEOUT = f"421 4.4.2 {HOST} Timeout exceeded, closing connection"
 TOO_SLOW = f"421 4.4.2 {HOST} Data transfer too slow, closing connection"
 
 
-def in_data(limits: LimitsConfig | None = None) -> Session:
-    s = Session(limits=limits)
-    assert s.login() == [AUTH_OK]
+def in_data(limits: LimitsConfig | None = None) -> SMTPDriver:
+    s = session(limits=limits)
+    s.send("EHLO client.example\r\n")
+    assert s.send(f"AUTH PLAIN {plain('apikey', TOKEN)}\r\n") == [AUTH_OK]
     s.send("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\n")
     assert s.send("DATA\r\n") == ["354 End data with <CR><LF>.<CR><LF>"]
     return s
@@ -37,7 +39,7 @@ class CommandLineTests(SynchronousTestCase):
         Bytes of one command line arriving every 4 s do not restart the
         idle timer: the line must be whole 300 s after its first byte.
         """
-        s = Session()
+        s = session()
         for _ in range(74):
             self.assertEqual(s.send("N"), [])
             s.clock.advance(4)
@@ -49,14 +51,14 @@ class CommandLineTests(SynchronousTestCase):
         """
         Each whole command starts a new idle period.
         """
-        s = Session()
+        s = session()
         for _ in range(3):
             s.clock.advance(299)
             self.assertEqual(s.send("NOOP\r\n"), [NOOP_OK])
         self.assertFalse(s.transport.disconnecting)
 
     def test_line_split_in_packets_in_time_is_answered(self) -> None:
-        s = Session()
+        s = session()
         s.send("NO")
         s.clock.advance(200)
         self.assertEqual(s.send("OP\r\n"), [NOOP_OK])
