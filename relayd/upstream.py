@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Hashable, Mapping
-from http.cookiejar import CookieJar, DefaultCookiePolicy
+from http.cookiejar import Cookie, DefaultCookiePolicy
 from typing import TYPE_CHECKING, Any
 
 from attrs import frozen
 from hyperlink import EncodedURL
 from treq.client import HTTPClient
+from treq.cookies import IndexableCookieJar
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IConsumer, IStreamClientEndpoint
 from twisted.logger import Logger
@@ -32,8 +33,10 @@ from twisted.web._newclient import (
     RequestNotSent,
     RequestTransmissionFailed,
     ResponseNeverReceived,
+    _ensureValidURI,
 )
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import URI, Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
@@ -50,11 +53,6 @@ from relayd.dialects.base import HTTPRequest, retry_after_seconds
 from relayd.interfaces import IDialect
 from relayd.reply import TEMPORARY_FAILURE, Reply, upstream_retry_after
 from relayd.result import Accepted, NotSent, UpstreamResult
-
-try:
-    from treq.cookies import IndexableCookieJar as _JarClass
-except ImportError:  # pragma: no cover (older treq)
-    _JarClass = CookieJar  # type: ignore[misc,assignment]
 
 if TYPE_CHECKING:
     from relayd.config import UpstreamConfig
@@ -284,24 +282,114 @@ def make_pool(reactor: Any, config: UpstreamConfig) -> HTTPConnectionPool:
     return pool
 
 
+class _NoCookies(IndexableCookieJar):
+    """
+    A cookie jar that stores and sends nothing, and costs nothing per
+    request: one client serves many tokens, and a cookie set for one must
+    never travel with another.
+
+    treq wraps every request in a L{twisted.web.client.CookieAgent}, which
+    asks its jar for a C{Cookie} header (through a fake C{urllib} request)
+    and hands it every answer to read C{Set-Cookie} from; a jar that only
+    refused every cookie by policy still did that work on every request.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(DefaultCookiePolicy(allowed_domains=[]))
+
+    def add_cookie_header(self, request: Any) -> None:
+        """
+        Send no cookie.
+        """
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        """
+        Keep no cookie of an answer.
+        """
+
+    def set_cookie(self, cookie: Cookie) -> None:
+        """
+        Keep no cookie given by the caller either.
+        """
+
+
+#: The request cookies of every upstream request: none.
+_NO_COOKIES = _NoCookies()
+
+
+class _UpstreamAgent(Agent):
+    """
+    An L{Agent} that parses each request URI, builds its endpoint and
+    encodes its C{Host} header once, not on every request: relayd sends
+    every request of a client to the same URL.
+
+    What is kept is bounded (L{_MAX_CACHED}); an endpoint only describes how
+    to connect (the pool connects with it when it has no idle connection),
+    so sharing one between requests changes nothing.
+    """
+
+    _MAX_CACHED = 64
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._targets: dict[bytes, tuple[URI, IStreamClientEndpoint]] = {}
+        self._hosts: dict[tuple[bytes, bytes, int], bytes] = {}
+
+    def request(
+        self,
+        method: bytes,
+        uri: bytes,
+        headers: Headers | None = None,
+        bodyProducer: IBodyProducer | None = None,
+    ) -> Deferred[Any]:
+        """
+        See L{Agent.request}.
+        """
+        target = self._targets.get(uri)
+        if target is None:
+            parsed = URI.fromBytes(_ensureValidURI(uri.strip()))
+            try:
+                target = (parsed, self._getEndpoint(parsed))  # type: ignore[no-untyped-call]
+            except Exception:
+                return super().request(method, uri, headers, bodyProducer)
+            if len(self._targets) < self._MAX_CACHED:
+                self._targets[uri] = target
+        parsed, endpoint = target
+        key = (parsed.scheme, parsed.host, parsed.port)
+        d: Deferred[Any] = self._requestWithEndpoint(
+            key, endpoint, method, parsed, headers, bodyProducer, parsed.originForm
+        )
+        return d
+
+    def _computeHostValue(self, scheme: bytes, host: bytes, port: int) -> bytes:
+        key = (scheme, host, port)
+        value = self._hosts.get(key)
+        if value is None:
+            value = super()._computeHostValue(scheme, host, port)  # type: ignore[no-untyped-call]
+            if len(self._hosts) < self._MAX_CACHED:
+                self._hosts[key] = value
+        return value
+
+
 def make_http_client(reactor: Any, pool: HTTPConnectionPool, connect_timeout: float) -> HTTPClient:
     """
     Build the treq client L{UpstreamClient} uses by default.
 
       - An L{Agent} over C{pool}; HTTPS certificates are verified as a
-        browser would (the L{Agent} default).
+        browser would (the L{Agent} default); each URL is parsed and its
+        endpoint built once (L{_UpstreamAgent}).
       - C{bytes} request bodies become a L{BytesProducer}.
-      - A cookie jar that stores nothing: one client serves many tokens,
-        and a cookie set for one must never travel with another.
+      - A cookie jar that stores and sends nothing (L{_NoCookies}): one
+        client serves many tokens, and a cookie set for one must never
+        travel with another.
 
     @param reactor: The reactor (L{IReactorTime}, L{IReactorTCP}, ...).
     @param pool: The connection pool (see L{make_pool}).
     @param connect_timeout: Seconds to wait for a TCP connection.
     @return: The client.
     """
-    agent = Agent(reactor, connectTimeout=connect_timeout, pool=pool)
-    jar = _JarClass(policy=DefaultCookiePolicy(allowed_domains=[]))
-    return HTTPClient(agent, cookiejar=jar, data_to_body_producer=BytesProducer)
+    agent = _UpstreamAgent(reactor, connectTimeout=connect_timeout, pool=pool)
+    return HTTPClient(agent, cookiejar=_NoCookies(), data_to_body_producer=BytesProducer)
 
 
 def _is_ip_literal(host: str) -> bool:
@@ -371,10 +459,21 @@ class _ParsedURI(EncodedURL):
             raise ConfigError(f"upstream.url: {url!r}: {e}") from None
         parsed = cls.from_text(uri.to_text())
         assert isinstance(parsed, cls)
+        parsed._text = EncodedURL.to_text(parsed)
         return parsed
+
+    _text: str | None = None
 
     def to_uri(self) -> _ParsedURI:  # type: ignore[override]
         return self
+
+    def to_text(self, with_password: bool = False) -> str:
+        """
+        The URL's text, made once (treq asks for it on every request).
+        """
+        if with_password or self._text is None:
+            return EncodedURL.to_text(self, with_password)
+        return self._text
 
 
 class UpstreamClient:
@@ -517,8 +616,12 @@ class UpstreamClient:
         # Our own pool retries a keyed request (L{UpstreamPool}): it reads
         # that from the producer.  An injected client gets plain bytes.
         data: bytes | BytesProducer = request.body
+        extra: dict[str, Any] = {}
         if self._pool is not None:
             data = BytesProducer(request.body, replayable=request.carries_key)
+            # An empty jar of our own: treq would build and merge a new one
+            # for every request.
+            extra["cookies"] = _NO_COOKIES
         response = await self.http.post(
             self._url,
             data=data,
@@ -526,6 +629,7 @@ class UpstreamClient:
             allow_redirects=False,
             unbuffered=True,
             reactor=self._reactor,
+            **extra,
         )
         exchange.status = response.code
         exchange.headers = _answer_headers(response)
