@@ -36,6 +36,8 @@ from prometheus_client import (
 __all__ = [
     "MULTIPROC_ENV",
     "auth",
+    "flight_begin",
+    "flight_end",
     "in_flight",
     "limit_refused",
     "recent_upstream",
@@ -52,6 +54,7 @@ __all__ = [
 #: The environment variable prometheus_client's multiprocess mode reads.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
+_CLASSES = {n: f"{n}xx" for n in range(1, 10)}
 _SIZE_BUCKETS = tuple(float(2**n) for n in range(10, 26, 2))  # 1 KiB .. 32 MiB
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -108,6 +111,24 @@ REDIS_FALLBACKS = Counter(
     "Outages of Redis: times relayd fell back to its in-process state.",
 )
 
+#: Children of labelled metrics already looked up, by metric and label
+#: values: C{.labels(...)} checks and joins its values on every call.
+_children: dict[tuple[Any, ...], Any] = {}
+
+
+def _child(metric: Any, *values: str) -> Any:
+    """
+    C{metric.labels(*values)}, looked up once per label set.
+    """
+    key = (metric, *values)
+    child = _children.get(key)
+    if child is None:
+        child = metric.labels(*values)
+        if len(_children) < 4096:
+            _children[key] = child
+    return child
+
+
 # When the upstream last answered (any status) and was last asked, in the
 # caller's clock seconds: for /readyz (this process only).
 _upstream_seen: dict[str, float] = {}
@@ -127,8 +148,8 @@ def session_opened(session: Any) -> None:
     listener = _listener(session)
     mode = "implicit" if getattr(session.factory, "implicit_tls", False) else "starttls"
     session._metrics_labels = (listener, mode)
-    CONNECTIONS.labels(listener, mode).inc()
-    SESSIONS.labels(listener, mode).inc()
+    _child(CONNECTIONS, listener, mode).inc()
+    _child(SESSIONS, listener, mode).inc()
 
 
 def session_closed(session: Any, reason: Any = None) -> None:
@@ -144,7 +165,7 @@ def session_closed(session: Any, reason: Any = None) -> None:
     if labels is None:
         return
     session._metrics_labels = None
-    SESSIONS.labels(*labels).dec()
+    _child(SESSIONS, *labels).dec()
     if reason is not None and _is_tls_error(reason) and not _handshake_done(session):
         TLS_FAILURES.labels(labels[0]).inc()
 
@@ -180,7 +201,7 @@ def auth(outcome: str) -> None:
     """
     @param outcome: C{"success"}, C{"failure"} or C{"locked_out"}.
     """
-    AUTH.labels(outcome).inc()
+    _child(AUTH, outcome).inc()
     if outcome == "locked_out":
         LIMIT_REFUSALS.labels("auth_lockout").inc()
 
@@ -202,7 +223,13 @@ def transaction(reply: Any, size: int | None = None) -> None:
     @param reply: The L{relayd.reply.Reply}.
     @param size: The message's size in bytes, when it was read whole.
     """
-    TRANSACTIONS.labels(f"{reply.code // 100}xx", str(reply.code), reply.status or "-").inc()
+    code = reply.code
+    _child(
+        TRANSACTIONS,
+        _CLASSES.get(code // 100) or f"{code // 100}xx",
+        str(code),
+        reply.status or "-",
+    ).inc()
     if size is not None:
         MESSAGE_SIZE.observe(size)
 
@@ -212,13 +239,28 @@ def in_flight(size: int) -> Iterator[None]:
     """
     Count one message of C{size} bytes in flight while the block runs.
     """
-    IN_FLIGHT.inc()
-    IN_FLIGHT_BYTES.inc(size)
+    flight_begin(size)
     try:
         yield
     finally:
-        IN_FLIGHT.dec()
-        IN_FLIGHT_BYTES.dec(size)
+        flight_end(size)
+
+
+def flight_begin(size: int) -> None:
+    """
+    One message of C{size} bytes is in flight (L{in_flight} without a
+    context manager: pair it with L{flight_end}).
+    """
+    IN_FLIGHT.inc()
+    IN_FLIGHT_BYTES.inc(size)
+
+
+def flight_end(size: int) -> None:
+    """
+    The message of L{flight_begin} got its reply.
+    """
+    IN_FLIGHT.dec()
+    IN_FLIGHT_BYTES.dec(size)
 
 
 def _error_kind(error: BaseException | None, timed_out: bool) -> str:
@@ -256,10 +298,11 @@ def upstream(
     """
     status = getattr(exchange, "status", None)
     timed_out = bool(getattr(exchange, "timed_out", False))
-    UPSTREAM_LATENCY.labels(f"{status // 100}xx" if status else "none").observe(seconds)
+    label = _CLASSES.get(status // 100) or f"{status // 100}xx" if status else "none"
+    _child(UPSTREAM_LATENCY, label).observe(seconds)
     if error is not None:
         kind = _error_kind(error, timed_out)
-        UPSTREAM_ERRORS.labels(kind if status is None else "cut_short").inc()
+        _child(UPSTREAM_ERRORS, kind if status is None else "cut_short").inc()
     _upstream_seen["asked"] = now
     if status is not None:
         _upstream_seen["answered"] = now

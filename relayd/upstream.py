@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Hashable, Iterator, Mapping
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import TYPE_CHECKING, Any
 
 from attrs import frozen
@@ -33,7 +32,7 @@ from twisted.web._newclient import (
     RequestTransmissionFailed,
     ResponseNeverReceived,
 )
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import HTTPConnectionPool
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
@@ -47,14 +46,12 @@ from relayd.answer import read_body as _read_body
 from relayd.config import ConfigError
 from relayd.dialects import get_dialect
 from relayd.dialects.base import Body, HTTPRequest, retry_after_seconds
+from relayd.httpagent import NO_COOKIES as _NO_COOKIES
+from relayd.httpagent import NoCookies as _NoCookies
+from relayd.httpagent import UpstreamAgent as _UpstreamAgent
 from relayd.interfaces import IDialect
 from relayd.reply import TEMPORARY_FAILURE, Reply, upstream_retry_after
 from relayd.result import Accepted, NotSent, UpstreamResult
-
-try:
-    from treq.cookies import IndexableCookieJar as _JarClass
-except ImportError:  # pragma: no cover (older treq)
-    _JarClass = CookieJar  # type: ignore[misc,assignment]
 
 if TYPE_CHECKING:
     from relayd.config import UpstreamConfig
@@ -319,19 +316,20 @@ def make_http_client(reactor: Any, pool: HTTPConnectionPool, connect_timeout: fl
     Build the treq client L{UpstreamClient} uses by default.
 
       - An L{Agent} over C{pool}; HTTPS certificates are verified as a
-        browser would (the L{Agent} default).
+        browser would (the L{Agent} default); each URL is parsed and its
+        endpoint built once (L{_UpstreamAgent}).
       - C{bytes} request bodies become a L{BytesProducer}.
-      - A cookie jar that stores nothing: one client serves many tokens,
-        and a cookie set for one must never travel with another.
+      - A cookie jar that stores and sends nothing (L{_NoCookies}): one
+        client serves many tokens, and a cookie set for one must never
+        travel with another.
 
     @param reactor: The reactor (L{IReactorTime}, L{IReactorTCP}, ...).
     @param pool: The connection pool (see L{make_pool}).
     @param connect_timeout: Seconds to wait for a TCP connection.
     @return: The client.
     """
-    agent = Agent(reactor, connectTimeout=connect_timeout, pool=pool)
-    jar = _JarClass(policy=DefaultCookiePolicy(allowed_domains=[]))
-    return HTTPClient(agent, cookiejar=jar, data_to_body_producer=BytesProducer)
+    agent = _UpstreamAgent(reactor, connectTimeout=connect_timeout, pool=pool)
+    return HTTPClient(agent, cookiejar=_NoCookies(), data_to_body_producer=BytesProducer)
 
 
 def _is_ip_literal(host: str) -> bool:
@@ -411,10 +409,21 @@ class _ParsedURI(EncodedURL):
             raise ConfigError(f"upstream.url: {url!r}: {e}") from None
         parsed = cls.from_text(uri.to_text())
         assert isinstance(parsed, cls)
+        parsed._text = EncodedURL.to_text(parsed)
         return parsed
+
+    _text: str | None = None
 
     def to_uri(self) -> _ParsedURI:  # type: ignore[override]
         return self
+
+    def to_text(self, with_password: bool = False) -> str:
+        """
+        The URL's text, made once (treq asks for it on every request).
+        """
+        if with_password or self._text is None:
+            return EncodedURL.to_text(self, with_password)
+        return self._text
 
 
 class UpstreamClient:
@@ -557,8 +566,12 @@ class UpstreamClient:
         # Our own pool retries a keyed request (L{UpstreamPool}): it reads
         # that from the producer.  An injected client gets plain bytes.
         data: bytes | BytesProducer
+        extra: dict[str, Any] = {}
         if self._pool is not None:
             data = BytesProducer(request.content, replayable=request.carries_key)
+            # An empty jar of our own: treq would build and merge a new one
+            # for every request.
+            extra["cookies"] = _NO_COOKIES
         else:
             data = request.body
         response = await self.http.post(
@@ -568,6 +581,7 @@ class UpstreamClient:
             allow_redirects=False,
             unbuffered=True,
             reactor=self._reactor,
+            **extra,
         )
         exchange.status = response.code
         exchange.headers = _answer_headers(response)

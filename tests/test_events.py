@@ -147,6 +147,21 @@ class RenderingTests(SynchronousTestCase):
         self.assertEqual((data["priority"], data["peer"]), (4, "192.0.2.1"))
         self.assertEqual(data["message"], "refused connection from 192.0.2.1: too many")
 
+    def test_json_time_to_the_millisecond_in_utc(self) -> None:
+        """
+        The C{time} of a JSON line is ISO 8601 in UTC to the millisecond,
+        as C{datetime.isoformat} writes it, also within one second (whose
+        text is made once) and at its edge (rounded to the microsecond).
+        """
+        from datetime import UTC, datetime
+
+        for when in (0.0, 1700000000.25, 1700000000.9994, 1700000000.9999999, 1700000001.001):
+            event = {"log_format": "x", "log_level": LogLevel.info, "log_time": when}
+            self.assertEqual(
+                json.loads(events.format_json(event, "main"))["time"],
+                datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds"),
+            )
+
     def test_text_names_the_worker(self) -> None:
         event = {
             "log_format": "hello {x}",

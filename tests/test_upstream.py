@@ -434,6 +434,26 @@ class RealSocketTests(TestCase):
         self.assertEqual(site.connections, 1)
 
     @async_test
+    async def test_cookies_never_kept_and_host_sent_every_time(self) -> None:
+        """
+        A C{Set-Cookie} of the upstream is never sent back, and every
+        request carries the C{Host} header and reaches the configured path
+        (the agent parses the URL and builds its endpoint once).
+        """
+        upstream, site, url = self.serve()
+        upstream.enqueue(200, {"id": "c-1"}, headers={"Set-Cookie": "session=abc; Path=/"})
+        client = self.client(url)
+        first = await client.send(sample_message(), TOKEN)
+        second = await client.send(sample_message(), TOKEN)
+        self.assertEqual((first, second), (Accepted("c-1"), Accepted("fake-2")))
+        host = url.split("/")[2]
+        for request in upstream.requests:
+            self.assertIsNone(request.header("Cookie"))
+            self.assertEqual(request.header("Host"), host)
+            self.assertEqual(request.path, "/send")
+        self.assertEqual(site.connections, 1)
+
+    @async_test
     async def test_connection_refused(self) -> None:
         """
         A closed port is a temporary failure.
