@@ -237,12 +237,17 @@ class WorkerPool(Service):
         argv = self.argv + ["--inherit-fds", ",".join(inherited)]
         proto = _WorkerProtocol(self, index)
         try:
-            # RELAYD_WORKER: the worker's name in its log lines (relayd.events).
+            # RELAYD_WORKER: the worker's name in its log lines (relayd.events);
+            # the AUTH throttle's key: one for every worker (relayd.smtp.guards).
+            from relayd.smtp import guards
+
+            env = dict(os.environ if self.env is None else self.env, RELAYD_WORKER=str(index))
+            env[guards.SECRET_ENV] = guards._SECRET.hex()
             self.workers[index] = self.reactor.spawnProcess(
                 proto,
                 argv[0],
                 argv,
-                env=dict(os.environ if self.env is None else self.env, RELAYD_WORKER=str(index)),
+                env=env,
                 childFDs=child_fds,
             )
         except OSError:
