@@ -107,6 +107,7 @@ class AdminResourceTests(SynchronousTestCase):
         count = ("relayd_message_size_bytes_count", ())
         self.assertEqual(after[count] - before[count], 1)
 
+
 def scrape(port: int) -> dict[Any, float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
         return samples(answer.read().decode())

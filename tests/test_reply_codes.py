@@ -32,9 +32,7 @@ class ReplyCodeTests(SynchronousTestCase):
         A command line ending in a bare LF is a command syntax error:
         C{500 5.5.2} (RFC 5321 section 4.2.2, RFC 3463 X.5.2).
         """
-        self.assertEqual(
-            (R.BARE_LF_IN_COMMAND.code, R.BARE_LF_IN_COMMAND.status), (500, "5.5.2")
-        )
+        self.assertEqual((R.BARE_LF_IN_COMMAND.code, R.BARE_LF_IN_COMMAND.status), (500, "5.5.2"))
 
     def test_retry_after(self) -> None:
         """
