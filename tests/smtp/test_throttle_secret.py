@@ -42,3 +42,12 @@ class SecretTests(SynchronousTestCase):
 
     def test_default_is_the_process_key(self) -> None:
         self.assertEqual(AuthGuard(LocalCounters(Clock())).secret, guards._SECRET)
+
+    def test_workers_get_the_name_guards_read(self) -> None:
+        """
+        The supervisor sets the variable the workers' guards read.
+        """
+        from relayd import workers
+
+        self.assertEqual(workers.AUTH_SECRET_ENV, SECRET_ENV)
+        self.assertEqual(len(bytes.fromhex(workers._AUTH_SECRET)), 32)
