@@ -5,8 +5,8 @@ The admin listener: C{/metrics} (Prometheus text format), C{/healthz}
 L{twisted.web} resource tree.
 
 C{/readyz} answers C{200 ready} when every SMTP listener is bound, the
-daemon is not draining (stopping), the upstream answered recently (or was
-not asked), and Redis answers when C{[redis] url} is set; otherwise C{503}
+daemon is not draining (stopping), the upstream is not failing (see
+L{metrics.recent_upstream}: it recovers by itself), and Redis answers when C{[redis] url} is set; otherwise C{503}
 with one line per problem.  Load balancers (HAProxy's C{option httpchk},
 Kubernetes readiness probes) take a server out of rotation on a non-2xx.
 
@@ -40,7 +40,8 @@ class ReadinessChecks:
     @ivar tracker: The L{relayd.smtp.DeliveryTracker}: C{stopping} means
         draining.
     @ivar redis: The L{relayd.redisstore.RedisConnection}, or C{None}.
-    @ivar upstream_fresh: Seconds an upstream answer counts as recent.
+    @ivar upstream_fresh: Seconds a failing upstream keeps the daemon
+        unready (L{metrics.recent_upstream}).
     """
 
     def __init__(
@@ -79,7 +80,10 @@ class ReadinessChecks:
         if getattr(self.tracker, "stopping", False):
             found.append("draining")
         if not metrics.recent_upstream(self.clock.seconds(), self.upstream_fresh):
-            found.append(f"upstream did not answer in the last {self.upstream_fresh:g}s")
+            found.append(
+                f"upstream did not answer the last {metrics.UPSTREAM_FAILURES} requests"
+                f" (in the last {self.upstream_fresh:g}s)"
+            )
         if self.redis is not None and not await self.redis.ping():
             found.append("redis unreachable")
         return found

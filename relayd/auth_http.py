@@ -13,7 +13,8 @@ JSON body C{{"username": "..."}}.  The endpoint answers:
   - 401 or 403, optionally with C{{"error": "text"}}: the login fails with
     C{535 5.7.8 <text>}.
   - anything else, a body that is not what it should be, a refused
-    connection or no answer within C{auth.timeout} seconds:
+    connection or no complete answer (headers and body) within
+    C{auth.timeout} seconds:
     C{454 4.7.0 Temporary authentication failure} (RFC 4954 section 6),
     never a 535.
 
@@ -37,7 +38,6 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, Generic, TypeVar
 
-import treq
 from attrs import frozen
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
@@ -48,6 +48,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from relayd import reply as R
+from relayd.answer import read_body
 from relayd.auth import AuthRefused, CredentialRules, Login, policy_from
 from relayd.config import PolicyConfig
 from relayd.reply import Refused, Reply
@@ -57,7 +58,8 @@ __all__ = ["HTTPAuthChecker", "TTLCache"]
 
 log = Logger()
 
-#: Most bytes of an auth endpoint's answer relayd reads.
+#: Most bytes of an auth endpoint's answer relayd keeps (the rest is
+#: discarded as it arrives).
 MAX_ANSWER = 64 * 1024
 
 #: Most characters of the endpoint's error text put in the 535.
@@ -165,7 +167,8 @@ class HTTPAuthChecker:
         @param defaults: The policy where the endpoint says nothing.
         @param header: The request header that carries the credential.
         @param header_format: Its value; C{{token}} is replaced.
-        @param timeout: Seconds to wait for the endpoint.
+        @param timeout: Seconds to wait for the endpoint's whole answer,
+            its body too.
         @param ttl: Seconds an accepted credential is remembered.
         @param negative_ttl: Seconds a refused credential is remembered.
         @param size: Most entries of each cache.
@@ -314,19 +317,16 @@ class HTTPAuthChecker:
 
     async def _ask(self, username: str, forwarded: str) -> _Verdict:
         """
-        Send the request; never raises.
+        Send the request and read the answer, all within C{timeout}
+        seconds; never raises.
         """
         self.requests += 1
-        body = json.dumps({"username": username}).encode("utf-8")
-        headers = {
-            "Content-Type": ["application/json"],
-            self._header: [self._format.replace("{token}", forwarded)],
-        }
-        d = self._http.post(self._url, data=body, headers=headers)
+        d = defer.Deferred.fromCoroutine(self._exchange(username, forwarded))
+        # Cancelling the coroutine cancels what it waits for: the POST, or
+        # reading the body (which closes the connection).
         timer = self._clock.callLater(self._timeout, d.cancel)
         try:
-            response = await d
-            content = await treq.content(response)
+            status, content = await d
         except Exception as e:
             log.warn(
                 "auth endpoint did not answer: {error}",
@@ -336,7 +336,23 @@ class HTTPAuthChecker:
         finally:
             if timer.active():
                 timer.cancel()
-        return self._read(response.code, content)
+        return self._read(status, content)
+
+    async def _exchange(self, username: str, forwarded: str) -> tuple[int, bytes]:
+        """
+        POST the question, read at most L{MAX_ANSWER} bytes of the answer.
+
+        @return: The answer's HTTP status and (bounded) body.
+        """
+        body = json.dumps({"username": username}).encode("utf-8")
+        headers = {
+            "Content-Type": ["application/json"],
+            self._header: [self._format.replace("{token}", forwarded)],
+        }
+        response = await self._http.post(self._url, data=body, headers=headers)
+        content = bytearray()
+        await read_body(response, content, MAX_ANSWER)
+        return response.code, bytes(content)
 
     def _read(self, status: int, content: bytes) -> _Verdict:
         """

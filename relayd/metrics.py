@@ -129,9 +129,14 @@ def _child(metric: Any, *values: str) -> Any:
     return child
 
 
-# When the upstream last answered (any status) and was last asked, in the
-# caller's clock seconds: for /readyz (this process only).
+# When the upstream last failed (no answer), in the caller's clock seconds,
+# and how many requests in a row got no answer: for /readyz (this process
+# only).
 _upstream_seen: dict[str, float] = {}
+
+#: How many upstream requests in a row must get no answer before C{/readyz}
+#: says the upstream is gone.
+UPSTREAM_FAILURES = 3
 
 
 def _listener(session: Any) -> str:
@@ -303,24 +308,31 @@ def upstream(
     if error is not None:
         kind = _error_kind(error, timed_out)
         _child(UPSTREAM_ERRORS, kind if status is None else "cut_short").inc()
-    _upstream_seen["asked"] = now
     if status is not None:
-        _upstream_seen["answered"] = now
+        _upstream_seen["failures"] = 0
+    else:
+        _upstream_seen["failures"] = _upstream_seen.get("failures", 0) + 1
+        _upstream_seen["failed"] = now
 
 
 def recent_upstream(now: float, fresh: float) -> bool:
     """
+    Whether this process's upstream counts as reachable, for C{/readyz}.
+
+    It does not only while the last L{UPSTREAM_FAILURES} requests all got no
+    answer (any HTTP status is an answer) and the last of them ended less
+    than C{fresh} seconds ago.  Readiness recovers by itself: once C{fresh}
+    seconds passed the daemon is ready again, so the balancer sends the
+    traffic that shows whether the upstream is back (a daemon kept out of
+    the pool would never learn it).  An idle daemon is ready.
+
     @param now: The clock's time (seconds).
-    @param fresh: Seconds an answer counts as recent.
-    @return: Whether this process's upstream answered recently, or was not
-        asked since its last answer's freshness ran out (an idle daemon is
-        fine).
+    @param fresh: Seconds a failure counts as recent.
+    @return: C{False} while the upstream is failing, else C{True}.
     """
-    asked = _upstream_seen.get("asked")
-    answered = _upstream_seen.get("answered")
-    if asked is None or (answered is not None and answered >= asked):
+    if _upstream_seen.get("failures", 0) < UPSTREAM_FAILURES:
         return True
-    return answered is not None and now - answered < fresh
+    return now - _upstream_seen.get("failed", now) >= fresh
 
 
 def redis_error(kind: str) -> None:

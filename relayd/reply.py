@@ -95,7 +95,9 @@ TOO_MANY_AUTH_FAILURES = Reply(
 
 # Command lines (RFC 5321 section 4.5.3.1.4, section 2.3.8).
 LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")
-BARE_LF_IN_COMMAND = Reply(550, "5.6.0", "Bare <LF> received; lines must end with <CR><LF>")
+#: A command line ended in a bare LF (C{bare_newline = "reject"}): a
+#: command syntax error (RFC 5321 section 4.2.2: 500; RFC 3463 X.5.2).
+BARE_LF_IN_COMMAND = Reply(500, "5.5.2", "Bare <LF> received; lines must end with <CR><LF>")
 NUL_IN_COMMAND = Reply(501, "5.5.2", "NUL character in command")
 COMMAND_NOT_UTF8 = Reply(500, "5.5.2", "Command is not valid UTF-8")
 COMMAND_NOT_RECOGNIZED = Reply(500, "5.5.2", "Error: command not recognized")
@@ -314,9 +316,10 @@ UPSTREAM_RATE_LIMITED = Reply(451, "4.7.1", FALLBACK_RATE)
 def upstream_retry_after(status: int, seconds: int) -> Reply:
     """
     The reply to an upstream C{429} or C{503} that said when to come back
-    (C{Retry-After}, RFC 9110 section 10.2.3): C{451 4.7.1} (RFC 3463 X.7.1,
-    temporary) with the wait in the text, so the client's queue can plan
-    its next attempt.
+    (C{Retry-After}, RFC 9110 section 10.2.3), with the wait in the text, so
+    the client's queue can plan its next attempt: C{451 4.7.1} for a 429
+    (RFC 3463 X.7.1: a rate limit, a policy), C{451 4.3.0} for a 503 (X.3.0:
+    the upstream system is unavailable).
 
     @param status: The HTTP status: C{429} (rate limit) or C{503}
         (unavailable).
@@ -325,8 +328,9 @@ def upstream_retry_after(status: int, seconds: int) -> Reply:
         in 30 seconds}.
     """
     wait = "1 second" if seconds == 1 else f"{seconds} seconds"
-    what = "Upstream rate limit reached" if status == 429 else "Upstream unavailable"
-    return Reply(451, "4.7.1", f"{what}, try again in {wait}")
+    if status == 429:
+        return Reply(451, "4.7.1", f"Upstream rate limit reached, try again in {wait}")
+    return Reply(451, "4.3.0", f"Upstream unavailable, try again in {wait}")
 
 
 # -- provider2: provider mode (relayd.auth, relayd.auth_http, the
@@ -341,9 +345,10 @@ AUTH_USERNAME_REFUSED = Reply(
 AUTH_TEMPORARY_FAILURE = Reply(454, "4.7.0", "Temporary authentication failure")
 
 #: The upstream refused this session's credential (HTTP 401/403) at the end
-#: of an earlier DATA: later transactions of the session are refused at MAIL.
+#: of an earlier DATA: later transactions of the session are refused at MAIL
+#: (550, a MAIL reply code: RFC 5321 section 4.3.2; RFC 3463 X.7.1).
 CREDENTIAL_REFUSED_UPSTREAM = Reply(
-    554, "5.7.1", "Upstream refused the credentials of this session"
+    550, "5.7.1", "Upstream refused the credentials of this session"
 )
 
 #: The customer's policy does not allow attachments.

@@ -604,8 +604,9 @@ class UpstreamClient:
             L{Accepted} with an empty id, since retrying would send the
             message twice.
           - A C{429} or C{503} with C{Retry-After} (seconds or an HTTP
-            date, RFC 9110 section 10.2.3) is C{451 4.7.1} saying when to
-            retry (L{relayd.reply.upstream_retry_after}).
+            date, RFC 9110 section 10.2.3) is C{451 4.7.1} (429) or
+            C{451 4.3.0} (503) saying when to retry
+            (L{relayd.reply.upstream_retry_after}).
           - No answer, and the request certainly never left (refused
             connection, DNS, TLS handshake, deadline while connecting):
             L{NotSent} of L{TEMPORARY_FAILURE}.

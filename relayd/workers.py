@@ -40,6 +40,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+#: The workers' HMAC key for credential counters (hex, one per supervisor,
+#: never logged), in this environment variable (L{relayd.smtp.guards}).
+AUTH_SECRET_ENV = "RELAYD_AUTH_SECRET"
+_AUTH_SECRET = os.environ.get(AUTH_SECRET_ENV) or os.urandom(32).hex()
+
 __all__ = ["AdoptedPortService", "SupervisorWatch", "WorkerPool", "worker_count"]
 
 log = Logger()
@@ -238,12 +243,15 @@ class WorkerPool(Service):
         argv = self.argv + ["--inherit-fds", ",".join(inherited)]
         proto = _WorkerProtocol(self, index)
         try:
-            # RELAYD_WORKER: the worker's name in its log lines (relayd.events).
+            # RELAYD_WORKER: the worker's name in its log lines (relayd.events);
+            # the AUTH throttle's key: one for every worker (relayd.smtp.guards).
+            env = dict(os.environ if self.env is None else self.env, RELAYD_WORKER=str(index))
+            env[AUTH_SECRET_ENV] = _AUTH_SECRET
             self.workers[index] = self.reactor.spawnProcess(
                 proto,
                 argv[0],
                 argv,
-                env=dict(os.environ if self.env is None else self.env, RELAYD_WORKER=str(index)),
+                env=env,
                 childFDs=child_fds,
             )
         except OSError:

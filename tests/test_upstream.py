@@ -699,7 +699,7 @@ class PreparedRequestTests(SynchronousTestCase):
                 Reply(451, "4.7.1", "Upstream rate limit reached, try again in 30 seconds"),
             ),
             (429, "1", Reply(451, "4.7.1", "Upstream rate limit reached, try again in 1 second")),
-            (503, "120", Reply(451, "4.7.1", "Upstream unavailable, try again in 120 seconds")),
+            (503, "120", Reply(451, "4.3.0", "Upstream unavailable, try again in 120 seconds")),
             (429, "soon", Reply(451, "4.7.1", "Upstream rate limit reached, try again later")),
             (503, "", TEMPORARY_FAILURE),
             (500, "30", TEMPORARY_FAILURE),
@@ -723,7 +723,7 @@ class PreparedRequestTests(SynchronousTestCase):
         self.upstream.enqueue(503, headers={"Retry-After": "Tue, 14 Nov 2023 22:00:00 GMT"})
         self.assertEqual(
             self.post(client, client.prepare(sample_message(), TOKEN, KEY)),
-            Reply(451, "4.7.1", "Upstream unavailable, try again in 0 seconds"),
+            Reply(451, "4.3.0", "Upstream unavailable, try again in 0 seconds"),
         )
 
     def test_answer_headers_reach_the_dialect(self) -> None:

@@ -25,6 +25,7 @@ from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from relayd import workers as workers_module
 from relayd.testing import async_test
 from relayd.workers import (
     RESTART_DELAY,
@@ -206,7 +207,14 @@ class WorkerPoolTests(SynchronousTestCase):
             self.assertEqual(spawned.args, ARGV + ["--inherit-fds", "3,4"])
             # Standard input is a pipe from the supervisor: its EOF stops the worker.
             self.assertEqual(spawned.child_fds, {0: "w", 1: 1, 2: 2, 3: 7, 4: 9})
-            self.assertEqual(spawned.env, dict(os.environ, RELAYD_WORKER=str(number)))
+            self.assertEqual(
+                spawned.env,
+                dict(
+                    os.environ,
+                    RELAYD_WORKER=str(number),
+                    RELAYD_AUTH_SECRET=workers_module._AUTH_SECRET,
+                ),
+            )
         self.assertEqual(sorted(self.pool.workers), [0, 1])
 
     def test_shared_ports_accept_one_at_a_time(self) -> None:

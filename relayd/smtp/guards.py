@@ -168,8 +168,29 @@ def network_key(ip: str) -> str:
     return str(address)
 
 
+#: The environment variable that gives a worker its supervisor's HMAC key
+#: for credential counters (hex; set by L{relayd.workers}, never logged).
+SECRET_ENV = "RELAYD_AUTH_SECRET"
+
+
+def process_secret() -> bytes:
+    """
+    The HMAC key of credential counters in this process: the supervisor's
+    (C{RELAYD_AUTH_SECRET}, so that every worker counts one credential
+    under one key), else a random one.
+
+    @return: 32 bytes (or what the supervisor gave).
+    """
+    text = os.environ.get(SECRET_ENV, "")
+    try:
+        secret = bytes.fromhex(text)
+    except ValueError:
+        secret = b""
+    return secret or os.urandom(32)
+
+
 #: The HMAC key of credential counters in this process.
-_SECRET = os.urandom(32)
+_SECRET = process_secret()
 
 
 def _networks(

@@ -263,10 +263,12 @@ class RelaySMTP(Protocol):
     def _timed_out(self, why: Reply) -> None:
         if self._state == State.CLOSED:
             return
-        if self._pending:
-            # relayd is waiting (for the upstream): closing now would leave
-            # the client to retry a message the upstream may still take.
-            # Close right after the reply instead.
+        if self._pending and self in self.factory.tracker.delivering:
+            # relayd is waiting for the upstream (bounded by its own
+            # timeout): closing now would leave the client to retry a
+            # message the upstream may still take.  Close right after the
+            # reply instead.  Any other wait (AUTH, MAIL/RCPT checks) ends
+            # at the session lifetime, the only timer running meanwhile.
             self._expire_after_reply = why
             return
         log.info(

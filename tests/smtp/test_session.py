@@ -41,7 +41,7 @@ WIRE = [
         "421 4.7.0 Too many failed authentication attempts, closing connection",
     ),
     (R.LINE_TOO_LONG, "500 5.5.2 Line too long"),
-    (R.BARE_LF_IN_COMMAND, "550 5.6.0 Bare <LF> received; lines must end with <CR><LF>"),
+    (R.BARE_LF_IN_COMMAND, "500 5.5.2 Bare <LF> received; lines must end with <CR><LF>"),
     (R.NUL_IN_COMMAND, "501 5.5.2 NUL character in command"),
     (R.COMMAND_NOT_UTF8, "500 5.5.2 Command is not valid UTF-8"),
     (R.COMMAND_NOT_RECOGNIZED, "500 5.5.2 Error: command not recognized"),

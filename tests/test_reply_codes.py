@@ -1,0 +1,43 @@
+# -*- test-case-name: tests.test_reply_codes -*-
+"""
+Reply codes that must fit the command they answer (RFC 5321 section 4.3.2)
+and the condition they name (RFC 3463).
+"""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from relayd import reply as R
+from relayd.policy import upstream_refused_credential
+
+#: The reply codes RFC 5321 section 4.3.2 allows after MAIL.
+MAIL_CODES = {250, 451, 452, 455, 503, 550, 552, 553, 555}
+
+
+class ReplyCodeTests(SynchronousTestCase):
+    def test_refused_credential_at_mail(self) -> None:
+        """
+        The MAIL refusal after the upstream refused the session's
+        credential is a MAIL reply code, C{550 5.7.1}, and is not itself
+        read as the upstream's refusal of a credential.
+        """
+        r = R.CREDENTIAL_REFUSED_UPSTREAM
+        self.assertIn(r.code, MAIL_CODES)
+        self.assertEqual((r.code, r.status), (550, "5.7.1"))
+        self.assertFalse(upstream_refused_credential(r))
+
+    def test_bare_lf_in_command_is_a_syntax_error(self) -> None:
+        """
+        A command line ending in a bare LF is a command syntax error:
+        C{500 5.5.2} (RFC 5321 section 4.2.2, RFC 3463 X.5.2).
+        """
+        self.assertEqual((R.BARE_LF_IN_COMMAND.code, R.BARE_LF_IN_COMMAND.status), (500, "5.5.2"))
+
+    def test_retry_after(self) -> None:
+        """
+        A 503 with C{Retry-After} is unavailable (X.3.0), a 429 a rate
+        limit (X.7.1).
+        """
+        self.assertEqual(R.upstream_retry_after(503, 5).status, "4.3.0")
+        self.assertEqual(R.upstream_retry_after(429, 5).status, "4.7.1")
