@@ -96,13 +96,24 @@ def _base64_lines(data: bytes) -> bytes:
     return b"".join(encoded[i : i + 76] + b"\r\n" for i in range(0, len(encoded), 76))
 
 
+#: This run's share of the Message-IDs: several load generators may run at
+#: once, and a later run must not repeat an earlier one's messages.
+_RUN = random.SystemRandom().randrange(10**7)
+
+#: Stands in the C{Message-ID} of a prepared message; every transaction
+#: writes a number of the same width in its place, so that each message is
+#: a new one to relayd's idempotency records (RFC 5322 section 3.6.4: one
+#: Message-ID per message), as a real application's are.
+UNIQUE = "U" * 16
+
+
 def _headers(sender: str, rcpts: list[str], subject: str, seq: int) -> bytes:
     fields = [
         f"From: Bench Sender <{sender}>",
         f"To: {', '.join(rcpts[:1])}",
         f"Subject: {subject} #{seq}",
         "Date: Thu, 20 Nov 2025 12:00:00 +0000",
-        f"Message-ID: <bench-{seq}@bench.example>",
+        f"Message-ID: <bench-{seq}-{UNIQUE}@bench.example>",
         "MIME-Version: 1.0",
         "X-Tags: bench, load",
         f"X-Metadata-seq: {seq}",
@@ -229,21 +240,25 @@ class Payloads:
         self, mix: list[tuple[str, int]], size: int, rcpts: list[str], attachments: int
     ) -> None:
         self.sizes: dict[str, int] = {}
-        self._data: dict[str, bytes] = {}
+        self._data: dict[str, tuple[bytes, bytes]] = {}
         for kind, _ in mix:
             message = build_message(kind, size, rcpts, seq=len(self._data), attachments=attachments)
             self.sizes[kind] = len(message)
-            self._data[kind] = dot_stuff(message)
+            head, _, tail = dot_stuff(message).partition(UNIQUE.encode("ascii"))
+            self._data[kind] = (head, tail)
         self._rotation = [kind for kind, weight in mix for _ in range(weight)]
         self._next = 0
 
-    def take(self) -> tuple[str, bytes, int]:
+    def take(self) -> tuple[str, tuple[bytes, bytes, bytes], int]:
         """
-        @return: C{(kind, wire bytes, message size)} of the next message.
+        @return: C{(kind, wire bytes in three pieces, message size)} of the
+            next message, with a C{Message-ID} of its own.
         """
         kind = self._rotation[self._next % len(self._rotation)]
         self._next += 1
-        return kind, self._data[kind], self.sizes[kind]
+        head, tail = self._data[kind]
+        unique = b"%016d" % (self._next + _RUN * 10**8)
+        return kind, (head, unique, tail), self.sizes[kind]
 
 
 # -- the SMTP client ------------------------------------------------------------
@@ -379,9 +394,10 @@ async def transaction(session: Session, args: argparse.Namespace, payloads: Payl
         session.writer.write(b"RSET\r\n")
         await session.reply()
         return
-    session.writer.write(data)
-    stats.bytes_sent += len(data)
-    if len(data) > 65536:
+    session.writer.writelines(data)
+    length = sum(map(len, data))
+    stats.bytes_sent += length
+    if length > 65536:
         await session.writer.drain()
     code, line = await session.reply()
     stats.latencies.append(time.perf_counter() - start)
