@@ -648,10 +648,13 @@ class JSONDialect:
         an idempotency key from (C{"Idempotency-Key"},
         draft-ietf-httpapi-idempotency-key-header), or C{None} when its
         API documents none: then no key is sent.
+    @cvar key_in_body: The upstream's API reads the idempotency key from
+        the body, where L{request_content} puts it.
     """
 
     name = ""
     idempotency_header: str | None = None
+    key_in_body = False
     token_header = "Authorization"
     token_format = "Bearer {token}"
     path = "/send"
@@ -691,7 +694,18 @@ class JSONDialect:
         @raise relayd.reply.Refused: When this upstream cannot carry the
             message.
         """
-        return encode_body(self.payload(message), long_text=len(message.raw) >= LONG_TEXT)
+        return self.encode_document(self.payload(message), message)
+
+    def encode_document(self, document: object, message: OutboundMessage) -> Body:
+        """
+        Encode a request document for C{message} as a L{Body} (long text
+        values apart when the message is large, see L{encode_body}).
+
+        @param document: JSON-compatible data, with L{Base64} values.
+        @param message: The message it was built from.
+        @return: The body.
+        """
+        return encode_body(document, long_text=len(message.raw) >= LONG_TEXT)
 
     def request(
         self,
@@ -702,8 +716,9 @@ class JSONDialect:
         idempotency_key: str | None = None,
     ) -> HTTPRequest:
         """
-        The whole request for C{message}: L{chunked_body}, and the
-        L{idempotency_header} when there is one and a key.
+        The whole request for C{message}: the L{credentials} headers, the
+        L{request_content} and the L{idempotency_header} when there is one
+        and a key (L{request_key}).
 
         @param message: The message to relay.
         @param token: The client's API token (the SMTP password).
@@ -714,14 +729,57 @@ class JSONDialect:
             (L{relayd.idempotency.idempotency_key}), or C{None}.
         @return: The body and the headers the upstream needs beyond the
             upstream client's defaults.
+        @raise Refused: When this upstream cannot carry the message, or
+            the token is not in the form it needs.
+        """
+        credentials = self.credentials(token)
+        key = self.request_key(message, idempotency_key)
+        content, headers = self.request_content(message, key)
+        headers.update(credentials)
+        if key and self.idempotency_header:
+            headers[self.idempotency_header] = key
+        carries_key = bool(key) and (self.idempotency_header is not None or self.key_in_body)
+        return HTTPRequest(content, headers, carries_key=carries_key)
+
+    def credentials(self, token: str) -> dict[str, str]:
+        """
+        The headers that carry C{token} when the upstream client's default
+        (L{token_header}, L{token_format}) does not do.
+
+        @param token: The client's API token (the SMTP password).
+        @return: Header name to value; by default none.
+        @raise Refused: When the token is not in the form the upstream
+            needs.
+        """
+        return {}
+
+    def request_key(self, message: OutboundMessage, idempotency_key: str | None) -> str | None:
+        """
+        The idempotency key a request for C{message} carries.
+
+        @param message: The message to relay.
+        @param idempotency_key: The transaction's key, or C{None}.
+        @return: The key, or C{None}; by default C{idempotency_key}.
+        """
+        return idempotency_key
+
+    def request_content(
+        self, message: OutboundMessage, key: str | None
+    ) -> tuple[bytes | Body, dict[str, str]]:
+        """
+        The request body for C{message}: L{chunked_body}, or L{body} when
+        a subclass (a plugin) overrides it; a dialect with C{key_in_body}
+        puts C{key} in it.
+
+        @param message: The message to relay.
+        @param key: The idempotency key (L{request_key}), or C{None}.
+        @return: The body, and the headers that go with it (C{Content-Type}
+            for a body that is not JSON).
         @raise Refused: When this upstream cannot carry the message.
         """
         # A subclass (a plugin) that overrides body() keeps its own body.
         own = type(self).body is not JSONDialect.body
-        body = self.body(message) if own else self.chunked_body(message)
-        if idempotency_key and self.idempotency_header:
-            return HTTPRequest(body, {self.idempotency_header: idempotency_key}, carries_key=True)
-        return HTTPRequest(body)
+        return (self.body(message) if own else self.chunked_body(message)), {}
 
     def answer(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamResult:
         """
