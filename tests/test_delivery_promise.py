@@ -37,7 +37,8 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from relayd.tokens import digest
-from tests.daemon import RelaydProcess, config, free_port
+from tests.daemon import RelaydProcess, config
+from tests.daemon import free_port as free_port  # used from here by test_faultupstream
 from tests.faultupstream import FaultUpstream
 from tests.mtaclient import Result, make_messages, send_all
 

@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any, ClassVar, cast
 
 from relayd.tokens import digest
-from tests.daemon import ROOT, RelaydProcess, config, free_port
+from tests.daemon import ROOT as ROOT  # re-exported: other e2e tests import it from here
+from tests.daemon import RelaydProcess, config
+from tests.daemon import free_port as free_port
 from tests.message.test_corpus import CORPUS_TABLE, ENMIME, Rejected
 
 TOKEN = "e2e-token-not-a-secret"
