@@ -24,18 +24,9 @@ nothing.
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import ssl
-import subprocess
-import sys
-import tempfile
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -45,25 +36,19 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from relayd.tls import ensure_self_signed
 from relayd.tokens import digest
+from tests.daemon import RelaydProcess, config
+from tests.daemon import free_port as free_port  # used from here by test_faultupstream
 from tests.faultupstream import FaultUpstream
 from tests.mtaclient import Result, make_messages, send_all
 
-ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "promise-token-not-a-secret"
 MESSAGES = 100
 SESSIONS = 20
 UPSTREAM_TIMEOUT = 1.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Relayd:
+class Relayd(RelaydProcess):
     """
     The real relayd (C{python -m twisted relayd}) on a temporary
     configuration: one STARTTLS listener on a free 127.0.0.1 port, one
@@ -72,63 +57,10 @@ class Relayd:
     """
 
     def __init__(self, upstream_url: str, upstream_timeout: float = UPSTREAM_TIMEOUT) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="relayd-promise-"))
-        self.cert = str(self.dir / "cert.pem")
-        ensure_self_signed(self.cert, str(self.dir / "key.pem"), "localhost")
-        (self.dir / "tokens.toml").write_text(
-            f'[tokens.promise]\nsha256 = "{digest(TOKEN).hex()}"\n'
-        )
+        super().__init__("relayd-promise-")
+        self.write("tokens.toml", f'[tokens.promise]\nsha256 = "{digest(TOKEN).hex()}"\n')
         self.port = free_port()
-        (self.dir / "relayd.toml").write_text(
-            f"""
-[server]
-hostname = "relay.test"
-
-[[listeners]]
-endpoint = "tcp:port={self.port}:interface=127.0.0.1"
-tls = "starttls"
-
-[tls]
-certificate = "cert.pem"
-key = "key.pem"
-
-[auth]
-tokens_file = "tokens.toml"
-
-[upstream]
-url = "{upstream_url}"
-timeout = {upstream_timeout}
-"""
-        )
-        self.log = open(self.dir / "relayd.log", "wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "twisted", "--log-format=text", "relayd", "--config"]
-            + [str(self.dir / "relayd.toml")],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            cwd=str(self.dir),
-            env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
-            except OSError:
-                if self.process.poll() is not None:
-                    raise RuntimeError("relayd exited: " + self.logtext()) from None
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("relayd did not start")
-
-    def logtext(self) -> str:
-        self.log.flush()
-        return (self.dir / "relayd.log").read_text("utf-8", "replace")
-
-    def tls_context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(cafile=self.cert)
-        context.check_hostname = False  # connecting by IP; the CA pins it
-        return context
+        self.start(config(upstream_url, [(self.port, "starttls")], upstream_timeout), [self.port])
 
     def send(self, messages: list[bytes], **kwargs: Any) -> list[Result]:
         """
@@ -143,16 +75,6 @@ timeout = {upstream_timeout}
             tls_context=self.tls_context(),
             **kwargs,
         )
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @attrs.frozen

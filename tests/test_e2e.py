@@ -24,11 +24,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar, cast
 
-from relayd.tls import ensure_self_signed
 from relayd.tokens import digest
+from tests.daemon import ROOT as ROOT  # re-exported: other e2e tests import it from here
+from tests.daemon import RelaydProcess, config
+from tests.daemon import free_port as free_port
 from tests.message.test_corpus import CORPUS_TABLE, ENMIME, Rejected
 
-ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "e2e-token-not-a-secret"
 OTHER_TOKEN = "e2e-second-token-not-a-secret"
 SIMPLE = b"From: a@example.com\r\nTo: b@example.net\r\nSubject: x\r\n\r\nbody\r\n"
@@ -42,12 +43,6 @@ def distinct() -> bytes:
     """
     mid = f"Message-ID: <{uuid.uuid4().hex}@e2e.test>\r\n".encode()
     return SIMPLE.replace(b"\r\n\r\n", b"\r\n" + mid + b"\r\n", 1)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Upstream:
@@ -100,82 +95,27 @@ class Upstream:
         self.server.server_close()
 
 
-class Daemon:
+class Daemon(RelaydProcess):
     """
     The real relayd, run with C{twist} on a temporary configuration.
     """
 
     def __init__(self, upstream_url: str, extra: str = "", workers: int = 1) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="relayd-e2e-"))
-        self.cert = str(self.dir / "cert.pem")
-        ensure_self_signed(self.cert, str(self.dir / "key.pem"), "localhost")
-        (self.dir / "tokens.toml").write_text(
+        super().__init__("relayd-e2e-")
+        self.write(
+            "tokens.toml",
             f'[tokens.e2e]\nsha256 = "{digest(TOKEN).hex()}"\n'
             f'[tokens.limited]\nsha256 = "{digest(OTHER_TOKEN).hex()}"\n'
-            'senders = ["allowed.example"]\n'
+            'senders = ["allowed.example"]\n',
         )
         self.starttls_port = free_port()
         self.implicit_port = free_port()
-        (self.dir / "relayd.toml").write_text(
-            f"""
-[server]
-hostname = "relay.test"
-workers = {workers}
-
-[[listeners]]
-endpoint = "tcp:port={self.starttls_port}:interface=127.0.0.1"
-tls = "starttls"
-
-[[listeners]]
-endpoint = "tcp:port={self.implicit_port}:interface=127.0.0.1"
-tls = "implicit"
-
-[tls]
-certificate = "cert.pem"
-key = "key.pem"
-
-[auth]
-tokens_file = "tokens.toml"
-
-[upstream]
-url = "{upstream_url}"
-timeout = 5
-{extra}
-"""
+        listeners = [(self.starttls_port, "starttls"), (self.implicit_port, "implicit")]
+        self.start(
+            config(upstream_url, listeners, 5, f"workers = {workers}", extra),
+            [self.implicit_port, self.starttls_port],
+            wait=20,
         )
-        self.log = open(self.dir / "relayd.log", "wb")
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "twisted",
-                "--log-format=text",
-                "relayd",
-                "--config",
-                str(self.dir / "relayd.toml"),
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            cwd=str(self.dir),
-            env=env,
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.implicit_port), 0.2).close()
-                socket.create_connection(("127.0.0.1", self.starttls_port), 0.2).close()
-                break
-            except OSError:
-                if self.process.poll() is not None:
-                    raise RuntimeError("relayd exited: " + self.logtext()) from None
-                time.sleep(0.05)
-        else:
-            raise RuntimeError("relayd did not start: " + self.logtext())
-
-    def logtext(self) -> str:
-        self.log.flush()
-        return (self.dir / "relayd.log").read_text("utf-8", "replace")
 
     def tls_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=self.cert)
@@ -197,16 +137,6 @@ timeout = 5
             context=context,
             timeout=10,
         )
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def rss(pid: int) -> int:

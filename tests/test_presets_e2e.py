@@ -13,19 +13,10 @@ client sees and the JSON the provider's API got.
 from __future__ import annotations
 
 import base64
-import os
-import shutil
 import smtplib
-import socket
-import ssl
-import subprocess
-import sys
-import tempfile
-import time
 import tomllib
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, ClassVar
 
 from twisted.internet import reactor
@@ -33,10 +24,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from relayd.tls import ensure_self_signed
-from tests.fakeprovider import FakeProvider, free_port
+from tests.daemon import ROOT, RelaydProcess, free_port
+from tests.fakeprovider import FakeProvider
 
-ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ROOT / "etc" / "presets"
 
 Reply = tuple[int, str]
@@ -75,7 +65,7 @@ def message(*headers: str, body: str = "hello", sender: str = "sender@example.co
     return ("\r\n".join(lines) + "\r\n\r\n" + body + "\r\n").encode()
 
 
-class PresetDaemon:
+class PresetDaemon(RelaydProcess):
     """
     The real relayd on a preset.
 
@@ -84,9 +74,7 @@ class PresetDaemon:
     """
 
     def __init__(self, preset: str, provider_port: int) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix=f"relayd-{preset}-"))
-        self.cert = str(self.dir / "cert.pem")
-        ensure_self_signed(self.cert, str(self.dir / "key.pem"), "localhost")
+        super().__init__(f"relayd-{preset}-")
         path = PRESETS / f"{preset}.toml"
         table = tomllib.loads(path.read_text())
         self.ports: dict[int, tuple[int, str]] = {}
@@ -110,33 +98,7 @@ class PresetDaemon:
             "[upstream]",
             f'url = "{base}/send"',
         ]
-        (self.dir / "relayd.toml").write_text("\n".join(lines) + "\n")
-        self.log = open(self.dir / "relayd.log", "wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "twisted", "--log-format=text", "relayd", "--config"]
-            + [str(self.dir / "relayd.toml")],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            cwd=str(self.dir),
-            env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        )
-        deadline = time.monotonic() + 30
-        waiting = [port for port, _ in self.ports.values()]
-        while waiting and time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", waiting[0]), 0.2).close()
-                waiting.pop(0)
-            except OSError:
-                if self.process.poll() is not None:
-                    raise RuntimeError("relayd exited: " + self.logtext()) from None
-                time.sleep(0.05)
-        if waiting:
-            self.stop()
-            raise RuntimeError("relayd did not start")
-
-    def logtext(self) -> str:
-        self.log.flush()
-        return (self.dir / "relayd.log").read_text("utf-8", "replace")
+        self.start("\n".join(lines) + "\n", [port for port, _ in self.ports.values()])
 
     def connect(self, documented: int) -> smtplib.SMTP:
         """
@@ -144,8 +106,7 @@ class PresetDaemon:
         implicit TLS, or EHLO + STARTTLS; then EHLO.
         """
         port, tls = self.ports[documented]
-        context = ssl.create_default_context(cafile=self.cert)
-        context.check_hostname = False  # connecting by IP; the CA pins it
+        context = self.tls_context()
         client: smtplib.SMTP
         if tls == "implicit":
             client = smtplib.SMTP_SSL(
@@ -165,16 +126,6 @@ class PresetDaemon:
         client = smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=15)
         client.ehlo()
         return client
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def text(reply: tuple[int, bytes]) -> Reply:

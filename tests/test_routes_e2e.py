@@ -12,38 +12,23 @@ when it has one, else the token's held credential, else the client's.
 
 from __future__ import annotations
 
-import os
-import shutil
 import smtplib
-import socket
-import ssl
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from relayd.tls import ensure_self_signed
 from relayd.tokens import digest
+from tests.daemon import RelaydProcess, config, free_port
 from tests.faultupstream import FaultUpstream
 
-ROOT = Path(__file__).resolve().parents[1]
 WEB = "routes-web-token-not-a-secret"
 SHOP = "routes-shop-token-not-a-secret"
 HELD = "SG.routes-held-key-not-a-secret"
 ROUTE_KEY = "routes-upstream-key-not-a-secret"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def message(subject: str) -> bytes:
@@ -56,71 +41,29 @@ def message(subject: str) -> bytes:
     ).encode()
 
 
-class Relayd:
+class Relayd(RelaydProcess):
     """
     The real relayd on a temporary configuration: one STARTTLS listener,
     two tokens (C{web}; C{shop}, whose entry holds an upstream credential
     in a file), C{[upstream]} and the given C{[[routes]]}.
     """
 
+    stop_wait = 15
+
     def __init__(self, upstream_url: str, routes: str, timeout: float = 5) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="relayd-routes-"))
-        self.cert = str(self.dir / "cert.pem")
-        ensure_self_signed(self.cert, str(self.dir / "key.pem"), "localhost")
-        (self.dir / "held.key").write_text(HELD + "\n")
-        (self.dir / "route.key").write_text(ROUTE_KEY + "\n")
-        (self.dir / "tokens.toml").write_text(
+        super().__init__("relayd-routes-")
+        self.write("held.key", HELD + "\n")
+        self.write("route.key", ROUTE_KEY + "\n")
+        self.write(
+            "tokens.toml",
             f'[tokens.web]\nsha256 = "{digest(WEB).hex()}"\n'
             f'[tokens.shop]\nsha256 = "{digest(SHOP).hex()}"\n'
-            'upstream_credential_file = "held.key"\n'
+            'upstream_credential_file = "held.key"\n',
         )
         self.port = free_port()
-        (self.dir / "relayd.toml").write_text(
-            f"""
-[server]
-hostname = "relay.test"
-
-[[listeners]]
-endpoint = "tcp:port={self.port}:interface=127.0.0.1"
-tls = "starttls"
-
-[tls]
-certificate = "cert.pem"
-key = "key.pem"
-
-[auth]
-tokens_file = "tokens.toml"
-
-[upstream]
-url = "{upstream_url}"
-timeout = {timeout}
-{routes}
-"""
+        self.start(
+            config(upstream_url, [(self.port, "starttls")], timeout, extra=routes), [self.port]
         )
-        self.log = open(self.dir / "relayd.log", "wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "twisted", "--log-format=text", "relayd", "--config"]
-            + [str(self.dir / "relayd.toml")],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            cwd=str(self.dir),
-            env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
-            except OSError:
-                if self.process.poll() is not None:
-                    raise RuntimeError("relayd exited: " + self.logtext()) from None
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("relayd did not start: " + self.logtext())
-
-    def logtext(self) -> str:
-        self.log.flush()
-        return (self.dir / "relayd.log").read_text("utf-8", "replace")
 
     def send(
         self, data: bytes, token: str = WEB, mail_from: str = "a@example.com"
@@ -130,25 +73,13 @@ timeout = {timeout}
 
         @return: The reply code and text to the final dot.
         """
-        context = ssl.create_default_context(cafile=self.cert)
-        context.check_hostname = False  # connecting by IP; the CA pins it
         with smtplib.SMTP("127.0.0.1", self.port, local_hostname="client.test", timeout=15) as c:
-            c.starttls(context=context)
+            c.starttls(context=self.tls_context())
             c.login("apikey", token)
             assert c.mail(mail_from)[0] == 250
             assert c.rcpt("b@example.net")[0] == 250
             code, text = c.data(data)
             return code, text.decode()
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.log.close()
-        shutil.rmtree(self.dir, True)
 
 
 class RoutesEndToEndTests(TestCase):

@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_dialects -*-
 """
-What every upstream API dialect shares: L{JSONDialect}, JSON encoding with
-L{Base64} values, reading the answer, and the mapping from the HTTP status
+What every upstream API dialect shares: L{JSONDialect}, its JSON body
+(L{Base64} values, L{encode_body}: from L{relayd.dialects.body}), reading
+the answer, and the mapping from the HTTP status
 of the answer to an SMTP reply (L{failure_for_status}).  A dialect
 overrides only what its upstream does differently.
 
@@ -19,19 +20,19 @@ from __future__ import annotations
 import json
 import math
 import re
-import secrets
 import unicodedata
-from base64 import b64encode
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from email.utils import parseaddr, parsedate_to_datetime
-from json.encoder import encode_basestring, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
 from attrs import field, frozen
 from zope.interface import implementer
 
+from relayd.dialects.body import BASE64_CHUNK as BASE64_CHUNK
+from relayd.dialects.body import LONG_TEXT as LONG_TEXT
+from relayd.dialects.body import Base64, Body, encode_body, encode_json
 from relayd.interfaces import IDialect
-from relayd.message import Attachment, Base64Text, OutboundMessage, address_key
+from relayd.message import OutboundMessage, address_key
 from relayd.reply import (
     FALLBACK_REJECTED,
     FALLBACK_TOKEN,
@@ -72,14 +73,6 @@ MAX_TEXT = 200
 #: Longest message id taken from an upstream answer, in characters.
 MAX_ID = 100
 
-#: Octets of binary data base64-encoded at once as a body is written (a
-#: multiple of 3, so the pieces join into one base64 text).
-BASE64_CHUNK = 3 * 64 * 1024
-
-#: Text values at least this many characters long are JSON-encoded apart,
-#: a piece at a time, when L{encode_body} is asked to (C{long_text}).
-LONG_TEXT = 64 * 1024
-
 
 @frozen
 class HTTPRequest:
@@ -107,255 +100,6 @@ class HTTPRequest:
         """
         content = self.content
         return content if isinstance(content, bytes) else bytes(content)
-
-
-class Base64:
-    """
-    Bytes that go into a JSON document as a base64 string (RFC 4648
-    section 4, no line breaks): attachment contents, raw messages.
-
-    @ivar data: The bytes (C{b""} when L{source} is set).
-    @ivar encoded: C{data} is base64 already (or L{source} is set).
-    @ivar source: Clean base64 where it is in the received message, or
-        C{None}.
-
-    L{encode_body} splices the encoded bytes into the finished document
-    instead of passing them through the JSON encoder: base64 never needs
-    JSON escaping, and this saves a scan and two copies of what is most of
-    the body (a 25 MB message would otherwise hold the reactor for tens of
-    milliseconds).  The base64 text is made only as the body is written
-    (L{chunks}), a piece at a time: a large attachment or raw message is
-    never held twice, encoded and not.
-    """
-
-    __slots__ = ("data", "encoded", "source")
-
-    def __init__(self, data: bytes | Base64Text, encoded: bool = False) -> None:
-        """
-        @param data: The bytes to encode, or clean base64 where it is in
-            the received message (a L{Base64Text}: already encoded).
-        @param encoded: C{data} is already base64 (no line breaks).
-        """
-        self.source: Base64Text | None = None
-        if isinstance(data, Base64Text):
-            self.data, self.encoded, self.source = b"", True, data
-        else:
-            self.data, self.encoded = data, encoded
-
-    @classmethod
-    def of(cls, attachment: Attachment) -> Base64:
-        """
-        The content of C{attachment}, without decoding a part that arrived
-        as clean base64 (L{Attachment.source}).
-        """
-        if attachment.source is not None:
-            return cls(attachment.source)
-        return cls(attachment.content)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Base64) and other.text() == self.text()
-
-    @property
-    def length(self) -> int:
-        """
-        The length of the base64 text, in octets.
-        """
-        if self.source is not None:
-            return self.source.length
-        if self.encoded:
-            return len(self.data)
-        return (len(self.data) + 2) // 3 * 4
-
-    def text(self) -> bytes:
-        """
-        @return: The base64 text.
-        """
-        if self.source is not None:
-            return self.source.text()
-        return self.data if self.encoded else b64encode(self.data)
-
-    def chunks(self) -> Iterator[bytes]:
-        """
-        @return: The base64 text in pieces, made as they are asked for
-            (none empty); joined, they are L{text}.
-        """
-        data = self.data
-        if self.source is not None:
-            yield from self.source.chunks()
-        elif self.encoded or len(data) <= BASE64_CHUNK:
-            if data:
-                yield self.text()
-        else:
-            view = memoryview(data)
-            for pos in range(0, len(data), BASE64_CHUNK):
-                yield b64encode(view[pos : pos + BASE64_CHUNK])
-
-    def __hash__(self) -> int:
-        return hash(self.length)
-
-    def __repr__(self) -> str:
-        return f"Base64({self.length} octets of text)"
-
-
-class Body:
-    """
-    A request body as pieces in order: bytes, and L{Base64} values whose
-    text is made only as the body is written.  Its length is known before
-    (C{Content-Length}), and it can be written any number of times.
-
-    @ivar pieces: The pieces.
-    @ivar length: The body's length, in bytes.
-    """
-
-    __slots__ = ("pieces", "length")
-
-    def __init__(self, pieces: Sequence[bytes | Base64]) -> None:
-        self.pieces = tuple(pieces)
-        self.length = sum(p.length if isinstance(p, Base64) else len(p) for p in self.pieces)
-
-    def __len__(self) -> int:
-        return self.length
-
-    def chunks(self) -> Iterator[bytes]:
-        """
-        @return: The body in pieces (none empty), in order.
-        """
-        for piece in self.pieces:
-            if isinstance(piece, Base64):
-                yield from piece.chunks()
-            elif piece:
-                yield piece
-
-    def __bytes__(self) -> bytes:
-        return b"".join(self.chunks())
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, (Body, bytes)):
-            return bytes(self) == bytes(other)
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(self.length)
-
-    def __repr__(self) -> str:
-        return f"Body({self.length} bytes in {len(self.pieces)} pieces)"
-
-
-class _LongText:
-    """
-    A long text value of a document, set aside to be encoded in pieces.
-    """
-
-    __slots__ = ("text",)
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-
-def _set_aside(value: object) -> object:
-    """
-    @return: C{value} with its text values of L{LONG_TEXT} characters or
-        more replaced by L{_LongText} (containers copied, tuples as lists:
-        the same JSON).
-    """
-    if isinstance(value, str):
-        return _LongText(value) if len(value) >= LONG_TEXT else value
-    if isinstance(value, dict):
-        return {k: _set_aside(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_set_aside(v) for v in value]
-    return value
-
-
-def _text_pieces(text: str, ascii_only: bool) -> list[bytes]:
-    """
-    A JSON string's content (RFC 8259 section 7), without its quotes, as
-    C{json.dumps} writes it, a piece at a time: escaping is per character,
-    so the pieces join into the same bytes.
-
-    @raise UnicodeEncodeError: Text that cannot be UTF-8 (unless
-        C{ascii_only}).
-    """
-    escape = encode_basestring_ascii if ascii_only else encode_basestring
-    codec = "ascii" if ascii_only else "utf-8"
-    return [
-        escape(text[pos : pos + LONG_TEXT])[1:-1].encode(codec)
-        for pos in range(0, len(text), LONG_TEXT)
-    ]
-
-
-def encode_body(document: object, long_text: bool = False) -> Body:
-    """
-    Encode C{document} as compact UTF-8 JSON (RFC 8259), the L{Base64}
-    values left as pieces of the body, encoded only as it is written.
-
-    Non-ASCII text is written as UTF-8, not as C{\\u} escapes, which keeps
-    bodies smaller.  Text that cannot be UTF-8 (lone surrogates left by a
-    lenient decoder) falls back to ASCII-only JSON with escapes, which is
-    still valid JSON.  L{Base64} values become base64 strings.
-
-    @param document: JSON-compatible data, plus L{Base64} values.
-    @param long_text: Encode text values of L{LONG_TEXT} characters or more
-        apart, in pieces, rather than inside one JSON document: the same
-        bytes, without the copies of a whole document (worth the walk over
-        the document for a large message only).
-    @return: The encoded document.
-    """
-    if long_text:
-        document = _set_aside(document)
-    try:
-        return _encode_body(document, False)
-    except UnicodeEncodeError:
-        return _encode_body(document, True)
-
-
-def _encode_body(document: object, ascii_only: bool) -> Body:
-    """
-    L{encode_body} in one mode: UTF-8, or ASCII with escapes.
-    """
-    blobs: list[Base64 | _LongText] = []
-    # A fresh random marker per document: no text in the message can
-    # guess it, so it cannot be mistaken for a placeholder.
-    marker = secrets.token_hex(12)
-
-    def placeholder(value: object) -> str:
-        if not isinstance(value, (Base64, _LongText)):
-            raise TypeError(f"{type(value).__name__} is not JSON serializable")
-        blobs.append(value)
-        return f"{marker}{len(blobs) - 1:08d}"
-
-    data = json.dumps(
-        document, ensure_ascii=ascii_only, separators=(",", ":"), default=placeholder
-    ).encode("ascii" if ascii_only else "utf-8")
-    if not blobs:
-        return Body((data,))
-    pieces = data.split(b'"' + marker.encode("ascii"))
-    out: list[bytes | Base64] = [pieces[0]]
-    for piece in pieces[1:]:
-        blob = blobs[int(piece[:8])]
-        out.append(b'"')
-        if isinstance(blob, Base64):
-            out.append(blob)
-        else:
-            out += _text_pieces(blob.text, ascii_only)
-        out.append(piece[8:])
-    return Body(out)
-
-
-def encode_json(document: object) -> bytes:
-    """
-    Encode C{document} as compact UTF-8 JSON (RFC 8259), as one bytes
-    object: L{encode_body}, joined.
-
-    @param document: JSON-compatible data, plus L{Base64} values.
-    @return: The encoded document.
-    """
-    body = encode_body(document)
-    if len(body.pieces) == 1:
-        only = body.pieces[0]
-        assert isinstance(only, bytes)
-        return only
-    return bytes(body)
 
 
 def parse_answer(body: bytes) -> object:
@@ -648,10 +392,13 @@ class JSONDialect:
         an idempotency key from (C{"Idempotency-Key"},
         draft-ietf-httpapi-idempotency-key-header), or C{None} when its
         API documents none: then no key is sent.
+    @cvar key_in_body: The upstream's API reads the idempotency key from
+        the body, where L{request_content} puts it.
     """
 
     name = ""
     idempotency_header: str | None = None
+    key_in_body = False
     token_header = "Authorization"
     token_format = "Bearer {token}"
     path = "/send"
@@ -691,7 +438,18 @@ class JSONDialect:
         @raise relayd.reply.Refused: When this upstream cannot carry the
             message.
         """
-        return encode_body(self.payload(message), long_text=len(message.raw) >= LONG_TEXT)
+        return self.encode_document(self.payload(message), message)
+
+    def encode_document(self, document: object, message: OutboundMessage) -> Body:
+        """
+        Encode a request document for C{message} as a L{Body} (long text
+        values apart when the message is large, see L{encode_body}).
+
+        @param document: JSON-compatible data, with L{Base64} values.
+        @param message: The message it was built from.
+        @return: The body.
+        """
+        return encode_body(document, long_text=len(message.raw) >= LONG_TEXT)
 
     def request(
         self,
@@ -702,8 +460,9 @@ class JSONDialect:
         idempotency_key: str | None = None,
     ) -> HTTPRequest:
         """
-        The whole request for C{message}: L{chunked_body}, and the
-        L{idempotency_header} when there is one and a key.
+        The whole request for C{message}: the L{credentials} headers, the
+        L{request_content} and the L{idempotency_header} when there is one
+        and a key (L{request_key}).
 
         @param message: The message to relay.
         @param token: The client's API token (the SMTP password).
@@ -714,14 +473,57 @@ class JSONDialect:
             (L{relayd.idempotency.idempotency_key}), or C{None}.
         @return: The body and the headers the upstream needs beyond the
             upstream client's defaults.
+        @raise Refused: When this upstream cannot carry the message, or
+            the token is not in the form it needs.
+        """
+        credentials = self.credentials(token)
+        key = self.request_key(message, idempotency_key)
+        content, headers = self.request_content(message, key)
+        headers.update(credentials)
+        if key and self.idempotency_header:
+            headers[self.idempotency_header] = key
+        carries_key = bool(key) and (self.idempotency_header is not None or self.key_in_body)
+        return HTTPRequest(content, headers, carries_key=carries_key)
+
+    def credentials(self, token: str) -> dict[str, str]:
+        """
+        The headers that carry C{token} when the upstream client's default
+        (L{token_header}, L{token_format}) does not do.
+
+        @param token: The client's API token (the SMTP password).
+        @return: Header name to value; by default none.
+        @raise Refused: When the token is not in the form the upstream
+            needs.
+        """
+        return {}
+
+    def request_key(self, message: OutboundMessage, idempotency_key: str | None) -> str | None:
+        """
+        The idempotency key a request for C{message} carries.
+
+        @param message: The message to relay.
+        @param idempotency_key: The transaction's key, or C{None}.
+        @return: The key, or C{None}; by default C{idempotency_key}.
+        """
+        return idempotency_key
+
+    def request_content(
+        self, message: OutboundMessage, key: str | None
+    ) -> tuple[bytes | Body, dict[str, str]]:
+        """
+        The request body for C{message}: L{chunked_body}, or L{body} when
+        a subclass (a plugin) overrides it; a dialect with C{key_in_body}
+        puts C{key} in it.
+
+        @param message: The message to relay.
+        @param key: The idempotency key (L{request_key}), or C{None}.
+        @return: The body, and the headers that go with it (C{Content-Type}
+            for a body that is not JSON).
         @raise Refused: When this upstream cannot carry the message.
         """
         # A subclass (a plugin) that overrides body() keeps its own body.
         own = type(self).body is not JSONDialect.body
-        body = self.body(message) if own else self.chunked_body(message)
-        if idempotency_key and self.idempotency_header:
-            return HTTPRequest(body, {self.idempotency_header: idempotency_key}, carries_key=True)
-        return HTTPRequest(body)
+        return (self.body(message) if own else self.chunked_body(message)), {}
 
     def answer(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamResult:
         """

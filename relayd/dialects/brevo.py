@@ -21,16 +21,12 @@ from typing import Any
 
 from relayd.dialects.request import (
     Base64,
+    Body,
     ControlHeaders,
-    HTTPRequest,
     ProviderDialect,
-    check_limits,
-    encode_json,
     header_object,
     mailbox,
-    refuse_raw_only,
-    require_visible,
-    visible_recipients,
+    visible_envelope,
 )
 from relayd.message import OutboundMessage
 
@@ -63,8 +59,8 @@ class BrevoDialect(ProviderDialect):
     Reply-To); C{subject}; C{htmlContent}; C{textContent}; C{attachment}
     (C{content} base64, C{name}); C{tags} (the message's tags, then
     C{X-Mailin-Tag}); C{headers} (kept headers, C{List-Unsubscribe} and,
-    from L{request}, C{idempotencyKey}).  C{X-Mailin-custom} stays a header: that is the
-    API's own place for it.
+    from L{request_content}, C{idempotencyKey}).  C{X-Mailin-custom} stays a
+    header: that is the API's own place for it.
 
     Answers: C{201 {"messageId": "<...>"}}; errors C{{"code", "message"}}:
     400 (C{invalid_parameter}...), 401 (C{unauthorized}), 402
@@ -76,6 +72,7 @@ class BrevoDialect(ProviderDialect):
     token_header = "api-key"
     token_format = "{token}"
     path = "/v3/smtp/email"
+    key_in_body = True
     id_keys = ("messageId",)
     error_keys = ("message",)
 
@@ -87,12 +84,9 @@ class BrevoDialect(ProviderDialect):
             5.6.0} when no recipient is in To or Cc; C{552 5.3.4} / C{452
             4.5.3} over the limits.
         """
-        refuse_raw_only(self.name, message)
-        check_limits(self.name, message, max_bytes=MAX_BYTES, max_recipients=MAX_RECIPIENTS)
-        to, cc, bcc = visible_recipients(message)
-        require_visible(self.name, to, cc)
-        if not to:
-            to, cc = cc, ()
+        to, cc, bcc = visible_envelope(
+            self.name, message, max_bytes=MAX_BYTES, max_recipients=MAX_RECIPIENTS
+        )
         controls = ControlHeaders(message, lambda key: key == TAG)
         tags: list[str] = list(message.tags)
         for value in controls.all(TAG):
@@ -120,20 +114,14 @@ class BrevoDialect(ProviderDialect):
         document.update((k, v) for k, v in optional.items() if v)
         return document
 
-    def request(
-        self,
-        message: OutboundMessage,
-        token: str,
-        url: str,
-        now: float,
-        idempotency_key: str | None = None,
-    ) -> HTTPRequest:
+    def request_content(
+        self, message: OutboundMessage, key: str | None
+    ) -> tuple[Body, dict[str, str]]:
         """
-        See L{JSONDialect.request}: the key goes in the body, as
+        See L{JSONDialect.request_content}: the key goes in the body, as
         C{headers.idempotencyKey}.
         """
-        if not idempotency_key:
-            return HTTPRequest(self.body(message))
         document = self.payload(message)
-        document["headers"]["idempotencyKey"] = idempotency_key
-        return HTTPRequest(encode_json(document), carries_key=True)
+        if key:
+            document["headers"]["idempotencyKey"] = key
+        return self.encode_document(document, message), {}

@@ -24,12 +24,12 @@ from typing import Any
 
 from relayd.dialects.request import (
     ControlHeaders,
-    HTTPRequest,
     ProviderDialect,
     Refused,
     Reply,
     basic_authorization,
     check_limits,
+    json_header,
     strip_raw_headers,
 )
 from relayd.message import OutboundMessage
@@ -73,13 +73,7 @@ def _variables(values: list[str]) -> list[tuple[str, str]]:
     """
     fields = []
     for value in values:
-        try:
-            document = json.loads(value)
-        except ValueError:
-            document = None
-        if not isinstance(document, dict):
-            raise Refused(Reply(550, "5.6.0", "X-Mailgun-Variables header is not a JSON object"))
-        for key, item in document.items():
+        for key, item in json_header(value, "X-Mailgun-Variables").items():
             text = item if isinstance(item, str) else json.dumps(item)
             fields.append((f"v:{key}", text))
     return fields
@@ -169,23 +163,21 @@ class MailgunDialect(ProviderDialect):
         """
         raise NotImplementedError("mailgun sends multipart/form-data")
 
-    def request(
-        self,
-        message: OutboundMessage,
-        token: str,
-        url: str,
-        now: float,
-        idempotency_key: str | None = None,
-    ) -> HTTPRequest:
+    def credentials(self, token: str) -> dict[str, str]:
         """
-        See L{JSONDialect.request}: the multipart body, its content
-        type and HTTP Basic C{api:<token>}.
+        See L{JSONDialect.credentials}: HTTP Basic C{api:<token>}.
+        """
+        return {"Authorization": basic_authorization("api", token)}
+
+    def request_content(
+        self, message: OutboundMessage, key: str | None
+    ) -> tuple[bytes, dict[str, str]]:
+        """
+        See L{JSONDialect.request_content}: the multipart body and its content
+        type.
         """
         body, content_type = self.encode(message)
-        return HTTPRequest(
-            body,
-            {"Content-Type": content_type, "Authorization": basic_authorization("api", token)},
-        )
+        return body, {"Content-Type": content_type}
 
     def message_id(self, answer: object) -> str:
         """

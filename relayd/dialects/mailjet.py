@@ -22,21 +22,17 @@ from relayd.dialects.request import (
     FALLBACK_TOKEN,
     Base64,
     ControlHeaders,
-    HTTPRequest,
     ProviderDialect,
-    Refused,
     Reply,
     basic_authorization,
-    check_limits,
     clean_id,
     clean_text,
     encode_json,
     failure_for_status,
     header_object,
     mailbox,
-    refuse_raw_only,
-    require_visible,
-    visible_recipients,
+    token_pair,
+    visible_envelope,
 )
 from relayd.message import Attachment, OutboundMessage
 
@@ -118,12 +114,9 @@ class MailjetDialect(ProviderDialect):
             5.6.0} when no recipient is in To or Cc; C{552 5.3.4} / C{452
             4.5.3} over the limits.
         """
-        refuse_raw_only(self.name, message)
-        check_limits(self.name, message, max_bytes=MAX_BYTES, max_recipients=MAX_RECIPIENTS)
-        to, cc, bcc = visible_recipients(message)
-        require_visible(self.name, to, cc)
-        if not to:
-            to, cc = cc, ()
+        to, cc, bcc = visible_envelope(
+            self.name, message, max_bytes=MAX_BYTES, max_recipients=MAX_RECIPIENTS
+        )
         controls = ControlHeaders(message, CONTROLS.__contains__)
         document: dict[str, Any] = {
             "From": _address(message.from_),
@@ -163,25 +156,16 @@ class MailjetDialect(ProviderDialect):
         document.update((k, v) for k, v in optional.items() if v or k == "Priority" and v == 0)
         return {"Messages": [document]}
 
-    def request(
-        self,
-        message: OutboundMessage,
-        token: str,
-        url: str,
-        now: float,
-        idempotency_key: str | None = None,
-    ) -> HTTPRequest:
+    def credentials(self, token: str) -> dict[str, str]:
         """
-        See L{JSONDialect.request}: HTTP Basic with the token's two
+        See L{JSONDialect.credentials}: HTTP Basic with the token's two
         halves.
 
         @raise Refused: C{554 5.7.1} when the token is not
             C{<API key>:<secret key>}.
         """
-        key, _, secret = token.partition(":")
-        if not key or not secret:
-            raise Refused(Reply(554, "5.7.1", "The mailjet token must be APIKEY:SECRETKEY"))
-        return HTTPRequest(self.body(message), {"Authorization": basic_authorization(key, secret)})
+        key, secret = token_pair(token, "The mailjet token must be APIKEY:SECRETKEY")
+        return {"Authorization": basic_authorization(key, secret)}
 
     def message_id(self, answer: object) -> str:
         """

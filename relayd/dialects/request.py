@@ -37,6 +37,7 @@ No reactor code here: the time comes in as C{now}.
 
 from __future__ import annotations
 
+import json
 from base64 import b64encode
 from collections.abc import Iterable
 from email.utils import parseaddr
@@ -46,6 +47,7 @@ from typing import Any
 # dialect (they re-import them from here).
 from relayd.dialects.base import (
     Base64,
+    Body,
     HTTPRequest,
     JSONDialect,
     clean_id,
@@ -68,6 +70,7 @@ __all__ = [
     "FALLBACK_TOKEN",
     "Accepted",
     "Base64",
+    "Body",
     "ControlHeaders",
     "HTTPRequest",
     "JSONDialect",
@@ -84,10 +87,13 @@ __all__ = [
     "mailbox",
     "parse_answer",
     "header_object",
+    "json_header",
     "refuse_raw_only",
     "require_to",
     "require_visible",
     "strip_raw_headers",
+    "token_pair",
+    "visible_envelope",
     "visible_recipients",
 ]
 
@@ -131,6 +137,76 @@ def require_visible(name: str, to: tuple[str, ...], cc: tuple[str, ...]) -> None
                 f"The {name} API needs a To or Cc address among the recipients",
             )
         )
+
+
+def visible_envelope(
+    name: str,
+    message: OutboundMessage,
+    *,
+    max_bytes: int | None = None,
+    max_recipients: int | None = None,
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """
+    The recipients for an API that builds the MIME message itself from
+    fields and requires a To address: refuse what it cannot carry
+    (L{refuse_raw_only}, L{check_limits}, L{require_visible}), then split the
+    envelope recipients (L{visible_recipients}), the Cc addresses moved to
+    To when there is no To (a Cc recipient is visible anyway).
+
+    @param name: The dialect's name, for the reply text.
+    @param message: The message.
+    @param max_bytes: The provider's size limit in bytes, or C{None}.
+    @param max_recipients: The provider's limit on recipients per message,
+        or C{None}.
+    @return: C{(to, cc, bcc)}; C{to} is not empty.
+    @raise Refused: C{554 5.6.0} for a C{raw_only} message; C{550 5.6.0}
+        when no recipient is in To or Cc; C{552 5.3.4} / C{452 4.5.3} over
+        the limits.
+    """
+    refuse_raw_only(name, message)
+    check_limits(name, message, max_bytes=max_bytes, max_recipients=max_recipients)
+    to, cc, bcc = visible_recipients(message)
+    require_visible(name, to, cc)
+    if not to:
+        to, cc = cc, ()
+    return to, cc, bcc
+
+
+def json_header(value: str | None, field: str) -> dict[str, Any]:
+    """
+    Parse a control header whose value is a JSON object (C{X-SMTPAPI},
+    C{X-MSYS-API}, C{X-Mailgun-Variables}).
+
+    @param value: The header's value, or C{None} when it is absent.
+    @param field: The header's name as written in the reply text.
+    @return: The object; C{{}} when C{value} is C{None}.
+    @raise Refused: C{550 5.6.0} when the value is not a JSON object.
+    """
+    if value is None:
+        return {}
+    try:
+        document = json.loads(value)
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        raise Refused(Reply(550, "5.6.0", f"{field} header is not a JSON object"))
+    return document
+
+
+def token_pair(token: str, text: str) -> tuple[str, str]:
+    """
+    Split a token made of two halves, C{<id>:<secret>} (Mailjet's API and
+    secret keys, SES's access key id and secret access key).
+
+    @param token: The client's token (the SMTP password).
+    @param text: The reply text when the token is not two halves.
+    @return: C{(id, secret)}, neither empty.
+    @raise Refused: C{554 5.7.1} with C{text} when a half is missing.
+    """
+    first, _, secret = token.partition(":")
+    if not first or not secret:
+        raise Refused(Reply(554, "5.7.1", text))
+    return first, secret
 
 
 def check_limits(

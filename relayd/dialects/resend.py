@@ -24,15 +24,11 @@ from typing import Any
 from relayd.dialects.request import (
     Base64,
     ControlHeaders,
-    HTTPRequest,
     ProviderDialect,
     Refused,
     Reply,
-    check_limits,
     header_object,
-    refuse_raw_only,
-    require_visible,
-    visible_recipients,
+    visible_envelope,
 )
 from relayd.message import Attachment, OutboundMessage
 
@@ -84,6 +80,7 @@ class ResendDialect(ProviderDialect):
     token_header = "Authorization"
     token_format = "Bearer {token}"
     path = "/emails"
+    idempotency_header = "Idempotency-Key"
     id_keys = ("id",)
     error_keys = ("message", "error")
 
@@ -95,12 +92,9 @@ class ResendDialect(ProviderDialect):
             5.6.0} when no recipient is in To or Cc, or for metadata Resend
             cannot tag; C{552 5.3.4} / C{452 4.5.3} over the limits.
         """
-        refuse_raw_only(self.name, message)
-        check_limits(self.name, message, max_bytes=MAX_BYTES, max_recipients=MAX_RECIPIENTS)
-        to, cc, bcc = visible_recipients(message)
-        require_visible(self.name, to, cc)
-        if not to:
-            to, cc = cc, ()
+        to, cc, bcc = visible_envelope(
+            self.name, message, max_bytes=MAX_BYTES, max_recipients=MAX_RECIPIENTS
+        )
         for key, value in message.metadata:
             if not (_TAG.fullmatch(key) and _TAG.fullmatch(value)):
                 raise Refused(Reply(550, "5.6.0", "Resend tags allow only A-Z a-z 0-9 _ -"))
@@ -125,20 +119,11 @@ class ResendDialect(ProviderDialect):
         document.update((k, v) for k, v in optional.items() if v)
         return document
 
-    def request(
-        self,
-        message: OutboundMessage,
-        token: str,
-        url: str,
-        now: float,
-        idempotency_key: str | None = None,
-    ) -> HTTPRequest:
+    def request_key(self, message: OutboundMessage, idempotency_key: str | None) -> str | None:
         """
-        See L{JSONDialect.request}: the JSON body and C{Idempotency-Key}
-        (at most 256 characters), when there is a key.
+        See L{JSONDialect.request_key}: the message's
+        C{Resend-Idempotency-Key} (at most 256 characters), else the
+        transaction's key.
         """
         controls = ControlHeaders(message, lambda key: key == IDEMPOTENCY)
-        key = (controls.first(IDEMPOTENCY) or "")[:256] or idempotency_key
-        if not key:
-            return HTTPRequest(self.body(message))
-        return HTTPRequest(self.body(message), {"Idempotency-Key": key}, carries_key=True)
+        return (controls.first(IDEMPOTENCY) or "")[:256] or idempotency_key

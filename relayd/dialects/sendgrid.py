@@ -14,7 +14,6 @@ idempotency key: SendGrid documents none for Mail Send.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,16 +21,12 @@ from relayd.dialects.request import (
     Base64,
     ControlHeaders,
     ProviderDialect,
-    Refused,
-    Reply,
     UpstreamResult,
-    check_limits,
     clean_id,
     header_object,
+    json_header,
     mailbox,
-    refuse_raw_only,
-    require_visible,
-    visible_recipients,
+    visible_envelope,
 )
 from relayd.message import Attachment, OutboundMessage
 from relayd.result import Accepted
@@ -67,23 +62,6 @@ def _attachment(attachment: Attachment) -> dict[str, Any]:
     }
     if attachment.content_id:
         document["content_id"] = attachment.content_id
-    return document
-
-
-def _smtpapi(value: str | None) -> dict[str, Any]:
-    """
-    Parse an C{X-SMTPAPI} value.
-
-    @raise Refused: C{550 5.6.0} when it is not a JSON object.
-    """
-    if value is None:
-        return {}
-    try:
-        document = json.loads(value)
-    except ValueError:
-        document = None
-    if not isinstance(document, dict):
-        raise Refused(Reply(550, "5.6.0", "X-SMTPAPI header is not a JSON object"))
     return document
 
 
@@ -144,14 +122,12 @@ class SendGridDialect(ProviderDialect):
             5.6.0} when no recipient is in To or Cc, or for a bad X-SMTPAPI
             header; C{552 5.3.4} / C{452 4.5.3} over the limits.
         """
-        refuse_raw_only(self.name, message)
-        check_limits(self.name, message, max_bytes=MAX_BYTES, max_recipients=MAX_RECIPIENTS)
-        to, cc, bcc = visible_recipients(message)
-        require_visible(self.name, to, cc)
-        if not to:  # SendGrid requires "to"; a Cc recipient is visible anyway.
-            to, cc = cc, ()
+        # SendGrid requires "to"; a Cc recipient is visible anyway.
+        to, cc, bcc = visible_envelope(
+            self.name, message, max_bytes=MAX_BYTES, max_recipients=MAX_RECIPIENTS
+        )
         controls = ControlHeaders(message, lambda key: key == SMTPAPI)
-        smtpapi = _smtpapi(controls.first(SMTPAPI))
+        smtpapi = json_header(controls.first(SMTPAPI), "X-SMTPAPI")
 
         personalization: dict[str, Any] = {"to": [_address(a) for a in to]}
         if cc:

@@ -47,6 +47,7 @@ from relayd.dialects.request import (
     encode_json,
     parse_answer,
     strip_raw_headers,
+    token_pair,
     visible_recipients,
 )
 from relayd.message import OutboundMessage
@@ -226,11 +227,7 @@ class SESDialect(ProviderDialect):
         @raise Refused: C{554 5.7.1} when the token is not
             C{ACCESS_KEY_ID:SECRET_ACCESS_KEY}.
         """
-        key_id, _, secret = token.partition(":")
-        if not key_id or not secret:
-            raise Refused(
-                Reply(554, "5.7.1", "The ses token must be ACCESS_KEY_ID:SECRET_ACCESS_KEY")
-            )
+        key_id, secret = token_pair(token, "The ses token must be ACCESS_KEY_ID:SECRET_ACCESS_KEY")
         body = encode_json(self.payload(message))
         headers = sign(url, {"Content-Type": "application/json"}, body, key_id, secret, now)
         return HTTPRequest(body, headers)

@@ -17,7 +17,6 @@ No idempotency key: SparkPost documents none.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,6 +29,7 @@ from relayd.dialects.request import (
     Reply,
     check_limits,
     header_object,
+    json_header,
     mailbox,
     strip_raw_headers,
 )
@@ -61,22 +61,6 @@ def _attachment(attachment: Attachment) -> dict[str, Any]:
         "type": attachment.content_type,
         "data": Base64.of(attachment),
     }
-
-
-def _msys(value: str | None) -> dict[str, Any]:
-    """
-    @raise Refused: C{550 5.6.0} when an X-MSYS-API value is not a JSON
-        object.
-    """
-    if value is None:
-        return {}
-    try:
-        document = json.loads(value)
-    except ValueError:
-        document = None
-    if not isinstance(document, dict):
-        raise Refused(Reply(550, "5.6.0", "X-MSYS-API header is not a JSON object"))
-    return document
 
 
 class SparkPostDialect(ProviderDialect):
@@ -112,7 +96,7 @@ class SparkPostDialect(ProviderDialect):
         """
         check_limits(self.name, message, max_bytes=MAX_BYTES)
         controls = ControlHeaders(message, lambda key: key == MSYS_API)
-        msys = _msys(controls.first(MSYS_API))
+        msys = json_header(controls.first(MSYS_API), "X-MSYS-API")
         header_to = ", ".join(message.to or message.cc)
         if not header_to and not message.raw_only:
             raise Refused(Reply(550, "5.6.0", "The sparkpost API needs a To or Cc header"))
