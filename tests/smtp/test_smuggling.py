@@ -557,6 +557,10 @@ class PropertyTests(SynchronousTestCase, WireChecks):
         pieces=[b"y" * 1100, b"\r", b"\n", b"y" * 1100, b"\n", b".\r\n"] + [SMUGGLE],
         cuts=[1100, 1101, 2202],
     )
+    @example(
+        pieces=[b"\r\n.\r\n", b"AUTH PLAIN\r\n", b"yyyy", SMUGGLE],
+        cuts=[len(b"\r\n.\r\nAUTH PLAIN\r\nyyyy") + SMUGGLE.index(b"DATA\r\n") + 6],
+    )
     @given(
         st.lists(
             st.sampled_from(
@@ -575,6 +579,13 @@ class PropertyTests(SynchronousTestCase, WireChecks):
         L{LongDataLineTests.test_lf_dot_crlf_after_two_long_lines_does_not_end_data}.
         """
         stream = b"".join(pieces)
+        # A packet that ends right after a DATA line is the one split that
+        # may change a reply: content pipelined behind a refused DATA in
+        # the same packet closes the session (421 4.5.0), content in a
+        # later packet is read as commands (500). DATA is a
+        # synchronisation point (RFC 2920 section 3.1; tests.smtp.
+        # test_pipelining); either way no content becomes a message.
+        cuts = [c for c in cuts if not stream[:c].endswith(b"DATA\r\n")]
         results = []
         for how in ("whole", "cut"):
             s = logged_in(limits=roomy())
