@@ -28,10 +28,8 @@ import enum
 import re
 import secrets
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
-from twisted.cred.credentials import UsernamePassword
-from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -43,9 +41,9 @@ from relayd import events, metrics
 from relayd import reply as R
 from relayd.config import LimitsConfig
 from relayd.interfaces import ICounters, ISubmission, ISubmissionMessage
-from relayd.reply import Refused, Reply
+from relayd.reply import Reply
 from relayd.replytexts import ReplyTexts
-from relayd.smtp import envelope
+from relayd.smtp import auth, envelope
 from relayd.smtp.envelope import Transaction
 from relayd.smtp.flow import WAITING, DataRate, OutputFlow, ReadGate
 from relayd.smtp.framing import DataError, Framer, LineError
@@ -58,7 +56,7 @@ from relayd.smtp.guards import (
     MessageHold,
     declared_size,
 )
-from relayd.smtp.sasl import MECHANISMS, Aborted, Challenge, Credentials, SASLExchange, Step
+from relayd.smtp.sasl import MECHANISMS, SASLExchange
 
 __all__ = ["RelaySMTP", "RelaySMTPFactory", "State"]
 
@@ -423,7 +421,7 @@ class RelaySMTP(Protocol):
             self.error(R.NUL_IN_COMMAND)
             return
         if self._state == State.AUTH:
-            d = self._auth_step(self._sasl_respond(line))
+            d = auth.respond(self, line)
             if d is not None:
                 self._wait(d)
             return
@@ -684,115 +682,22 @@ class RelaySMTP(Protocol):
         self.send(R.BYE)
         self._close()
 
-    # -- commands: AUTH --
+    # -- commands: AUTH (in relayd.smtp.auth) --
 
     def smtp_AUTH(self, rest: str) -> None:
-        """
-        AUTH (RFC 4954) with the PLAIN (RFC 4616) and LOGIN mechanisms.
-        """
-        if self._need_ehlo():
-            return
-        if not self.secure:
-            self.error(R.ENCRYPTION_REQUIRED)
-        elif self.authenticated:
-            self.error(R.ALREADY_AUTHENTICATED)
-        elif self.transaction is not None:
-            self.error(R.AUTH_DURING_TRANSACTION)
-        else:
-            parts = rest.split()
-            if not parts or len(parts) > 2:
-                self.error(R.SYNTAX_AUTH)
-            elif parts[0].upper() not in MECHANISMS:
-                self.error(R.UNRECOGNIZED_AUTH_TYPE)
-            else:
-                # The throttle may answer later (shared counters): wait for
-                # it, replies stay in order.
-                self._wait(defer.Deferred.fromCoroutine(self._auth_start(parts)))
+        """AUTH: see L{auth.auth}."""
+        auth.auth(self, rest)
 
-    async def _auth_start(self, parts: list[str]) -> None:
-        """
-        Begin the AUTH exchange, unless the client's network is throttled
-        (L{AuthGuard.check}: C{454 4.7.0}, the session goes on).
-        """
-        refusal = await self.factory.guard.check(self.peer_ip)
-        if refusal is not None:
-            metrics.auth("locked_out")
-            self.send(refusal)
-            return
-        self._sasl = SASLExchange(parts[0].upper())
+    def read_sasl(self, exchange: SASLExchange) -> None:
+        """Read AUTH response lines next, for C{exchange} (RFC 4954 section 4)."""
+        self._sasl = exchange
         self._state = State.AUTH
-        initial = parts[1].encode("ascii", "replace") if len(parts) == 2 else None
-        d = self._auth_step(self._sasl.start(initial))
-        if d is not None:
-            await d
-
-    def _sasl_respond(self, line: bytes) -> Step:
-        assert self._sasl is not None
-        return self._sasl.respond(line)
 
     def _end_auth(self) -> None:
-        """
-        Leave the AUTH exchange (if in one): the next line is a command.
-        """
+        """Leave the AUTH exchange (if in one): the next line is a command."""
         if self._state == State.AUTH:
             self._state = State.COMMAND
             self._sasl = None
-
-    def _auth_step(self, step: Step) -> defer.Deferred[None] | None:
-        """
-        Act on what the AUTH exchange says comes next.
-
-        @return: The Deferred of the login or failure to wait for, if any.
-        """
-        if isinstance(step, Challenge):
-            self.send(step.reply)
-            return None
-        self._end_auth()
-        if isinstance(step, Aborted):
-            self.error(step.reply)
-            return None
-        if isinstance(step, Credentials):
-            return defer.Deferred.fromCoroutine(self._login(step.username, step.password))
-        return defer.Deferred.fromCoroutine(self._auth_failed())
-
-    async def _login(self, username: str, password: bytes) -> None:
-        refusal = await self.factory.guard.check_credential(username, password)
-        if refusal is not None:
-            metrics.auth("locked_out")
-            self.send(refusal)
-            return
-        credentials = UsernamePassword(username.encode("utf-8"), password)
-        try:
-            iface, avatar, logout = await self.portal.login(credentials, None, ISubmission)
-        except UnauthorizedLogin as e:
-            await self._auth_failed(username, password, getattr(e, "reply", R.AUTH_INVALID))
-            return
-        except Refused as e:  # the auth backend cannot answer: 454
-            self.send(e.reply)
-            return
-        # A success clears no failure count (docs/security.md).
-        metrics.auth("success")
-        self.authenticated = True
-        self.avatar = cast(ISubmission, avatar)
-        self._logout = logout
-        log.info("authenticated {peer} as token {name}", peer=self.peer_ip, name=self.avatar.name)
-        self.send(R.AUTH_SUCCESSFUL)
-
-    async def _auth_failed(
-        self, username: str | None = None, password: bytes = b"", refusal: Reply = R.AUTH_INVALID
-    ) -> None:
-        delay = await self.factory.guard.failed(self.peer_ip, username, password)
-        self._auth_failures += 1
-        metrics.auth("failure")
-        log.info("failed AUTH from {peer}", peer=self.peer_ip)
-        if delay > 0:
-            d: defer.Deferred[None] = defer.Deferred()
-            self._auth_delay = self.clock.callLater(delay, d.callback, None)
-            await d
-            self._auth_delay = None
-        self.error(refusal)
-        if self._auth_failures >= self.limits.max_auth_failures and self._state != State.CLOSED:
-            self.closing(R.TOO_MANY_AUTH_FAILURES)
 
     # -- commands: the transaction (in relayd.smtp.envelope) --
 
