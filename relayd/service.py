@@ -44,7 +44,13 @@ from relayd.redisstore import (
 from relayd.replytexts import ReplyTexts
 from relayd.routing import make_router
 from relayd.sdnotify import SystemdReadiness
-from relayd.smtp.guards import ConnectionLimiter, DeliveryTracker, LocalCounters, MemoryBudget
+from relayd.smtp.guards import (
+    ConnectionLimiter,
+    DeliveryTracker,
+    LocalCounters,
+    MemoryBudget,
+    read_secret,
+)
 from relayd.smtp.session import RelaySMTPFactory
 from relayd.tls import ServerTLS, ensure_self_signed, implicit_tls_factory
 from relayd.tokens import TokenStore
@@ -360,6 +366,8 @@ class _Sessions:
     @ivar counters: The AUTH throttling and rate counters (Redis-backed
         when C{[redis] url} is set).
     @ivar memory: The C{[limits] max_memory_bytes} budget.
+    @ivar auth_secret: The key of per-credential AUTH counters from
+        C{limits.auth_hmac_key_file}, or C{None} for the supervisor's.
     """
 
     reply_texts: ReplyTexts
@@ -367,6 +375,7 @@ class _Sessions:
     tracker: DeliveryTracker
     counters: ICounters
     memory: MemoryBudget
+    auth_secret: bytes | None = None
 
 
 def _stop_timeout(config: Config) -> float:
@@ -512,7 +521,16 @@ def _sessions(config: Config, reactor: Any, counters: ICounters, top: Daemon) ->
     DrainService(tracker, reactor, _stop_timeout(config)).setServiceParent(top)
     SessionCloser(tracker, reactor, _stop_timeout(config)).setServiceParent(top)
     memory = MemoryBudget(limits.max_memory_bytes)
-    return _Sessions(reply_texts, limiter, tracker, counters, memory)
+    secret = None
+    if limits.auth_hmac_key_file:
+        try:
+            secret = read_secret(limits.auth_hmac_key_file)
+        except (OSError, ValueError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise ConfigError(
+                f"limits.auth_hmac_key_file: {limits.auth_hmac_key_file}: {reason}"
+            ) from None
+    return _Sessions(reply_texts, limiter, tracker, counters, memory, secret)
 
 
 def _smtp_factory(
@@ -540,6 +558,7 @@ def _smtp_factory(
         tracker=shared.tracker,
         memory=shared.memory,
         auth_exempt=listener.name in config.limits.auth_exempt_listeners,
+        auth_secret=shared.auth_secret,
     )
     factory.reply_texts = shared.reply_texts
     factory.listener = listener.name  # for metrics and events

@@ -43,7 +43,6 @@ from zope.interface import implementer
 #: The workers' HMAC key for credential counters (hex, one per supervisor,
 #: never logged), in this environment variable (L{relayd.smtp.guards}).
 AUTH_SECRET_ENV = "RELAYD_AUTH_SECRET"
-_AUTH_SECRET = os.environ.get(AUTH_SECRET_ENV) or os.urandom(32).hex()
 
 __all__ = ["AdoptedPortService", "SupervisorWatch", "WorkerPool", "worker_count"]
 
@@ -246,7 +245,9 @@ class WorkerPool(Service):
             # RELAYD_WORKER: the worker's name in its log lines (relayd.events);
             # the AUTH throttle's key: one for every worker (relayd.smtp.guards).
             env = dict(os.environ if self.env is None else self.env, RELAYD_WORKER=str(index))
-            env[AUTH_SECRET_ENV] = _AUTH_SECRET
+            # The supervisor's key (relayd.smtp.guards.process_secret draws
+            # it the same way, whichever comes first).
+            env[AUTH_SECRET_ENV] = os.environ.setdefault(AUTH_SECRET_ENV, os.urandom(32).hex())
             self.workers[index] = self.reactor.spawnProcess(
                 proto,
                 argv[0],

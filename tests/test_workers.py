@@ -25,7 +25,6 @@ from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from relayd import workers as workers_module
 from relayd.testing import async_test
 from relayd.workers import (
     RESTART_DELAY,
@@ -212,7 +211,7 @@ class WorkerPoolTests(SynchronousTestCase):
                 dict(
                     os.environ,
                     RELAYD_WORKER=str(number),
-                    RELAYD_AUTH_SECRET=workers_module._AUTH_SECRET,
+                    RELAYD_AUTH_SECRET=os.environ["RELAYD_AUTH_SECRET"],
                 ),
             )
         self.assertEqual(sorted(self.pool.workers), [0, 1])

@@ -76,6 +76,9 @@ class LimitsConfig:
     auth_failures_per_credential: int = 5
     auth_exempt_networks: tuple[str, ...] = ()
     auth_exempt_listeners: tuple[str, ...] = ()
+    # The secret that keys per-credential AUTH failure counters: the same
+    # file on every host sharing one Redis (else one key per supervisor).
+    auth_hmac_key_file: str = ""
     # redis5: messages per minute at MAIL FROM, 0 = off (relayd.policy.MessageRates)
     messages_per_minute_per_token: _RateOrOff = field(default=0, validator=_check_rate)
     messages_per_minute_per_ip: _RateOrOff = field(default=0, validator=_check_rate)

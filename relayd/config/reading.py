@@ -47,6 +47,7 @@ PATH_FIELDS = {
     ("tls", "key"),
     ("auth", "tokens_file"),
     ("dev_upstream", "outbox"),
+    ("limits", "auth_hmac_key_file"),
 }
 
 

@@ -175,18 +175,39 @@ SECRET_ENV = "RELAYD_AUTH_SECRET"
 
 def process_secret() -> bytes:
     """
-    The HMAC key of credential counters in this process: the supervisor's
+    The HMAC key of credential counters in this process when
+    C{limits.auth_hmac_key_file} gives none: the supervisor's
     (C{RELAYD_AUTH_SECRET}, so that every worker counts one credential
-    under one key), else a random one.
+    under one key).  The first process to ask (the supervisor) draws a
+    random one and puts it in its environment, which its workers inherit
+    (L{relayd.workers}).
 
     @return: 32 bytes (or what the supervisor gave).
     """
-    text = os.environ.get(SECRET_ENV, "")
+    text = os.environ.setdefault(SECRET_ENV, os.urandom(32).hex())
     try:
         secret = bytes.fromhex(text)
     except ValueError:
         secret = b""
     return secret or os.urandom(32)
+
+
+def read_secret(path: str) -> bytes:
+    """
+    The HMAC key of credential counters from C{limits.auth_hmac_key_file}:
+    every host that shares one Redis reads the same file, so that one
+    credential is counted under one key across the fleet.
+
+    @param path: The file; its content (whitespace stripped) is the secret.
+    @return: The SHA-256 of that content (32 bytes).
+    @raise OSError: When the file cannot be read.
+    @raise ValueError: When it is empty.
+    """
+    with open(path, "rb") as f:
+        content = f.read().strip()
+    if not content:
+        raise ValueError("the file is empty")
+    return hashlib.sha256(b"relayd-auth-hmac-key/1\0" + content).digest()
 
 
 #: The HMAC key of credential counters in this process.

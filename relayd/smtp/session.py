@@ -30,6 +30,7 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -770,6 +771,7 @@ class RelaySMTPFactory(ServerFactory):
         tracker: DeliveryTracker | None = None,
         memory: MemoryBudget | None = None,
         auth_exempt: bool = False,
+        auth_secret: bytes | None = None,
     ) -> None:
         self.portal = portal
         self.hostname = hostname
@@ -791,6 +793,8 @@ class RelaySMTPFactory(ServerFactory):
             # An exempt listener counts no network (credentials still are).
             exempt=("0.0.0.0/0", "::/0") if auth_exempt else limits.auth_exempt_networks,
         )
+        if auth_secret is not None:
+            self.guard = attrs.evolve(self.guard, secret=auth_secret)
 
     def buildProtocol(self, addr: Any) -> RelaySMTP:  # type: ignore[override]
         p = RelaySMTP(self)
