@@ -146,6 +146,7 @@ class DefaultTests(SynchronousTestCase):
                 "auth_failures_per_credential": 5,
                 "auth_exempt_networks": (),
                 "auth_exempt_listeners": (),
+                "auth_hmac_key_file": "",
                 "messages_per_minute_per_token": 0,
                 "messages_per_minute_per_ip": 0,
             },

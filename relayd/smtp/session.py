@@ -6,9 +6,8 @@ L{RelaySMTP} is a plain L{Protocol}, not a C{twisted.mail.smtp.ESMTP}
 (see docs and STYLE.md for why).  It keeps Twisted's cred seam: AUTH
 credentials go to a C{twisted.cred} portal, whose realm returns an
 L{ISubmission} avatar that validates the envelope and takes the message.
-The parts with no Twisted code live beside it: L{relayd.smtp.framing}
-(bytes to lines and DATA), L{relayd.smtp.syntax} (paths, parameters),
-L{relayd.smtp.sasl} (the AUTH exchange).
+Beside it, with no Twisted code: L{relayd.smtp.framing}, L{relayd.smtp.syntax}
+and L{relayd.smtp.sasl}; the verbs in L{relayd.smtp.envelope} and L{relayd.smtp.auth}.
 
   - replies always come in command order (RFC 2920 PIPELINING): while a
     command waits for a Deferred, reading stops and later input waits;
@@ -30,7 +29,6 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-import attrs
 from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -56,6 +54,7 @@ from relayd.smtp.guards import (
     MemoryBudget,
     MessageHold,
     declared_size,
+    process_secret,
 )
 from relayd.smtp.sasl import MECHANISMS, SASLExchange
 
@@ -792,9 +791,8 @@ class RelaySMTPFactory(ServerFactory):
             lockout=limits.auth_lockout,
             # An exempt listener counts no network (credentials still are).
             exempt=("0.0.0.0/0", "::/0") if auth_exempt else limits.auth_exempt_networks,
+            secret=process_secret() if auth_secret is None else auth_secret,
         )
-        if auth_secret is not None:
-            self.guard = attrs.evolve(self.guard, secret=auth_secret)
 
     def buildProtocol(self, addr: Any) -> RelaySMTP:  # type: ignore[override]
         p = RelaySMTP(self)
