@@ -393,7 +393,9 @@ class PostfixTests(unittest.TestCase):
         if not os.path.exists(POSTFIX_MASTER):
             raise unittest.SkipTest(f"Postfix's {POSTFIX_MASTER} is missing")
         if os.geteuid() != 0:
-            raise unittest.SkipTest("a private Postfix instance needs root (its master runs as root)")
+            raise unittest.SkipTest(
+                "a private Postfix instance needs root (its master runs as root)"
+            )
         cls.folder = Path(tempfile.mkdtemp(prefix="relayd-postfix-"))
         # The Postfix daemons run as the postfix user and must reach their queue.
         cls.folder.chmod(0o755)
