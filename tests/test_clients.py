@@ -5,8 +5,10 @@ SMTP backend (PyPI, in the C{dev} extra), nodemailer (npm, installed into a
 temporary folder by the test), PHPMailer (Debian C{php-cli} and
 C{libphp-phpmailer}) and Ruby's C{mail} gem, which Action Mailer sends
 with (Debian C{ruby-mail}), each over STARTTLS (port 587 style) and
-implicit TLS (port 465 style), against the real daemon and a recording
-upstream.  A client that is not installed is skipped, never faked.
+implicit TLS (port 465 style), and a private Postfix instance as a
+smarthost client (Debian C{postfix}, over STARTTLS), against the real
+daemon and a recording upstream.  A client that is not installed is
+skipped, never faked.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import json
 import os
 import shutil
 import smtplib
+import socket
 import ssl
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 from pathlib import Path
 from typing import Any, ClassVar
@@ -361,3 +365,183 @@ class TroubleshootingTests(unittest.TestCase):
                 if f"({name})" not in doc:
                     missing.append(name)
         self.assertEqual(missing, [])
+
+
+POSTFIX_MASTER = "/etc/postfix/master.cf"
+
+
+class PostfixTests(unittest.TestCase):
+    """
+    Postfix as a smarthost client (docs/clients.md): a private Postfix
+    instance, with its own configuration and queue directories in a
+    temporary folder, relays a message it takes over SMTP to relayd with
+    C{relayhost}, SASL (C{apikey} and the token) and TLS
+    (C{smtp_tls_security_level = encrypt}).
+    """
+
+    folder: ClassVar[Path]
+    upstream: ClassVar[Upstream]
+    process: ClassVar[subprocess.Popen[bytes]]
+    starttls: ClassVar[int]
+    config: ClassVar[Path]
+    smtpd: ClassVar[int]
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        if shutil.which("postfix") is None or shutil.which("postconf") is None:
+            raise unittest.SkipTest("Postfix is not installed (apt-get install postfix)")
+        if not os.path.exists(POSTFIX_MASTER):
+            raise unittest.SkipTest(f"Postfix's {POSTFIX_MASTER} is missing")
+        if os.geteuid() != 0:
+            raise unittest.SkipTest(
+                "a private Postfix instance needs root (its master runs as root)"
+            )
+        cls.folder = Path(tempfile.mkdtemp(prefix="relayd-postfix-"))
+        # The Postfix daemons run as the postfix user and must reach their queue.
+        cls.folder.chmod(0o755)
+        cls.upstream = Upstream()
+        tokens = f'[tokens.app]\nsha256 = "{digest(TOKEN).hex()}"\n'
+        try:
+            cls.process, cls.starttls, _ = start_daemon(
+                cls.folder, f"http://127.0.0.1:{cls.upstream.port}/send", tokens, {}
+            )
+        except BaseException:
+            cls.upstream.stop()
+            shutil.rmtree(cls.folder, ignore_errors=True)
+            raise
+        cls.config = cls.folder / "postfix"
+        cls.smtpd = free_port()
+        try:
+            cls.start_postfix()
+        except BaseException:
+            cls.tearDownClass()
+            raise
+
+    @classmethod
+    def postconf(cls, *argv: str) -> None:
+        subprocess.run(
+            ["postconf", "-c", str(cls.config), *argv], check=True, capture_output=True, timeout=30
+        )
+
+    @classmethod
+    def start_postfix(cls) -> None:
+        """
+        Write the instance's main.cf (the settings of docs/clients.md) and
+        master.cf (Debian's, without chroot, its smtpd on a free port and
+        the postlog service for C{maillog_file}), then start it.
+        """
+        cls.config.mkdir()
+        (cls.folder / "queue").mkdir(mode=0o755)
+        (cls.config / "main.cf").write_text("")
+        shutil.copy(POSTFIX_MASTER, cls.config / "master.cf")
+        cls.postconf(
+            "-e",
+            "compatibility_level = 3.6",
+            f"queue_directory = {cls.folder / 'queue'}",
+            f"data_directory = {cls.folder / 'data'}",
+            "mail_owner = postfix",
+            "setgid_group = postdrop",
+            "myhostname = postfix.test",
+            "mydestination =",
+            "alias_maps =",
+            "alias_database =",
+            "local_recipient_maps =",
+            "inet_interfaces = 127.0.0.1",
+            "inet_protocols = ipv4",
+            "mynetworks = 127.0.0.0/8",
+            "smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination",
+            f"relayhost = [127.0.0.1]:{cls.starttls}",
+            "smtp_sasl_auth_enable = yes",
+            f"smtp_sasl_password_maps = static:apikey:{TOKEN}",
+            "smtp_sasl_security_options = noanonymous",
+            "smtp_sasl_tls_security_options = noanonymous",
+            "smtp_sasl_mechanism_filter = plain, login",
+            "smtp_tls_security_level = encrypt",
+            "smtp_tls_loglevel = 1",
+            f"smtp_tls_CAfile = {cls.folder / 'cert.pem'}",
+            f"maillog_file = {cls.folder / 'maillog'}",
+            f"maillog_file_prefixes = {cls.folder}",
+        )
+        cls.postconf("-F", "*/*/chroot = n")
+        cls.postconf("-MX", "smtp/inet")
+        cls.postconf("-M", f"{cls.smtpd}/inet = {cls.smtpd} inet n - n - - smtpd")
+        for command in ("check", "start"):
+            done = subprocess.run(
+                ["postfix", "-c", str(cls.config), command],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            if done.returncode != 0:
+                raise RuntimeError(f"postfix {command} failed: {done.stderr}{cls.maillog()}")
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", cls.smtpd), 0.2).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("Postfix's smtpd did not start: " + cls.maillog()) from None
+                time.sleep(0.1)
+
+    @classmethod
+    def maillog(cls) -> str:
+        path = cls.folder / "maillog"
+        return path.read_text("utf-8", "replace") if path.exists() else ""
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        if (cls.config / "main.cf").exists():
+            pidfile = cls.folder / "queue" / "pid" / "master.pid"
+            master = int(pidfile.read_text().strip() or 0) if pidfile.exists() else 0
+            subprocess.run(
+                ["postfix", "-c", str(cls.config), "stop"], capture_output=True, timeout=60
+            )
+            # The master process stops its children before it exits.
+            deadline = time.monotonic() + 20
+            while master and time.monotonic() < deadline:
+                try:
+                    os.kill(master, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.1)
+        stop_daemon(cls.process)
+        cls.upstream.stop()
+        shutil.rmtree(cls.folder, ignore_errors=True)
+
+    def test_relayhost_sasl_tls(self) -> None:
+        """
+        A message Postfix takes is relayed through relayd to the upstream,
+        with the token, From, To and Subject, and Postfix logs
+        C{status=sent} with relayd's 250 reply, after a TLS handshake.
+        """
+        subject = "postfix relayhost 587"
+        with smtplib.SMTP("127.0.0.1", self.smtpd, timeout=30) as client:
+            client.sendmail("app@example.com", ["user@example.net"], message(subject))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if "status=sent" in self.maillog() and any(
+                r["json"]["subject"] == subject for r in self.upstream.requests
+            ):
+                break
+            time.sleep(0.2)
+        log = self.maillog()
+        sent = [line for line in log.splitlines() if "status=sent" in line]
+        self.assertEqual(len(sent), 1, log)
+        self.assertIn("to=<user@example.net>", sent[0])
+        self.assertIn(f"relay=127.0.0.1[127.0.0.1]:{self.starttls}", sent[0])
+        self.assertIn("(250 ", sent[0])
+        self.assertIn(f"TLS connection established to 127.0.0.1[127.0.0.1]:{self.starttls}", log)
+        self.assertNotIn(TOKEN, log)
+        document = self.relayed_document(subject)
+        self.assertIn("app@example.com", document["from"])
+        self.assertEqual([a for a in document["to"] if "user@example.net" in a], document["to"])
+        self.assertEqual(len(document["to"]), 1)
+        self.assertEqual(document["text"].strip(), "Hi")
+
+    def relayed_document(self, subject: str) -> dict[str, Any]:
+        found = [r for r in self.upstream.requests if r["json"]["subject"] == subject]
+        self.assertEqual(len(found), 1, [r["json"]["subject"] for r in self.upstream.requests])
+        self.assertEqual(found[0]["headers"]["Authorization"], f"Bearer {TOKEN}")
+        document: dict[str, Any] = found[0]["json"]
+        return document
