@@ -39,6 +39,7 @@ import binascii
 import codecs
 import functools
 import re
+import sys
 from email.message import Message
 
 __all__ = [
@@ -445,9 +446,21 @@ def body_text(raw: bytes | memoryview, encoding: str, charset: str | None) -> st
 #: of milliseconds for 24 MB), which would stall the reactor thread.
 TEXT_SLICE = 256 * 1024
 
-# Single-octet codecs, decoded with replacement slice by slice exactly as
-# whole (each octet is one character on its own).
-_SINGLE_OCTET = frozenset({"cp1252", "cp1254", "cp874", "latin-1", "iso8859-15"})
+
+@functools.lru_cache(maxsize=64)
+def _sliceable(codec: str) -> bool:
+    """
+    Tell whether an incremental decoder of C{codec} gives, slice by slice,
+    the text and the errors of one whole decode: UTF-8 and the single-octet
+    charsets (a decoding table: each octet one character).  Others (UTF-16
+    without a byte order mark, for one) are decoded whole.
+
+    @param codec: A Python codec name (L{_codec_name}).
+    """
+    if codec == "utf-8":
+        return True
+    module = sys.modules.get(codecs.lookup(codec).incrementaldecoder.__module__)
+    return isinstance(getattr(module, "decoding_table", None), str)
 
 
 def _sliced(data: bytes | memoryview, codec: str, errors: str = "strict") -> list[str]:
@@ -474,12 +487,12 @@ def _decode_pieces(data: bytes | memoryview, charset: str | None) -> list[str]:
     L{decode_text}, in pieces of about L{TEXT_SLICE} characters: the same
     text, joined.
 
-    The strict steps of the charset fallback rule and the UTF-8 and
-    single-octet replacing steps are decoded in slices; a multi-octet
-    charset with replacement (a charset's bad text: rare) is decoded
-    whole.
+    UTF-8 and the single-octet charsets (L{_sliceable}) are decoded in
+    slices; a body declared in another charset is decoded whole.
     """
     codec = _codec_name(charset) if charset else None
+    if codec is not None and not _sliceable(codec):
+        return [decode_text(data, charset)]
     strict = [codec] if codec is not None else []
     if codec != "utf-8":
         strict.append("utf-8")
@@ -489,12 +502,7 @@ def _decode_pieces(data: bytes | memoryview, charset: str | None) -> list[str]:
         except (UnicodeError, LookupError):
             pass
     if codec is not None and codec != "utf-8":
-        if codec in _SINGLE_OCTET:
-            return _sliced(data, codec, "replace")
-        try:
-            return [str(data, codec, "replace")]
-        except (UnicodeError, LookupError):
-            pass
+        return _sliced(data, codec, "replace")
     return _sliced(data, "cp1252", "replace")
 
 
