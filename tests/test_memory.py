@@ -156,16 +156,20 @@ class MemoryBoundTests(unittest.TestCase):
     @unittest.expectedFailure
     def test_other_session_noop_under_50_ms(self) -> None:
         """
-        KNOWN: another session's NOOP still waits 100 to 250 ms (2 cores;
-        620 ms before).  The request is now built in the thread pool with
-        the parse (L{relayd.delivery.Pipeline}), the DATA content is not
-        copied on the reactor and the body goes out in 64 KiB pieces
-        (L{relayd.upstream.BytesProducer}); what remains is the GIL: the
-        pool thread's single C calls over the whole 24 MB text hold it
-        (C{json.dumps} about 100 ms, C{str.replace} of the line ends 60
-        ms, the UTF-8 decode 35 ms, in L{relayd.message.decoding.body_text}
-        and L{relayd.dialects.base.encode_json}).  The fix is to do those
-        in pieces of about 1 MB.
+        KNOWN: another session's NOOP still waits 100 to 300 ms (2 shared
+        cores; 620 ms before).  The request is built in the thread pool with
+        the parse (L{relayd.delivery.Pipeline}), the body goes out in 64
+        KiB pieces (L{relayd.upstream.BytesProducer}), long JSON text is
+        escaped in 64 Ki-character pieces (L{relayd.dialects.body}) and a
+        large body is decoded and given LF line ends in 256 KiB slices
+        (L{relayd.message.decoding.body_text}): one worker thread alone now
+        holds the GIL for at most about 8 ms (65 ms before).  What remains:
+        the C{bytes(data)} copy of the DATA buffer in the worker (about 20
+        ms on fresh memory), the final join of the body text (5 to 40 ms,
+        mostly page faults), and the GIL passed among up to 5 CPU-bound
+        pool threads and the reactor (a waiter can lose several 5 ms
+        switch intervals in a row: C{sys.setswitchinterval(0.001)} gave 53
+        to 118 ms, a one-thread pool 48 to 214 ms, neither reliable).
         """
         self.assertLess(self.delays[-1], 0.05, f"NOOP max {self.delays[-1] * 1000:.0f} ms")
 

@@ -39,6 +39,7 @@ import binascii
 import codecs
 import functools
 import re
+import sys
 from email.message import Message
 
 __all__ = [
@@ -432,5 +433,96 @@ def body_text(raw: bytes | memoryview, encoding: str, charset: str | None) -> st
         content = binascii.a2b_qp(raw)
     else:
         content = raw
-    text = decode_text(content, charset)
-    return text.replace("\r\n", "\n").replace("\r", "\n")
+    if len(content) <= TEXT_SLICE:
+        text = decode_text(content, charset)
+        return text.replace("\r\n", "\n").replace("\r", "\n")
+    return "".join(_lf_pieces(_decode_pieces(content, charset)))
+
+
+#: Octets of a large body decoded (and characters given LF line ends) at
+#: once by L{body_text}: each C call over a slice is short, so the
+#: interpreter can switch threads between slices (C{sys.getswitchinterval},
+#: 5 ms) instead of a worker thread holding the GIL for the whole text (tens
+#: of milliseconds for 24 MB), which would stall the reactor thread.
+TEXT_SLICE = 256 * 1024
+
+
+@functools.lru_cache(maxsize=64)
+def _sliceable(codec: str) -> bool:
+    """
+    Tell whether an incremental decoder of C{codec} gives, slice by slice,
+    the text and the errors of one whole decode: UTF-8 and the single-octet
+    charsets (a decoding table: each octet one character).  Others (UTF-16
+    without a byte order mark, for one) are decoded whole.
+
+    @param codec: A Python codec name (L{_codec_name}).
+    """
+    if codec == "utf-8":
+        return True
+    module = sys.modules.get(codecs.lookup(codec).incrementaldecoder.__module__)
+    return isinstance(getattr(module, "decoding_table", None), str)
+
+
+def _sliced(data: bytes | memoryview, codec: str, errors: str = "strict") -> list[str]:
+    """
+    Decode C{data} in slices of L{TEXT_SLICE} octets with an incremental
+    decoder (a character cut at a slice edge is held over to the next).
+
+    @return: The text in pieces; joined, C{str(data, codec, errors)}.
+    @raise UnicodeError: As C{str(data, codec, errors)} would.
+    @raise LookupError: When C{codec} has no incremental decoder.
+    """
+    decoder = codecs.getincrementaldecoder(codec)(errors)
+    view = memoryview(data)
+    end = len(view)
+    pieces = [
+        decoder.decode(view[pos : pos + TEXT_SLICE], pos + TEXT_SLICE >= end)
+        for pos in range(0, end, TEXT_SLICE)
+    ]
+    return pieces
+
+
+def _decode_pieces(data: bytes | memoryview, charset: str | None) -> list[str]:
+    """
+    L{decode_text}, in pieces of about L{TEXT_SLICE} characters: the same
+    text, joined.
+
+    UTF-8 and the single-octet charsets (L{_sliceable}) are decoded in
+    slices; a body declared in another charset is decoded whole.
+    """
+    codec = _codec_name(charset) if charset else None
+    if codec is not None and not _sliceable(codec):
+        return [decode_text(data, charset)]
+    strict = [codec] if codec is not None else []
+    if codec != "utf-8":
+        strict.append("utf-8")
+    for name in strict:
+        try:
+            return _sliced(data, name)
+        except (UnicodeError, LookupError):
+            pass
+    if codec is not None and codec != "utf-8":
+        return _sliced(data, codec, "replace")
+    return _sliced(data, "cp1252", "replace")
+
+
+def _lf_pieces(pieces: list[str]) -> list[str]:
+    """
+    Turn CR LF and lone CR into LF in text given in pieces, a piece at a
+    time; a CR that ends a piece waits for the next (it may be the CR of a
+    CR LF cut in two).
+
+    @return: The pieces of the text with LF line ends (one per piece, some
+        possibly empty).
+    """
+    out: list[str] = []
+    carry = ""
+    for piece in pieces:
+        piece = carry + piece if carry else piece
+        carry = ""
+        if piece.endswith("\r"):
+            piece, carry = piece[:-1], "\r"
+        out.append(piece.replace("\r\n", "\n").replace("\r", "\n"))
+    if carry:
+        out.append("\n")
+    return out
