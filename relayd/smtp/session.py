@@ -7,7 +7,8 @@ L{RelaySMTP} is a plain L{Protocol}, not a C{twisted.mail.smtp.ESMTP}
 credentials go to a C{twisted.cred} portal, whose realm returns an
 L{ISubmission} avatar that validates the envelope and takes the message.
 Beside it, with no Twisted code: L{relayd.smtp.framing}, L{relayd.smtp.syntax}
-and L{relayd.smtp.sasl}; the verbs in L{relayd.smtp.envelope} and L{relayd.smtp.auth}.
+and L{relayd.smtp.sasl}; the verbs in L{relayd.smtp.commands},
+L{relayd.smtp.envelope} and L{relayd.smtp.auth}.
 
   - replies always come in command order (RFC 2920 PIPELINING): while a
     command waits for a Deferred, reading stops and later input waits;
@@ -42,7 +43,7 @@ from relayd.config import LimitsConfig
 from relayd.interfaces import ICounters, ISubmission, ISubmissionMessage
 from relayd.reply import Reply
 from relayd.replytexts import ReplyTexts
-from relayd.smtp import auth, envelope
+from relayd.smtp import auth, commands, envelope
 from relayd.smtp.envelope import Transaction
 from relayd.smtp.flow import WAITING, DataRate, OutputFlow, ReadGate
 from relayd.smtp.framing import DataError, Framer, LineError
@@ -56,7 +57,7 @@ from relayd.smtp.guards import (
     declared_size,
     process_secret,
 )
-from relayd.smtp.sasl import MECHANISMS, SASLExchange
+from relayd.smtp.sasl import SASLExchange
 
 __all__ = ["RelaySMTP", "RelaySMTPFactory", "State"]
 
@@ -576,7 +577,7 @@ class RelaySMTP(Protocol):
         transaction.messages = []
         transaction.data = None
 
-    # -- commands: the session --
+    # -- commands: the session (in relayd.smtp.commands) --
 
     def _need_ehlo(self) -> bool:
         if self.ehlo is None:
@@ -584,103 +585,43 @@ class RelaySMTP(Protocol):
             return True
         return False
 
-    def _extensions(self) -> list[str]:
-        ext = ["PIPELINING", f"SIZE {self.max_message_size}"]
-        if not self.secure and self.factory.context_factory is not None:
-            ext.append("STARTTLS")
-        if self.secure:
-            # The old "AUTH=" form too, for clients that only look for it
-            # (as Postfix's broken_sasl_auth_clients).
-            mechanisms = " ".join(MECHANISMS)
-            ext += [f"AUTH {mechanisms}", f"AUTH={mechanisms}"]
-        ext += ["ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8", "HELP"]
-        return ext
-
-    def _greet(self, rest: str, esmtp: bool) -> None:
-        if not rest:
-            self.error(R.SYNTAX_EHLO if esmtp else R.SYNTAX_HELO)
-            return
-        self.ehlo = rest
-        self.transaction = None
-        if not esmtp:
-            self.reply(250, "", self.hostname)
-            return
-        lines = [self.hostname] + self._extensions()
-        out = [f"250-{x}" for x in lines[:-1]] + [f"250 {lines[-1]}"]
-        self.transport.write(("\r\n".join(out) + "\r\n").encode("ascii"))
-
     def smtp_EHLO(self, rest: str) -> None:
-        """
-        EHLO (RFC 5321 section 4.1.1.1): list the extensions that apply now.
-        """
-        self._greet(rest, True)
+        """EHLO: see L{commands.ehlo}."""
+        commands.ehlo(self, rest)
 
     def smtp_HELO(self, rest: str) -> None:
-        """
-        HELO (RFC 5321 section 4.1.1.1).
-        """
-        self._greet(rest, False)
+        """HELO: see L{commands.helo}."""
+        commands.helo(self, rest)
 
     def smtp_STARTTLS(self, rest: str) -> None:
-        """
-        STARTTLS (RFC 3207): begin TLS; discard pipelined input after it.
-        """
-        if rest:
-            self.error(R.SYNTAX_STARTTLS)
-        elif self.secure:
-            self.error(R.TLS_ALREADY_ACTIVE)
-        elif self.factory.context_factory is None:
-            self.error(R.STARTTLS_NOT_AVAILABLE)
-        elif self._need_ehlo():
-            return
-        else:
-            self.send(R.READY_TO_START_TLS)
-            # RFC 3207 section 4.2 / CVE-2011-0411: what followed STARTTLS
-            # in the clear is thrown away, and the session starts over.
-            self.framing.clear()
-            self.transport.startTLS(self.factory.context_factory)
-            self.secure = True
-            self._reset_session()
+        """STARTTLS: see L{commands.starttls}."""
+        commands.starttls(self, rest)
 
     def smtp_RSET(self, rest: str) -> None:
-        """
-        RSET (RFC 5321 section 4.1.1.5).
-        """
-        self.transaction = None
-        self.send(R.OK)
+        """RSET: see L{commands.rset}."""
+        commands.rset(self, rest)
 
     def smtp_NOOP(self, rest: str) -> None:
-        """
-        NOOP (RFC 5321 section 4.1.1.9).
-        """
-        self.send(R.OK)
+        """NOOP: see L{commands.noop}."""
+        commands.noop(self, rest)
 
     def smtp_VRFY(self, rest: str) -> None:
-        """
-        VRFY (RFC 5321 section 3.5.3): never confirms an address.
-        """
-        self.send(R.CANNOT_VRFY)
+        """VRFY: see L{commands.vrfy}."""
+        commands.vrfy(self, rest)
 
     def smtp_EXPN(self, rest: str) -> None:
-        """
-        EXPN (RFC 5321 section 3.5.2): lists are not expanded.
-        """
-        self.error(R.COMMAND_NOT_IMPLEMENTED)
+        """EXPN: see L{commands.expn}."""
+        commands.expn(self, rest)
 
     smtp_ETRN = smtp_TURN = smtp_SEND = smtp_SOML = smtp_SAML = smtp_EXPN
 
     def smtp_HELP(self, rest: str) -> None:
-        """
-        HELP (RFC 5321 section 4.1.1.8).
-        """
-        self.send(R.HELP)
+        """HELP: see L{commands.help}."""
+        commands.help(self, rest)
 
     def smtp_QUIT(self, rest: str) -> None:
-        """
-        QUIT (RFC 5321 section 4.1.1.10).
-        """
-        self.send(R.BYE)
-        self._close()
+        """QUIT: see L{commands.quit}."""
+        commands.quit(self, rest)
 
     # -- commands: AUTH (in relayd.smtp.auth) --
 
