@@ -436,36 +436,58 @@ class Pipeline:
         late = "" if in_time() else " (late: the client was told 451)"
         carries_key = len(tried) == 2 and bool(getattr(tried[1], "carries_key", False))
         if isinstance(result, Accepted):
-            await self._record(
-                self.store.record_accepted(sent.key, result.message_id, *self._lifetime(sent))
-            )
-            events.note(
+            return await self._accepted(result, sent, elapsed, late)
+        return await self._not_accepted(result, sent, tried, carries_key, elapsed, late)
+
+    async def _accepted(self, result: Accepted, sent: _Sent, elapsed: float, late: str) -> Reply:
+        """
+        The upstream took the message: record its id under the key, and
+        the C{250} with it.
+        """
+        await self._record(
+            self.store.record_accepted(sent.key, result.message_id, *self._lifetime(sent))
+        )
+        events.note(
+            upstream_id=result.message_id,
+            mapped=sent.mapped,
+            stripped=sent.stripped,
+            idempotency="new",
+        )
+        if late:
+            # The transaction's event went out with the 451: say what
+            # became of the message in a line of its own.
+            log.info(
+                "relayed message {upstream_id} for token {token_name}: {size} bytes,"
+                " {recipients} recipients, {elapsed:.3f}s; key {key}{late}",
                 upstream_id=result.message_id,
-                mapped=sent.mapped,
-                stripped=sent.stripped,
-                idempotency="new",
+                token_name=sent.token_name,
+                size=sent.size,
+                recipients=sent.recipients,
+                elapsed=elapsed,
+                key=sent.key,
+                late=late,
             )
-            if late:
-                # The transaction's event went out with the 451: say what
-                # became of the message in a line of its own.
-                log.info(
-                    "relayed message {upstream_id} for token {token_name}: {size} bytes,"
-                    " {recipients} recipients, {elapsed:.3f}s; key {key}{late}",
-                    upstream_id=result.message_id,
-                    token_name=sent.token_name,
-                    size=sent.size,
-                    recipients=sent.recipients,
-                    elapsed=elapsed,
-                    key=sent.key,
-                    late=late,
-                )
-            if not result.message_id:
-                log.warn(
-                    "upstream answered 2xx without a message id for token {token_name};"
-                    " check upstream.url",
-                    token_name=sent.token_name,
-                )
-            return R.queued(result.message_id)
+        if not result.message_id:
+            log.warn(
+                "upstream answered 2xx without a message id for token {token_name};"
+                " check upstream.url",
+                token_name=sent.token_name,
+            )
+        return R.queued(result.message_id)
+
+    async def _not_accepted(
+        self,
+        result: Any,
+        sent: _Sent,
+        tried: list[Any],
+        carries_key: bool,
+        elapsed: float,
+        late: str,
+    ) -> Reply:
+        """
+        The upstream did not take the message (or may have, unanswered):
+        release, keep or record the claim, and the reply for the client.
+        """
         if isinstance(result, NotSent):
             reply: Reply = result.reply
             await self._record(self.store.release(sent.key, sent.started))

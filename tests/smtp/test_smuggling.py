@@ -457,13 +457,27 @@ class PropertyTests(SynchronousTestCase, WireChecks):
         ),
         st.lists(st.integers(min_value=1, max_value=64), max_size=20),
     )
-    def test_random_streams_never_start_a_second_transaction(
+    @example(
+        pieces=[
+            b"\r\n.\r\n",
+            b"MAIL FROM:<e@x.com>\r\n",
+            b"RCPT TO:<v@x.com>\r\n",
+            b"DATA\r\n",
+            b"\r\n.\r\n",
+        ],
+        cuts=[],
+    )
+    def test_random_streams_start_no_transaction_of_their_own(
         self, pieces: list[bytes], cuts: list[int]
     ) -> None:
         """
-        Whatever follows DATA, split at random points, at most one message
-        is delivered (the one DATA started), nothing raises, and nothing is
-        written after the connection closed.
+        Whatever follows DATA, split at random points: the first message is
+        the one DATA started; any later one is a transaction the stream
+        itself opened with its own MAIL, RCPT and DATA commands after an
+        end of data (a client may pipeline a new transaction after the
+        final dot, RFC 2920), never more of them than it sent DATA
+        commands; nothing raises, and nothing is written after the
+        connection closed.
         """
         s = SMTPDriver(implicit_tls=True, limits=LimitsConfig(max_errors=1000))
         s.login()
@@ -474,7 +488,12 @@ class PropertyTests(SynchronousTestCase, WireChecks):
             s.proto.dataReceived(stream[pos : pos + cut])
             pos += cut
         s.replies()
-        self.assertLessEqual(len(s.delivery.sent), 1)
+        sent = [(m.mail_from, m.rcpt_to) for m in s.delivery.sent]
+        if sent:
+            self.assertEqual(sent[0], ("a@example.com", ["b@example.com"]))
+        self.assertLessEqual(len(sent) - 1, stream.count(b"DATA\r\n"))
+        for envelope in sent[1:]:
+            self.assertEqual(envelope, ("e@x.com", ["v@x.com"]))
         if s.transport.disconnecting:
             s.proto.dataReceived(b"NOOP\r\n")
             self.assertEqual(s.replies(), [])
