@@ -31,11 +31,11 @@ import email.parser
 import email.policy
 import json
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
 from twisted.internet.task import Clock
+from twisted.python import runtime
 
 from relayd import reply as R
 from relayd.auth import policy_from
@@ -201,6 +201,7 @@ def explain(
     mail_from: str | None,
     token_name: str | None,
     out: TextIO,
+    now: float = 0.0,
 ) -> bool:
     """
     Print what relayd would do with one message.
@@ -212,6 +213,8 @@ def explain(
     @param token_name: The tokens file entry whose policy applies, or
         C{None} for C{[auth.defaults]}.
     @param out: Where to print.
+    @param now: The time the request is built at, in POSIX seconds (a
+        signed request, SES, covers it); given by L{main}.
     @return: Whether the message would be relayed.
     @raise ConfigError: For an unknown token name or dialect.
     """
@@ -220,7 +223,7 @@ def explain(
     policy = _token_policy(config, token_name)
     dialect = get_dialect(config.upstream.dialect)
     clock = Clock()
-    clock.advance(time.time())
+    clock.advance(now)
     client = UpstreamClient(clock, config.upstream, dialect, http=_NoNetwork())
     message: OutboundMessage | None = None
     body: bytes | None = None
@@ -292,7 +295,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         config = load_config(options.config)
         with open(options.message, "rb") as f:
             data = f.read()
-        relayed = explain(config, data, options.to, options.mail_from, options.token_name, out)
+        relayed = explain(
+            config, data, options.to, options.mail_from, options.token_name, out, runtime.seconds()
+        )
     except ConfigError as e:
         print(f"relayd explain: {e}", file=sys.stderr)
         return 2
