@@ -3,7 +3,8 @@ The client settings of C{docs/clients.md}, tested with the real clients
 that install here: swaks and msmtp (Debian), Python's smtplib, Django's
 SMTP backend (PyPI, in the C{dev} extra), nodemailer (npm, installed into a
 temporary folder by the test), PHPMailer (Debian C{php-cli} and
-C{libphp-phpmailer}) and Ruby's C{mail} gem, which Action Mailer sends
+C{libphp-phpmailer}), Symfony Mailer, which Laravel sends with (Debian
+C{php-symfony-mailer}), and Ruby's C{mail} gem, which Action Mailer sends
 with (Debian C{ruby-mail}), each over STARTTLS (port 587 style) and
 implicit TLS (port 465 style), and a private Postfix instance as a
 smarthost client (Debian C{postfix}, over STARTTLS), against the real
@@ -73,6 +74,7 @@ def node_path() -> str | None:
 
 
 PHPMAILER = "/usr/share/php/libphp-phpmailer/autoload.php"
+SYMFONY_MAILER = "/usr/share/php/Symfony/Component/Mailer/autoload.php"
 
 
 class ClientTests(unittest.TestCase):
@@ -289,6 +291,45 @@ echo "sent\n";
 
     def test_phpmailer_implicit_tls(self) -> None:
         self.phpmailer(True, self.implicit, "phpmailer 465")
+
+    def laravel(self, scheme: str, port: int, subject: str) -> None:
+        """
+        Symfony Mailer as Laravel's C{smtp} mailer drives it: Laravel turns
+        C{MAIL_SCHEME}, C{MAIL_HOST}, C{MAIL_PORT}, C{MAIL_USERNAME} and
+        C{MAIL_PASSWORD} into a C{Dsn} for C{EsmtpTransportFactory}
+        (C{Illuminate\\Mail\\MailManager::createSmtpTransport}); scheme
+        C{smtp} upgrades with STARTTLS when offered, C{smtps} is implicit TLS.
+        """
+        if shutil.which("php") is None or not os.path.exists(SYMFONY_MAILER):
+            self.skipTest("Symfony Mailer is not installed (apt-get install php-symfony-mailer)")
+        script = f"""<?php
+require {json.dumps(SYMFONY_MAILER)};
+use Symfony\\Component\\Mailer\\Mailer;
+use Symfony\\Component\\Mailer\\Transport\\Dsn;
+use Symfony\\Component\\Mailer\\Transport\\Smtp\\EsmtpTransportFactory;
+use Symfony\\Component\\Mime\\Email;
+// MAIL_SCHEME, MAIL_HOST, MAIL_USERNAME, MAIL_PASSWORD, MAIL_PORT.
+$dsn = new Dsn({json.dumps(scheme)}, 'localhost', 'apikey', getenv('RELAYD_TOKEN'), {port});
+$transport = (new EsmtpTransportFactory())->create($dsn);
+// The test's self-signed CA (production: a public certificate, no change).
+$transport->getStream()->setStreamOptions(
+    ['ssl' => ['cafile' => {json.dumps(self.cert)}, 'verify_peer' => true]]);
+$email = (new Email())->from('app@example.com')->to('user@example.net')
+    ->subject({json.dumps(subject)})->text('Hi');
+$sent = $transport->send($email);
+echo "sent\\n";
+"""
+        path = self.folder / f"laravel-{port}.php"
+        path.write_text(script)
+        done = self.run_client(["php", str(path)], env=dict(os.environ, RELAYD_TOKEN=TOKEN))
+        self.assertEqual(done.stdout, "sent\n")
+        self.relayed_fields(subject)
+
+    def test_laravel_starttls(self) -> None:
+        self.laravel("smtp", self.starttls, "laravel 587")
+
+    def test_laravel_implicit_tls(self) -> None:
+        self.laravel("smtps", self.implicit, "laravel 465")
 
     def ruby_mail(self, tls: bool, port: int, subject: str) -> None:
         """
