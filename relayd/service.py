@@ -27,6 +27,7 @@ from relayd.admin import make_site as make_admin_site
 from relayd.auth import make_auth_portal
 from relayd.config import Config, ConfigError, ListenerConfig
 from relayd.delivery import Pipeline, make_avatar_factory
+from relayd.heap import HeapTrimmer, glibc_heap
 from relayd.idempotency import OutcomeStore
 from relayd.interfaces import ICounters, IOutcomeStore
 from relayd.lifecycle import (
@@ -439,6 +440,18 @@ def _workers_and_readiness(
         pool.setServiceParent(top)
 
 
+def _heap_trimmer(config: Config, reactor: Any, top: Daemon) -> None:
+    """
+    The L{HeapTrimmer} of this process (each worker has its own), unless
+    C{[server] heap_trim} is off or the C library is not glibc.
+    """
+    heap = glibc_heap() if config.server.heap_trim else None
+    if heap is not None:
+        HeapTrimmer(
+            reactor, heap, config.server.heap_trim_interval, config.server.heap_trim_threshold
+        ).setServiceParent(top)
+
+
 def make_service(
     config: Config,
     reactor: Any,
@@ -468,6 +481,7 @@ def make_service(
     top = Daemon()
     terminator = GracefulTermination(reactor)
     terminator.setServiceParent(top)
+    _heap_trimmer(config, reactor, top)
     context = _server_tls(config)
     store, reloader = _auth(config, reactor, context, top)
     if inherit_fds and len(inherit_fds) != len(config.listeners):

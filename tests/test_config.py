@@ -61,7 +61,15 @@ class DefaultTests(SynchronousTestCase):
     def test_server_defaults(self) -> None:
         self.assertEqual(
             attrs.asdict(self.config.server),
-            {"hostname": "localhost", "workers": 1, "proxy_networks": (), "proxy_timeout": 5.0},
+            {
+                "hostname": "localhost",
+                "workers": 1,
+                "proxy_networks": (),
+                "proxy_timeout": 5.0,
+                "heap_trim": True,
+                "heap_trim_interval": 1.0,
+                "heap_trim_threshold": 1024 * 1024,
+            },
         )
 
     def test_listener_defaults(self) -> None:
@@ -480,6 +488,12 @@ class LimitTests(SynchronousTestCase):
         self.assertEqual(
             refusal("[upstream]\nmax_connections = 0\n" + REQUIRED),
             "r.toml: upstream.max_connections: expected at least 1",
+        )
+
+    def test_heap_trim_threshold_not_negative(self) -> None:
+        self.assertEqual(
+            refusal("[server]\nheap_trim_threshold = -1\n" + REQUIRED),
+            "r.toml: server.heap_trim_threshold: expected a whole number",
         )
 
 

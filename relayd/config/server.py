@@ -35,12 +35,20 @@ class ServerConfig:
         refused (L{relayd.proxy}).
     @ivar proxy_timeout: Seconds a proxied connection has to send its
         PROXY header before it is closed.
+    @ivar heap_trim: Give the memory the C allocator holds free back to the
+        system (L{relayd.heap}).
+    @ivar heap_trim_interval: Seconds between two looks at it.
+    @ivar heap_trim_threshold: Bytes held free from which they are given
+        back to the system.
     """
 
     hostname: str = "localhost"
     workers: int = 1
     proxy_networks: tuple[str, ...] = ()
     proxy_timeout: float = 5.0
+    heap_trim: bool = True
+    heap_trim_interval: float = 1.0
+    heap_trim_threshold: int = 1024 * 1024
 
 
 @frozen
