@@ -20,6 +20,7 @@ from typing import Any
 from attrs import frozen
 from twisted.application.service import Service
 from twisted.cred.portal import Portal
+from twisted.internet.interfaces import IReactorThreads
 from twisted.logger import Logger
 
 from relayd.admin import ReadinessChecks
@@ -443,9 +444,11 @@ def _workers_and_readiness(
 def _heap_trimmer(config: Config, reactor: Any, top: Daemon) -> None:
     """
     The L{HeapTrimmer} of this process (each worker has its own), unless
-    C{[server] heap_trim} is off or the C library is not glibc.
+    C{[server] heap_trim} is off, the C library is not glibc, or the
+    reactor has no thread pool (a test's).
     """
-    heap = glibc_heap() if config.server.heap_trim else None
+    threads = IReactorThreads.providedBy(reactor)
+    heap = glibc_heap() if config.server.heap_trim and threads else None
     if heap is not None:
         HeapTrimmer(
             reactor, heap, config.server.heap_trim_interval, config.server.heap_trim_threshold
