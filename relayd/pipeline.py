@@ -185,6 +185,14 @@ class Pipeline:
         default=attrs.Factory(lambda self: single_router(self.upstream), takes_self=True)
     )
     identity_secret: bytes | None = None
+    #: Large messages are built one at a time: the work holds the GIL, and
+    #: with several pool threads at it a session's reply waits for each of
+    #: them in turn (issue 9: another session's NOOP waited up to 300 ms
+    #: during ten 24 MB messages).  One thread does the same work in the
+    #: same time, since the GIL lets only one run anyway.
+    _large: defer.DeferredSemaphore = attrs.field(
+        init=False, factory=lambda: defer.DeferredSemaphore(1)
+    )
 
     def identity(self, token: str, policy: TokenPolicy) -> str:
         """
@@ -204,11 +212,13 @@ class Pipeline:
     async def _off_thread(self, size: int, f: Callable[..., _T], *args: Any) -> _T:
         """
         C{f(*args)}: in the thread pool for a message of more than
-        L{PARSE_IN_THREAD} bytes, else now.
+        L{PARSE_IN_THREAD} bytes, one such call at a time (L{_large}),
+        else now.
         """
         if self.threads is None or size <= PARSE_IN_THREAD:
             return f(*args)
-        result: _T = await deferToThreadPool(self.threads, self.threads.getThreadPool(), f, *args)
+        pool = self.threads.getThreadPool()
+        result: _T = await self._large.run(deferToThreadPool, self.threads, pool, f, *args)
         return result
 
     def _build(

@@ -17,6 +17,7 @@ from typing import Any
 from twisted.python import usage
 
 from relayd.config import Config, ConfigError, load_config
+from relayd.heap import fix_mmap_threshold
 
 __all__ = ["Options", "makeService"]
 
@@ -49,24 +50,13 @@ class Options(usage.Options):
             raise usage.UsageError("--inherit-fds: expected numbers separated by commas") from None
 
 
-def _return_freed_memory_to_the_system() -> None:
-    """
-    Make glibc's malloc give large freed blocks back to the system.
-
-    glibc raises its mmap threshold after a large block is freed, so after
-    one 25 MiB message later large allocations come from the heap and the
-    process keeps that memory.  A fixed threshold (128 KiB, glibc's initial
-    one) keeps large message buffers in their own mappings, returned when
-    freed (mallopt(3), M_MMAP_THRESHOLD).  Nothing happens on other C
-    libraries.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
+#: Seconds a thread may hold the GIL while another waits for it (Python's
+#: default is 0.005).  A large message is built in a pool thread
+#: (L{relayd.pipeline}); each time the reactor thread comes back from a
+#: system call it waits up to this long for the GIL, several times per
+#: reply: with 5 ms another session's NOOP waited 55 to 165 ms during ten
+#: 24 MB messages, with 1 ms 20 to 85 ms (issue 9, 2 shared cores).
+GIL_SWITCH_INTERVAL = 0.001
 
 
 def _log_options(options: Options) -> tuple[str, ...]:
@@ -126,7 +116,8 @@ def makeService(options: Options) -> Any:
     """
     from twisted.internet import reactor
 
-    _return_freed_memory_to_the_system()
+    fix_mmap_threshold()
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     try:
         config = load_config(options["config"])
         # Before anything imports relayd.metrics (relayd.events does).

@@ -5,6 +5,8 @@ over L{treq.testing.StubTreq} and a L{FakeUpstream}.
 
 from __future__ import annotations
 
+from typing import Any
+
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -173,6 +175,56 @@ class ThreadedParseTests(SynchronousTestCase):
             reply = self.successResultOf(message.eomReceived())
             self.assertEqual(reply.code, 250)
         self.assertEqual(threads.pool.calls, 1)
+        self.assertEqual(len(upstream.requests), 2)
+
+
+class _HeldPool:
+    """
+    A thread pool whose calls wait until the test runs them.
+    """
+
+    def __init__(self) -> None:
+        self.waiting: list[Any] = []
+
+    def callInThreadWithCallback(self, on_result, f, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.waiting.append(lambda: on_result(True, f(*args, **kwargs)))
+
+
+class _HeldThreads(_Threads):
+    def __init__(self) -> None:
+        self.pool = _HeldPool()  # type: ignore[assignment]
+
+
+class LargeMessagesOneAtATimeTests(SynchronousTestCase):
+    def test_one_large_build_at_a_time(self) -> None:
+        """
+        Two large messages at once: the second is built in the pool only
+        once the first build is done (the builds hold the GIL; several at
+        once make every other session wait for each in turn).  Both are
+        relayed.
+        """
+        clock = Clock()
+        upstream = FakeUpstream()
+        client = UpstreamClient(
+            clock, UpstreamConfig(), get_dialect("native"), http=StubTreq(upstream)
+        )
+        threads = _HeldThreads()
+        pipeline = Pipeline(client, HeadersConfig(), clock, threads=threads)
+        big = MESSAGE.replace(b"body\r\n", b"x" * 70 + b"\r\n") + (b"y" * 70 + b"\r\n") * 75000
+        replies = []
+        for n in range(2):
+            avatar = RelayDelivery("t", TokenPolicy("web"), pipeline)
+            avatar.validateFrom(None, "ann@example.com")
+            message = avatar.validateTo(f"bob{n}@example.net")()
+            message.bodyReceived(big)
+            replies.append(message.eomReceived())
+        pool = threads.pool
+        assert isinstance(pool, _HeldPool)
+        self.assertEqual(len(pool.waiting), 1)
+        pool.waiting.pop(0)()
+        self.assertEqual(len(pool.waiting), 1)
+        pool.waiting.pop(0)()
+        self.assertEqual([self.successResultOf(d).code for d in replies], [250, 250])
         self.assertEqual(len(upstream.requests), 2)
 
 
