@@ -35,6 +35,7 @@ __all__ = [
     "blind_copies",
     "format_mailbox",
     "mailboxes",
+    "plain_addresses",
     "read_authors",
 ]
 
@@ -44,6 +45,18 @@ MAX_ADDRESS_BYTES = 128 * 1024
 _ADDRESS_FIELDS = ("from", "sender", "to", "cc", "reply-to")
 _SPECIALS = frozenset('()<>[]:;@\\,."')
 _WHITESPACE = re.compile(r"[ \t]+")
+
+# The plainest mailboxes (RFC 5322 section 3.4, 3.2.3): a bare addr-spec,
+# or a display name of atoms then an angle-addr, every atom and the
+# addr-spec's local part and domain made of ASCII atext and dots only (no
+# quotes, comments, groups, domain literals, routes or non-ASCII).  For
+# these getaddresses gives (the atoms joined by one space, the addr-spec).
+_ATEXT = r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]"
+_DOT_ATOM = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
+_PLAIN_MAILBOX = re.compile(
+    rf"[ \t]*(?:((?:{_ATEXT}+[ \t]+)*{_ATEXT}+)?[ \t]*<({_DOT_ATOM}@{_DOT_ATOM})>"
+    rf"|({_DOT_ATOM}@{_DOT_ATOM}))[ \t]*"
+)
 
 
 def format_mailbox(name: str, address: str) -> str:
@@ -62,6 +75,31 @@ def format_mailbox(name: str, address: str) -> str:
     return f"{name} <{address}>"
 
 
+def plain_addresses(texts: list[str]) -> list[tuple[str, str]] | None:
+    """
+    Read address lists made only of the plainest mailboxes, without
+    C{email.utils.getaddresses}.
+
+    @param texts: Unfolded address-list values.
+    @return: What C{getaddresses(texts)} returns, when every comma
+        separated entry of every value is a bare addr-spec or C{Name
+        <addr-spec>} of atext atoms and dot-atoms (RFC 5322 section 3.2.3);
+        C{None} for anything else (the caller then asks C{getaddresses}).
+    """
+    pairs: list[tuple[str, str]] = []
+    for text in texts:
+        for entry in text.split(","):
+            found = _PLAIN_MAILBOX.fullmatch(entry)
+            if found is None:
+                return None
+            phrase, angle, bare = found.groups()
+            if bare is not None:
+                pairs.append(("", bare))
+            else:
+                pairs.append((" ".join(phrase.split()) if phrase else "", angle))
+    return pairs
+
+
 def mailboxes(values: list[str]) -> list[tuple[str, str]]:
     """
     Read address-list header values.
@@ -73,11 +111,13 @@ def mailboxes(values: list[str]) -> list[tuple[str, str]]:
     if not values:
         return []
     texts = [header_text(v) for v in values]
-    try:
-        pairs = getaddresses(texts)
-    except RecursionError:
-        # Deeply nested comments or groups: nothing usable.
-        return []
+    pairs = plain_addresses(texts)
+    if pairs is None:
+        try:
+            pairs = getaddresses(texts)
+        except RecursionError:
+            # Deeply nested comments or groups: nothing usable.
+            return []
     result: list[tuple[str, str]] = []
     for name, address in pairs:
         address = address.translate(UNSAFE).strip()

@@ -81,6 +81,13 @@ MAX_PARTS = 1000
 MAX_DEPTH = 16
 
 _PARSER = BytesParser(policy=compat32)
+# One header field as email.feedparser reads it: a name of ftext (RFC 5322
+# section 3.6.8, email.feedparser.headerRE) not starting a continuation or
+# an envelope "From " line, a colon, the value up to the end of the line,
+# then any continuation lines; lines end in CRLF, CR or LF (NLCRE_crack).
+_FIELD = re.compile(
+    r"([\041-\071\073-\176]+):[ \t]*([^\r\n]*(?:(?:\r\n|\r|\n)[ \t][^\r\n]*)*)(?:\r\n|\r|\n|\Z)"
+)
 _EOL = re.compile(rb"\r\n|\r|\n")
 # email.feedparser.headerRE: what a header field or continuation line
 # starts with.
@@ -168,6 +175,42 @@ def _header_end(buf: bytes, start: int, end: int, limit: int) -> tuple[int, int]
             return pos, pos
         pos = end if eol is None else eol.end()
     return end, end
+
+
+def parse_header_section(section: bytes) -> Message:
+    """
+    Parse one header section, as C{BytesParser(policy=compat32)} does with
+    C{headersonly=True}.
+
+    When every line is a header field or the continuation of one (the
+    common case), the fields are read with one regular expression and set
+    on the message in order, name and value as C{compat32} stores them
+    (C{Compat32.header_source_parse}); the result is the one the standard
+    library gives, with no defects and an empty payload.  Any other section
+    (a first line that is a continuation, an envelope C{From } line, a line
+    starting with a colon, a line that is not a field) is parsed by the
+    standard library itself.
+
+    @param section: The header section, without the empty line that ends
+        it.
+    @return: The parsed header fields.
+    """
+    text = section.decode("ascii", "surrogateescape")
+    fields = []
+    pos = 0
+    size = len(text)
+    match = _FIELD.match
+    while pos < size:
+        found = match(text, pos)
+        if found is None:
+            return _PARSER.parsebytes(section, headersonly=True)
+        fields.append(found.groups())
+        pos = found.end()
+    headers = Message(policy=compat32)
+    for name, value in fields:
+        headers.set_raw(name, value)
+    headers.set_payload("")
+    return headers
 
 
 def _repair_8bit(headers: Message) -> None:
@@ -357,7 +400,7 @@ class Structure:
         self._header_bytes += header_end - start
         if self._header_bytes > MAX_HEADER_BYTES:
             raise Refused(headers_too_large(MAX_HEADER_BYTES))
-        headers = _PARSER.parsebytes(buf[start:header_end], headersonly=True)
+        headers = parse_header_section(buf[start:header_end])
         if default_type != "text/plain":
             headers.set_default_type(default_type)
         return Entity(headers, buf, body_start, end, depth, alternatives)
