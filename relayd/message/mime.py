@@ -89,6 +89,23 @@ _FIELD = re.compile(
     r"([\041-\071\073-\176]+):[ \t]*([^\r\n]*(?:(?:\r\n|\r|\n)[ \t][^\r\n]*)*)(?:\r\n|\r|\n|\Z)"
 )
 _EOL = re.compile(rb"\r\n|\r|\n")
+# A Content-Type value whose parameters (RFC 2045 section 5.1) are all
+# plain: a type part holding a slash and no quote, backslash, semicolon or
+# equals sign, then "; name=value" with a name of letters, digits, "_", "."
+# and "-" (no RFC 2231 "*"), a value that is a run of printable ASCII
+# without quotes, backslashes, semicolons or angle brackets, or such a run
+# (spaces and tabs allowed) in double quotes; an optional final ";".
+_PLAIN_TOKEN = r"[\x21\x23-\x3a\x3d\x3f-\x5b\x5d-\x7e]+"
+_PLAIN_QUOTED = r'"[\t\x20\x21\x23-\x3a\x3d\x3f-\x5b\x5d-\x7e]*"'
+_PLAIN_PARAM = (
+    rf"[ \t\r\n]*;[ \t\r\n]*([A-Za-z0-9_.-]+)[ \t\r\n]*=[ \t\r\n]*({_PLAIN_TOKEN}|{_PLAIN_QUOTED})"
+)
+_PARAMS = re.compile(_PLAIN_PARAM)
+_PLAIN_CONTENT_TYPE = re.compile(
+    r'[^;"\\=]*/[^;"\\=]*'
+    rf"(?:[ \t\r\n]*;[ \t\r\n]*[A-Za-z0-9_.-]+[ \t\r\n]*=[ \t\r\n]*(?:{_PLAIN_TOKEN}|{_PLAIN_QUOTED}))*"
+    r"[ \t\r\n]*(?:;[ \t\r\n]*)?"
+)
 # email.feedparser.headerRE: what a header field or continuation line
 # starts with.
 _HEADER_LINE = re.compile(rb"From |[\041-\071\073-\176]*:|[\t ]")
@@ -211,6 +228,36 @@ def parse_header_section(section: bytes) -> Message:
         headers.set_raw(name, value)
     headers.set_payload("")
     return headers
+
+
+def content_params(headers: Message) -> tuple[str | None, str | None]:
+    """
+    The boundary and the charset of an entity's Content-Type (RFC 2046
+    section 5.1.1, 4.1.2), as C{headers.get_boundary()} and
+    C{headers.get_content_charset()} give them.
+
+    Plain parameters (see C{_PLAIN_CONTENT_TYPE}) are read with one regular
+    expression; for them the standard library's quoting, RFC 2231 and
+    unquoting steps change nothing.  Any other value (quoted pairs, RFC 2231
+    parameters, angle brackets, non-ASCII) is left to the standard library.
+
+    @param headers: The entity's parsed header fields (after 8-bit repair).
+    @return: C{(boundary, charset)}; each C{None} when absent.
+    """
+    value = headers.get("content-type")
+    if value is None:
+        return None, None
+    if isinstance(value, str) and value.isascii() and _PLAIN_CONTENT_TYPE.fullmatch(value):
+        params: dict[str, str] = {}
+        for name, raw in _PARAMS.findall(value):
+            params.setdefault(name.lower(), raw[1:-1] if raw.startswith('"') else raw)
+        boundary = params.get("boundary")
+        charset = params.get("charset")
+        return (
+            None if boundary is None else boundary.rstrip(),
+            None if charset is None else charset.lower(),
+        )
+    return headers.get_boundary(), headers.get_content_charset()
 
 
 def _repair_8bit(headers: Message) -> None:
@@ -443,7 +490,7 @@ class Structure:
         @raise relayd.reply.Refused: C{550 5.6.0} when L{MAX_PARTS} is
             exceeded.
         """
-        boundary = entity.headers.get_boundary()
+        boundary = content_params(entity.headers)[0]
         if not boundary:
             return []
         spans = _find_delimiters(
@@ -516,5 +563,5 @@ class Structure:
         @param entity: The part.
         @param encoding: Its Content-Transfer-Encoding.
         """
-        charset = entity.headers.get_content_charset()
+        charset = content_params(entity.headers)[1]
         setattr(self, slot, body_text(entity.view(), encoding, charset))

@@ -6,8 +6,8 @@ library gives for the inputs it takes, and defers to it for the rest.
     C{email.utils.getaddresses};
   - L{relayd.message.mime.parse_header_section} against
     C{email.parser.BytesParser(policy=compat32)} with C{headersonly=True};
-  - L{relayd.message.mime.content_fields} against C{Message.get_content_type},
-    C{get_boundary} and C{get_content_charset};
+  - L{relayd.message.mime.content_params} against C{Message.get_boundary}
+    and C{get_content_charset};
   - whole messages read with the fast paths against the same messages read
     with every fast path turned off.
 """
@@ -26,7 +26,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from relayd.config import HeadersConfig
 from relayd.message import Envelope, addresses, mime, parse_message
 from relayd.message.addresses import mailboxes, plain_addresses
-from relayd.message.mime import parse_header_section
+from relayd.message.mime import content_params, parse_header_section
 from relayd.reply import Refused
 
 _ATEXT = "abcXYZ019!#$%&'*+-/=?^_`{|}~"
@@ -275,6 +275,118 @@ class HeaderSectionTests(SynchronousTestCase):
             list(parse_header_section(section).raw_items())[1],
             ("Subject", "one\r\n two\r\n\tthree"),
         )
+
+
+_ct_fragments = st.sampled_from(
+    [
+        "text/plain",
+        "multipart/alternative",
+        "TEXT/HTML",
+        "text",
+        "charset",
+        "a=b/c",
+        "x/y/z",
+        ";",
+        "; ",
+        ";\r\n\t",
+        " ",
+        "\t",
+        "\r\n ",
+        "=",
+        "==",
+        '"',
+        '""',
+        "\\",
+        '\\"',
+        "<",
+        ">",
+        "*",
+        "'",
+        "charset",
+        "CHARSET",
+        "boundary",
+        "Boundary",
+        "charset*",
+        "charset*0",
+        "charset*1*",
+        "boundary*0",
+        "name",
+        "utf-8",
+        "UTF-8",
+        "us-ascii'en'",
+        "utf-8''%C3%A9",
+        "=_bench_7_alt",
+        '"=_bench_7_alt"',
+        '"a b "',
+        '"a;b"',
+        '"<x>"',
+        "<x>",
+        '"\\"x\\""',
+        '""x""',
+        "caf\u00e9",
+        "\x0b",
+        "\x1c",
+        "(comment)",
+        "a?b",
+        " x",
+        "--",
+        "_-.",
+    ]
+)
+_content_type = st.one_of(
+    st.lists(_ct_fragments, max_size=10).map("".join),
+    st.builds(
+        lambda t, params, tail: t + "".join(params) + tail,
+        st.sampled_from(["text/plain", "multipart/mixed", " Text/HTML ", "a/b"]),
+        st.lists(
+            st.builds(
+                lambda sep, n, eq, v: f"{sep}{n}{eq}{v}",
+                st.sampled_from([";", "; ", ";\r\n\t", " ;  "]),
+                st.sampled_from(["charset", "boundary", "Charset", "BOUNDARY", "format", "name"]),
+                st.sampled_from(["=", " = ", "=\t"]),
+                st.one_of(
+                    st.text("azAZ09-_.=+/:?@[]()!#$%&'*,", min_size=1, max_size=8),
+                    st.text("azAZ09-_.=+ \t/", max_size=8).map(lambda v: f'"{v}"'),
+                ),
+            ),
+            max_size=4,
+        ),
+        st.sampled_from(["", ";", "; ", " ", ";\r\n"]),
+    ),
+)
+
+
+class ContentParamsTests(SynchronousTestCase):
+    """
+    L{content_params} gives what C{get_boundary} and C{get_content_charset}
+    give.
+    """
+
+    @settings(max_examples=1500, deadline=None)
+    @given(st.lists(_content_type, max_size=2))
+    def test_same_as_stdlib(self, values: list[str]) -> None:
+        """
+        Any Content-Type values (none, one, several): the same boundary and
+        charset.
+        """
+        headers = Message(policy=compat32)
+        for value in values:
+            headers.set_raw("Content-Type", value)
+        self.assertEqual(
+            content_params(headers), (headers.get_boundary(), headers.get_content_charset())
+        )
+
+    def test_plain_is_fast(self) -> None:
+        """
+        Plain parameters are read without the standard library's parameter
+        parser.
+        """
+        headers = Message(policy=compat32)
+        headers.set_raw(
+            "Content-Type", 'multipart/alternative;\r\n\tboundary="=_b 1 "; charset=UTF-8;'
+        )
+        self.patch(Message, "get_param", None)
+        self.assertEqual(content_params(headers), ("=_b 1", "utf-8"))
 
 
 def _read(data: bytes, policy: HeadersConfig) -> object:
