@@ -122,7 +122,7 @@ def mailboxes(values: list[str]) -> list[tuple[str, str]]:
     for name, address in pairs:
         address = address.translate(UNSAFE).strip()
         local, _, domain = address.rpartition("@")
-        if not local or not domain or any(c in " \t" for c in domain):
+        if not local or not domain or " " in domain or "\t" in domain:
             continue
         name = _WHITESPACE.sub(" ", decode_words(name)).strip()
         result.append((name, address))

@@ -269,7 +269,7 @@ def _repair_8bit(headers: Message) -> None:
     @param headers: Parsed header fields; changed in place.
     """
     items = list(headers.raw_items())
-    if all(value.isascii() for _, value in items):
+    if "".join(value for _, value in items).isascii():
         return
     for name in set(headers.keys()):
         del headers[name]
