@@ -86,9 +86,11 @@ _PARSER = BytesParser(policy=compat32)
 # an envelope "From " line, a colon, the value up to the end of the line,
 # then any continuation lines; lines end in CRLF, CR or LF (NLCRE_crack).
 _FIELD = re.compile(
-    r"([\041-\071\073-\176]+):[ \t]*([^\r\n]*(?:(?:\r\n|\r|\n)[ \t][^\r\n]*)*)(?:\r\n|\r|\n|\Z)"
+    rb"([\041-\071\073-\176]+):[ \t]*([^\r\n]*(?:(?:\r\n|\r|\n)[ \t][^\r\n]*)*)(?:\r\n|\r|\n|\Z)"
 )
 _EOL = re.compile(rb"\r\n|\r|\n")
+# The fields of a header section, where it ends and where the body starts.
+_Section = tuple[list[tuple[bytes, bytes]], int, int]
 # A Content-Type value whose parameters (RFC 2045 section 5.1) are all
 # plain: a type part holding a slash and no quote, backslash, semicolon or
 # equals sign, then "; name=value" with a name of letters, digits, "_", "."
@@ -194,40 +196,78 @@ def _header_end(buf: bytes, start: int, end: int, limit: int) -> tuple[int, int]
     return end, end
 
 
+def _plain_fields(buf: bytes, start: int, end: int, limit: int) -> _Section | None:
+    """
+    Read an entity's header section when it is made of plain fields only.
+
+    The section is found by the rules of L{_header_end} (it ends at an
+    empty line, which is skipped, or at a line that is neither a header
+    field nor a continuation line, which starts the body).  When every one
+    of its lines is a field (C{_FIELD}) or the continuation of one, the
+    fields are returned as C{Compat32.header_source_parse} stores them.
+
+    @param buf: The bytes.
+    @param start: Offset of the entity's first octet.
+    @param end: Offset just past its last octet.
+    @param limit: Give up once the section is longer than this many bytes.
+    @return: C{(fields, end of header section, start of body)}, or C{None}
+        when a line of the section is not a plain field (a first line that
+        is a continuation, an envelope C{From } line, a line starting with a
+        colon) or the section is longer than C{limit}.
+    """
+    fields: list[tuple[bytes, bytes]] = []
+    pos = start
+    match = _FIELD.match
+    while pos < end:
+        found = match(buf, pos, end)
+        if found is None:
+            eol = _EOL.match(buf, pos, end)
+            if eol is not None:
+                return fields, pos, eol.end()
+            if _HEADER_LINE.match(buf, pos, end) is None:
+                return fields, pos, pos
+            return None
+        fields.append((found[1], found[2]))
+        pos = found.end()
+        if pos - start > limit:
+            return None
+    return fields, end, end
+
+
+def _message(fields: list[tuple[bytes, bytes]]) -> Message:
+    """
+    @param fields: C{(name, value)} of each field, as received.
+    @return: A header section holding them, in order, as
+        C{BytesParser(policy=compat32)} holds them (text with octets above
+        127 as lone surrogates, no defects, an empty payload).
+    """
+    headers = Message(policy=compat32)
+    for name, value in fields:
+        headers.set_raw(name.decode("ascii"), value.decode("ascii", "surrogateescape"))
+    headers.set_payload("")
+    return headers
+
+
 def parse_header_section(section: bytes) -> Message:
     """
     Parse one header section, as C{BytesParser(policy=compat32)} does with
     C{headersonly=True}.
 
     When every line is a header field or the continuation of one (the
-    common case), the fields are read with one regular expression and set
-    on the message in order, name and value as C{compat32} stores them
-    (C{Compat32.header_source_parse}); the result is the one the standard
-    library gives, with no defects and an empty payload.  Any other section
-    (a first line that is a continuation, an envelope C{From } line, a line
-    starting with a colon, a line that is not a field) is parsed by the
-    standard library itself.
+    common case), the fields are read with one regular expression
+    (L{_plain_fields}); the result is the one the standard library gives.
+    Any other section (a first line that is a continuation, an envelope
+    C{From } line, a line starting with a colon, a line that is not a
+    field) is parsed by the standard library itself.
 
     @param section: The header section, without the empty line that ends
         it.
     @return: The parsed header fields.
     """
-    text = section.decode("ascii", "surrogateescape")
-    fields = []
-    pos = 0
-    size = len(text)
-    match = _FIELD.match
-    while pos < size:
-        found = match(text, pos)
-        if found is None:
-            return _PARSER.parsebytes(section, headersonly=True)
-        fields.append(found.groups())
-        pos = found.end()
-    headers = Message(policy=compat32)
-    for name, value in fields:
-        headers.set_raw(name, value)
-    headers.set_payload("")
-    return headers
+    found = _plain_fields(section, 0, len(section), len(section))
+    if found is None or found[1] != len(section):
+        return _PARSER.parsebytes(section, headersonly=True)
+    return _message(found[0])
 
 
 def content_params(headers: Message) -> tuple[str | None, str | None]:
@@ -443,11 +483,19 @@ class Structure:
             raise Refused(too_many_mime_parts(MAX_PARTS))
         if depth > MAX_DEPTH:
             raise Refused(mime_nested_too_deep(MAX_DEPTH))
-        header_end, body_start = _header_end(buf, start, end, MAX_HEADER_BYTES - self._header_bytes)
+        limit = MAX_HEADER_BYTES - self._header_bytes
+        plain = _plain_fields(buf, start, end, limit)
+        if plain is not None:
+            fields, header_end, body_start = plain
+        else:
+            header_end, body_start = _header_end(buf, start, end, limit)
         self._header_bytes += header_end - start
         if self._header_bytes > MAX_HEADER_BYTES:
             raise Refused(headers_too_large(MAX_HEADER_BYTES))
-        headers = parse_header_section(buf[start:header_end])
+        if plain is not None:
+            headers = _message(fields)
+        else:
+            headers = parse_header_section(buf[start:header_end])
         if default_type != "text/plain":
             headers.set_default_type(default_type)
         return Entity(headers, buf, body_start, end, depth, alternatives)

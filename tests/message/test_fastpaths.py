@@ -111,7 +111,30 @@ _fragments = st.sampled_from(
         "\x85",
     ]
 )
+#: Characters one of which, put anywhere in a plain mailbox, may change
+#: how it reads: specials, quoting, whitespace, controls, non-ASCII.
+_odd_char = st.one_of(
+    st.sampled_from(list('()<>[]:;@\\,."') + [" ", "\t", "\r", "\n", "\0", "\x7f", "\x85"]),
+    st.characters(min_codepoint=0, max_codepoint=0x2FF),
+)
+
+
+@st.composite
+def _near_plain(draw: st.DrawFn) -> str:
+    """
+    A plain mailbox with a few odd characters put in or swapped in.
+    """
+    text = draw(plain_mailbox)
+    for _ in range(draw(st.integers(1, 2))):
+        at = draw(st.integers(0, len(text)))
+        odd = draw(_odd_char)
+        text = text[:at] + odd + text[at + draw(st.integers(0, 1)) :]
+    return text
+
+
 hostile_list = st.one_of(
+    _near_plain(),
+    st.lists(st.one_of(_near_plain(), plain_mailbox), min_size=1, max_size=3).map(",".join),
     st.lists(st.one_of(_fragments, plain_mailbox, _atom), max_size=8).map("".join),
     st.lists(plain_mailbox, min_size=1, max_size=4).map(",".join),
     st.text(max_size=30),
@@ -345,8 +368,8 @@ _content_type = st.one_of(
                 st.sampled_from(["charset", "boundary", "Charset", "BOUNDARY", "format", "name"]),
                 st.sampled_from(["=", " = ", "=\t"]),
                 st.one_of(
-                    st.text("azAZ09-_.=+/:?@[]()!#$%&'*,", min_size=1, max_size=8),
-                    st.text("azAZ09-_.=+ \t/", max_size=8).map(lambda v: f'"{v}"'),
+                    st.text("azAZ09-_.=+/:?@[]()!#$%&'*,<>\\;", min_size=1, max_size=8),
+                    st.text('azAZ09-_.=+ \t/<>\\;"', max_size=8).map(lambda v: f'"{v}"'),
                 ),
             ),
             max_size=4,
@@ -387,6 +410,53 @@ class ContentParamsTests(SynchronousTestCase):
         )
         self.patch(Message, "get_param", None)
         self.assertEqual(content_params(headers), ("=_b 1", "utf-8"))
+
+
+def _old_entity(data: bytes, limit: int) -> tuple[object, ...]:
+    """
+    An entity's header section as read before the fast path: found by
+    L{mime._header_end}, parsed by the standard library.
+    """
+    header_end, body_start = mime._header_end(data, 0, len(data), limit)
+    if header_end > limit:
+        return ("refused",)
+    return _model(_stdlib_section(data[:header_end])), body_start
+
+
+def _new_entity(data: bytes, limit: int) -> tuple[object, ...]:
+    saved = mime.MAX_HEADER_BYTES
+    mime.MAX_HEADER_BYTES = limit
+    try:
+        entity = mime.Structure().read_entity(data, 0, len(data), 0, ())
+    except Refused:
+        return ("refused",)
+    finally:
+        mime.MAX_HEADER_BYTES = saved
+    return _model(entity.headers), entity.start
+
+
+class ReadEntityTests(SynchronousTestCase):
+    """
+    L{mime.Structure.read_entity} finds and parses a header section as
+    L{mime._header_end} and the standard library do.
+    """
+
+    @settings(max_examples=1500, deadline=None)
+    @given(
+        _header_lines,
+        st.lists(_line_end, min_size=8, max_size=8),
+        st.sampled_from(["", "\r\n", "\n", "\r", "\r\nbody\r\n", "body: x\r\n", "\x00x"]),
+        st.sampled_from([4, 20, 64, 10_000]),
+    )
+    def test_same_section(self, lines: list[str], ends: list[str], rest: str, limit: int) -> None:
+        """
+        Any lines and line ends, then an empty line, a body or nothing, and
+        any header-size limit: the same fields, the same start of body, or
+        the same refusal.
+        """
+        text = "".join(line + end for line, end in zip(lines, ends, strict=False)) + rest
+        data = text.encode("utf-8", "surrogateescape")
+        self.assertEqual(_new_entity(data, limit), _old_entity(data, limit))
 
 
 def _read(data: bytes, policy: HeadersConfig) -> object:
