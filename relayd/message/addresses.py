@@ -5,7 +5,10 @@ Addresses: the author and Sender (RFC 5322 section 3.6.2), address lists
 
 Address lists are read with C{email.utils.getaddresses} (groups of RFC 5322
 section 3.4, quoted local parts, UTF-8 local parts and IDN domains of RFC
-6532); entries without a local part and a domain are dropped.  Display
+6532); entries without a local part and a domain are dropped.  Lists made
+only of the plainest mailboxes (a bare addr-spec or C{Name <addr-spec>} of
+ASCII atoms) are read by L{plain_addresses} instead, with the result
+C{getaddresses} gives.  Display
 names are decoded from RFC 2047 encoded words (also inside quoted strings,
 as many clients write them).  Addresses keep the domain as written; the bcc
 comparison folds case and decodes C{xn--} labels (RFC 5890).
