@@ -5,7 +5,10 @@ Addresses: the author and Sender (RFC 5322 section 3.6.2), address lists
 
 Address lists are read with C{email.utils.getaddresses} (groups of RFC 5322
 section 3.4, quoted local parts, UTF-8 local parts and IDN domains of RFC
-6532); entries without a local part and a domain are dropped.  Display
+6532); entries without a local part and a domain are dropped.  Lists made
+only of the plainest mailboxes (a bare addr-spec or C{Name <addr-spec>} of
+ASCII atoms) are read by L{plain_addresses} instead, with the result
+C{getaddresses} gives.  Display
 names are decoded from RFC 2047 encoded words (also inside quoted strings,
 as many clients write them).  Addresses keep the domain as written; the bcc
 comparison folds case and decodes C{xn--} labels (RFC 5890).
@@ -35,6 +38,7 @@ __all__ = [
     "blind_copies",
     "format_mailbox",
     "mailboxes",
+    "plain_addresses",
     "read_authors",
 ]
 
@@ -44,6 +48,18 @@ MAX_ADDRESS_BYTES = 128 * 1024
 _ADDRESS_FIELDS = ("from", "sender", "to", "cc", "reply-to")
 _SPECIALS = frozenset('()<>[]:;@\\,."')
 _WHITESPACE = re.compile(r"[ \t]+")
+
+# The plainest mailboxes (RFC 5322 section 3.4, 3.2.3): a bare addr-spec,
+# or a display name of atoms then an angle-addr, every atom and the
+# addr-spec's local part and domain made of ASCII atext and dots only (no
+# quotes, comments, groups, domain literals, routes or non-ASCII).  For
+# these getaddresses gives (the atoms joined by one space, the addr-spec).
+_ATEXT = r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]"
+_DOT_ATOM = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
+_PLAIN_MAILBOX = re.compile(
+    rf"[ \t]*(?:((?:{_ATEXT}+[ \t]+)*{_ATEXT}+)?[ \t]*<({_DOT_ATOM}@{_DOT_ATOM})>"
+    rf"|({_DOT_ATOM}@{_DOT_ATOM}))[ \t]*"
+)
 
 
 def format_mailbox(name: str, address: str) -> str:
@@ -62,6 +78,31 @@ def format_mailbox(name: str, address: str) -> str:
     return f"{name} <{address}>"
 
 
+def plain_addresses(texts: list[str]) -> list[tuple[str, str]] | None:
+    """
+    Read address lists made only of the plainest mailboxes, without
+    C{email.utils.getaddresses}.
+
+    @param texts: Unfolded address-list values.
+    @return: What C{getaddresses(texts)} returns, when every comma
+        separated entry of every value is a bare addr-spec or C{Name
+        <addr-spec>} of atext atoms and dot-atoms (RFC 5322 section 3.2.3);
+        C{None} for anything else (the caller then asks C{getaddresses}).
+    """
+    pairs: list[tuple[str, str]] = []
+    for text in texts:
+        for entry in text.split(","):
+            found = _PLAIN_MAILBOX.fullmatch(entry)
+            if found is None:
+                return None
+            phrase, angle, bare = found.groups()
+            if bare is not None:
+                pairs.append(("", bare))
+            else:
+                pairs.append((" ".join(phrase.split()) if phrase else "", angle))
+    return pairs
+
+
 def mailboxes(values: list[str]) -> list[tuple[str, str]]:
     """
     Read address-list header values.
@@ -73,16 +114,18 @@ def mailboxes(values: list[str]) -> list[tuple[str, str]]:
     if not values:
         return []
     texts = [header_text(v) for v in values]
-    try:
-        pairs = getaddresses(texts)
-    except RecursionError:
-        # Deeply nested comments or groups: nothing usable.
-        return []
+    pairs = plain_addresses(texts)
+    if pairs is None:
+        try:
+            pairs = getaddresses(texts)
+        except RecursionError:
+            # Deeply nested comments or groups: nothing usable.
+            return []
     result: list[tuple[str, str]] = []
     for name, address in pairs:
         address = address.translate(UNSAFE).strip()
         local, _, domain = address.rpartition("@")
-        if not local or not domain or any(c in " \t" for c in domain):
+        if not local or not domain or " " in domain or "\t" in domain:
             continue
         name = _WHITESPACE.sub(" ", decode_words(name)).strip()
         result.append((name, address))

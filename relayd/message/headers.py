@@ -65,6 +65,23 @@ _REPRESENTED = frozenset(
 # Never passed through, whatever the policy keeps.
 _NEVER_KEPT = frozenset({"bcc", "date"})
 
+# Where a top-level field goes (_Rules.kind).
+(
+    _KIND_REPRESENTED,
+    _KIND_STREAM,
+    _KIND_TRACKING,
+    _KIND_UNSUBSCRIBE,
+    _KIND_TAGS,
+    _KIND_METADATA,
+    _KIND_REQUIRED,
+    _KIND_KEPT,
+    _KIND_STRIPPED,
+) = range(9)
+
+# Most field names whose kind one policy's rules remember: a deployment
+# sees a few dozen; a client inventing names does not grow the table.
+_KINDS_CACHED = 1024
+
 
 def _matcher(patterns: Iterable[str]) -> Callable[[str], bool]:
     """
@@ -145,6 +162,7 @@ class _Rules:
         "required",
         "forwarded",
         "keep_message_id",
+        "kinds",
     )
 
     def __init__(self, policy: HeadersConfig) -> None:
@@ -158,6 +176,49 @@ class _Rules:
         self.required = {name.strip().lower(): name for name in policy.required}
         self.forwarded = frozenset(name.strip().lower() for name in policy.required_forward)
         self.keep_message_id = policy.keep_message_id
+        self.kinds: dict[str, int] = {}
+
+    def kind(self, key: str) -> int:
+        """
+        Where a field of this name goes, by the rules of L{sort_fields}:
+        represented, one of the control headers (the stream, tracking,
+        list-unsubscribe, tags, metadata, a required header consumed), kept
+        or stripped.  The answer depends on the name alone, so it is
+        remembered (for the first L{_KINDS_CACHED} names).
+
+        @param key: The field name, lower case, stripped.
+        @return: One of the C{_KIND_*} constants.
+        """
+        if key in _REPRESENTED:
+            kind = _KIND_REPRESENTED
+        elif self.stream and key == self.stream:
+            kind = _KIND_STREAM
+        elif self.tracking and key == self.tracking:
+            kind = _KIND_TRACKING
+        elif self.unsubscribe and key == self.unsubscribe:
+            kind = _KIND_UNSUBSCRIBE
+        elif self.is_tags(key):
+            kind = _KIND_TAGS
+        elif self.prefix and key.startswith(self.prefix):
+            kind = _KIND_METADATA
+        elif key in self.required and key not in self.forwarded:
+            kind = _KIND_REQUIRED
+        elif key == "message-id":
+            kind = _KIND_KEPT if self.keep_message_id else _KIND_STRIPPED
+        elif key in self.forwarded:
+            kind = _KIND_KEPT
+        elif (
+            key not in _NEVER_KEPT
+            and not key.startswith("content-")
+            and self.is_kept(key)
+            and not self.is_stripped(key)
+        ):
+            kind = _KIND_KEPT
+        else:
+            kind = _KIND_STRIPPED
+        if len(self.kinds) < _KINDS_CACHED:
+            self.kinds[key] = kind
+        return kind
 
 
 class _RulesCache:
@@ -255,77 +316,54 @@ def sort_fields(headers: Message, policy: HeadersConfig) -> SortedFields:
     """
     rules = _RULES.get(policy)
     fields = SortedFields()
+    required = rules.required
     for name, raw in headers.raw_items():
         name = name.strip()
         key = name.lower()
         if not key:
             continue
-        if key in rules.required:
+        if key in required:
             fields.required.setdefault(key, []).append(raw)
-        if key in _REPRESENTED:
+        kind = rules.kinds.get(key)
+        if kind is None:
+            kind = rules.kind(key)
+        if kind == _KIND_REPRESENTED:
             fields.represented.setdefault(key, []).append(raw)
-        elif not _map_control(rules, fields, name, key, raw):
-            _keep_or_strip(rules, fields, name, key, raw)
+        elif kind == _KIND_KEPT:
+            fields.kept.append((name, header_text(raw)))
+        elif kind == _KIND_STRIPPED:
+            fields.add_stripped(name)
+        else:
+            _map_control(rules, fields, kind, name, raw)
     return fields
 
 
-def _map_control(rules: _Rules, fields: SortedFields, name: str, key: str, raw: str) -> bool:
+def _map_control(rules: _Rules, fields: SortedFields, kind: int, name: str, raw: str) -> None:
     """
     Consume a field that is a control header of the policy.
 
     @param rules: The policy.
     @param fields: Where the field goes.
+    @param kind: Which control header it is (L{_Rules.kind}).
     @param name: Its name as written.
-    @param key: Its name, lower case.
     @param raw: Its raw value.
-    @return: C{True} when the field was a control header (a metadata header
-        without a key is stripped); C{False} when it is none.
     """
-    if rules.stream and key == rules.stream:
+    if kind == _KIND_STREAM:
         fields.streams.append(raw)
-    elif rules.tracking and key == rules.tracking:
+    elif kind == _KIND_TRACKING:
         fields.tracking.append(raw)
-    elif rules.unsubscribe and key == rules.unsubscribe:
+    elif kind == _KIND_UNSUBSCRIBE:
         fields.unsubscribe.append(raw)
-    elif rules.is_tags(key):
+    elif kind == _KIND_TAGS:
         fields.tags.append(raw)
-    elif rules.prefix and key.startswith(rules.prefix):
+    elif kind == _KIND_METADATA:
         meta_key = name[len(rules.prefix) :].strip()
         if not meta_key:
+            # A metadata header without a key is stripped.
             fields.add_stripped(name)
-            return True
+            return
         fields.add_metadata(meta_key, raw)
-    elif key not in rules.required or key in rules.forwarded:
-        return False
     fields.add_mapped(name)
-    return True
-
-
-def _keep_or_strip(rules: _Rules, fields: SortedFields, name: str, key: str, raw: str) -> None:
-    """
-    Keep or strip a field that is neither represented nor a control header.
-
-    @param rules: The policy.
-    @param fields: Where the field goes.
-    @param name: Its name as written.
-    @param key: Its name, lower case.
-    @param raw: Its raw value.
-    """
-    if key == "message-id":
-        keep = rules.keep_message_id
-    elif key in rules.forwarded:
-        keep = True
-    else:
-        keep = (
-            key not in _NEVER_KEPT
-            and not key.startswith("content-")
-            and rules.is_kept(key)
-            and not rules.is_stripped(key)
-        )
-    if keep:
-        fields.kept.append((name, header_text(raw)))
-    else:
-        fields.add_stripped(name)
 
 
 def classify(name: str, policy: HeadersConfig) -> tuple[str, str]:

@@ -5,10 +5,15 @@ map), tags, stream, tracking, metadata and required headers.
 
 from __future__ import annotations
 
+from email.message import Message
+from email.policy import compat32
+
+import attrs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from relayd.config import HeadersConfig
+from relayd.message.headers import classify, sort_fields
 from tests.message.support import (
     FROM,
     RejectionAssertions,
@@ -431,3 +436,63 @@ class HeaderPolicyTests(RejectionAssertions):
             if tag and tag not in expected:
                 expected.append(tag)
         self.assertEqual(parse(data, policy).tags, tuple(expected[:max_tags]))
+
+
+class SortAgreesWithClassifyTests(RejectionAssertions):
+    """
+    L{sort_fields} (which remembers each name's place per policy) puts every
+    field where L{classify} (which works it out afresh) says it goes.
+    """
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        fields=_header_fields(),
+        policy=_policies(),
+        required=st.lists(st.sampled_from(_NAMES), max_size=3),
+        forward=st.lists(st.sampled_from(_NAMES), max_size=2),
+    )
+    def test_same_place_twice(
+        self,
+        fields: list[tuple[str, str]],
+        policy: HeadersConfig,
+        required: list[str],
+        forward: list[str],
+    ) -> None:
+        """
+        Sorted twice (the second time from the remembered places), every
+        field lands where L{classify} says, and both sorts are equal.
+        """
+        policy = attrs.evolve(
+            policy,
+            required={name: "*" for name in required},
+            required_forward=tuple(n for n in forward if n in required),
+        )
+        headers = Message(policy=compat32)
+        for name, value in fields:
+            headers.set_raw(name, value)
+        first = sort_fields(headers, policy)
+        self.assertEqual(sort_fields(headers, policy), first)
+        kept = {name.lower() for name, _ in first.kept}
+        mapped = {name.lower() for name in first.mapped}
+        stripped = {name.lower() for name in first.stripped}
+        for name, _ in fields:
+            key = name.strip().lower()
+            if not key:
+                continue
+            outcome, _ = classify(name, policy)
+            places = {
+                "represented": key in first.represented,
+                "mapped": key in mapped,
+                "kept": key in kept,
+                "stripped": key in stripped,
+            }
+            self.assertTrue(places[outcome], (name, outcome, places))
+            if key in policy_required(policy):
+                self.assertIn(key, first.required)
+
+
+def policy_required(policy: HeadersConfig) -> set[str]:
+    """
+    @return: The lower-case names of the required headers.
+    """
+    return {name.strip().lower() for name in policy.required}
