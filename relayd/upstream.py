@@ -47,6 +47,7 @@ from relayd.config import ConfigError
 from relayd.dialects import get_dialect
 from relayd.dialects.base import Body, HTTPRequest, retry_after_seconds
 from relayd.httpagent import NO_COOKIES as _NO_COOKIES
+from relayd.httpagent import HeaderEncoder as _HeaderEncoder
 from relayd.httpagent import NoCookies as _NoCookies
 from relayd.httpagent import UpstreamAgent as _UpstreamAgent
 from relayd.interfaces import IDialect
@@ -76,6 +77,14 @@ log = Logger()
 MAX_ANSWER = 64 * 1024
 
 USER_AGENT = f"relayd/{__version__}"
+
+#: The headers of every request, before the token header and the
+#: dialect's own (L{UpstreamClient.prepare}).
+_DEFAULT_HEADERS = {
+    "Content-Type": "application/json",
+    "Accept": "application/json",
+    "User-Agent": USER_AGENT,
+}
 
 
 class _StaleRetry:
@@ -331,14 +340,12 @@ class UpstreamClient:
         self._url = _ParsedURI.parse(config.url)
         self._header = config.token_header or dialect.token_header
         self._format = config.token_format or dialect.token_format
+        self._encoder = _HeaderEncoder(_DEFAULT_HEADERS)
 
     def _headers(self, token: str) -> dict[str, str]:
-        return {
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-            "User-Agent": USER_AGENT,
-            self._header: self._format.replace("{token}", token),
-        }
+        headers = dict(_DEFAULT_HEADERS)
+        headers[self._header] = self._format.replace("{token}", token)
+        return headers
 
     def _build(
         self, message: OutboundMessage, token: str, idempotency_key: str | None, now: float
@@ -445,7 +452,7 @@ class UpstreamClient:
         response = await self.http.post(
             self._url,
             data=data,
-            headers={name: [value] for name, value in request.headers.items()},
+            headers=self._encoder.encode(request.headers),
             allow_redirects=False,
             unbuffered=True,
             reactor=self._reactor,
