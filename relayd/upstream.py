@@ -449,7 +449,7 @@ class UpstreamClient:
             extra["cookies"] = _NO_COOKIES
         else:
             data = request.body
-        response = await self.http.post(
+        sent = self.http.post(
             self._url,
             data=data,
             headers=self._encoder.encode(request.headers),
@@ -458,9 +458,13 @@ class UpstreamClient:
             reactor=self._reactor,
             **extra,
         )
+        if not isinstance(sent, Deferred):  # a treq-like client's coroutine
+            sent = Deferred.fromCoroutine(sent)
+        response = await exchange.wait(sent)
         exchange.status = response.code
         exchange.headers = _answer_headers(response)
-        await _read_body(response, exchange.body, MAX_ANSWER)
+        await exchange.wait(_read_body(response, exchange.body, MAX_ANSWER))
+        exchange.pending = None
 
     async def post_prepared(
         self, request: PreparedRequest, deadline: float | None = None
@@ -522,7 +526,9 @@ class UpstreamClient:
         self, request: PreparedRequest, deadline: float | None
     ) -> tuple[_Exchange, Exception | None]:
         """
-        Run one POST of C{request} (L{_post}) under its deadline.
+        Run one POST of C{request} (L{_post}) under its deadline: when it
+        passes, what the exchange waits for (the answer's headers, then its
+        body) is cancelled (L{_Exchange.expire}).
 
         @param request: From L{prepare}.
         @param deadline: Seconds before the request is cancelled; C{None}:
@@ -531,16 +537,10 @@ class UpstreamClient:
             (C{None} when it completed).
         """
         exchange = _Exchange()
-        d = Deferred.fromCoroutine(self._post(request, exchange))
-
-        def expire() -> None:
-            exchange.timed_out = True
-            d.cancel()
-
         wait = self._config.timeout if deadline is None else deadline
-        timer = self._reactor.callLater(wait, expire)
+        timer = self._reactor.callLater(wait, exchange.expire)
         try:
-            await d
+            await self._post(request, exchange)
         except Exception as e:
             return exchange, e
         finally:
