@@ -50,6 +50,7 @@ from relayd.httpagent import NO_COOKIES as _NO_COOKIES
 from relayd.httpagent import HeaderEncoder as _HeaderEncoder
 from relayd.httpagent import NoCookies as _NoCookies
 from relayd.httpagent import UpstreamAgent as _UpstreamAgent
+from relayd.httpagent import UpstreamHTTPClient as _UpstreamHTTPClient
 from relayd.interfaces import IDialect
 from relayd.reply import TEMPORARY_FAILURE, Reply, upstream_retry_after
 from relayd.result import Accepted, NotSent, UpstreamResult
@@ -206,7 +207,7 @@ def make_http_client(reactor: Any, pool: HTTPConnectionPool, connect_timeout: fl
     @return: The client.
     """
     agent = _UpstreamAgent(reactor, connectTimeout=connect_timeout, pool=pool)
-    return HTTPClient(agent, cookiejar=_NoCookies(), data_to_body_producer=BytesProducer)
+    return _UpstreamHTTPClient(agent, cookiejar=_NoCookies(), data_to_body_producer=BytesProducer)
 
 
 def _is_ip_literal(host: str) -> bool:
