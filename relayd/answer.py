@@ -13,6 +13,7 @@ dialect reads the answer (L{relayd.dialects}).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
 
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred
@@ -37,6 +38,8 @@ __all__ = [
     "read_body",
 ]
 
+_T = TypeVar("_T")
+
 #: Request headers that never carry a credential.
 _PUBLIC_HEADERS = frozenset({"content-type", "accept", "user-agent", "idempotency-key"})
 
@@ -49,6 +52,9 @@ class Exchange:
     @ivar headers: The answer's headers: lower-case name to last value.
     @ivar body: The (bounded) body read so far.
     @ivar timed_out: The deadline cancelled the request.
+    @ivar pending: What the exchange waits for now (the answer's headers,
+        then its body), for the deadline to cancel; C{None} when it waits
+        for nothing.
     """
 
     def __init__(self) -> None:
@@ -56,6 +62,26 @@ class Exchange:
         self.headers: dict[str, str] = {}
         self.body = bytearray()
         self.timed_out = False
+        self.pending: Deferred[Any] | None = None
+
+    def wait(self, d: Deferred[_T]) -> Deferred[_T]:
+        """
+        Note C{d} as what the exchange now waits for (L{pending}).
+
+        @param d: A L{Deferred} of the exchange.
+        @return: C{d}.
+        """
+        self.pending = d
+        return d
+
+    def expire(self) -> None:
+        """
+        The deadline passed: cancel what the exchange waits for.
+        """
+        self.timed_out = True
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.cancel()
 
 
 class _BoundedBody(Protocol):

@@ -47,8 +47,10 @@ from relayd.config import ConfigError
 from relayd.dialects import get_dialect
 from relayd.dialects.base import Body, HTTPRequest, retry_after_seconds
 from relayd.httpagent import NO_COOKIES as _NO_COOKIES
+from relayd.httpagent import HeaderEncoder as _HeaderEncoder
 from relayd.httpagent import NoCookies as _NoCookies
 from relayd.httpagent import UpstreamAgent as _UpstreamAgent
+from relayd.httpagent import UpstreamHTTPClient as _UpstreamHTTPClient
 from relayd.interfaces import IDialect
 from relayd.reply import TEMPORARY_FAILURE, Reply, upstream_retry_after
 from relayd.result import Accepted, NotSent, UpstreamResult
@@ -76,6 +78,14 @@ log = Logger()
 MAX_ANSWER = 64 * 1024
 
 USER_AGENT = f"relayd/{__version__}"
+
+#: The headers of every request, before the token header and the
+#: dialect's own (L{UpstreamClient.prepare}).
+_DEFAULT_HEADERS = {
+    "Content-Type": "application/json",
+    "Accept": "application/json",
+    "User-Agent": USER_AGENT,
+}
 
 
 class _StaleRetry:
@@ -197,7 +207,7 @@ def make_http_client(reactor: Any, pool: HTTPConnectionPool, connect_timeout: fl
     @return: The client.
     """
     agent = _UpstreamAgent(reactor, connectTimeout=connect_timeout, pool=pool)
-    return HTTPClient(agent, cookiejar=_NoCookies(), data_to_body_producer=BytesProducer)
+    return _UpstreamHTTPClient(agent, cookiejar=_NoCookies(), data_to_body_producer=BytesProducer)
 
 
 def _is_ip_literal(host: str) -> bool:
@@ -331,14 +341,12 @@ class UpstreamClient:
         self._url = _ParsedURI.parse(config.url)
         self._header = config.token_header or dialect.token_header
         self._format = config.token_format or dialect.token_format
+        self._encoder = _HeaderEncoder(_DEFAULT_HEADERS)
 
     def _headers(self, token: str) -> dict[str, str]:
-        return {
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-            "User-Agent": USER_AGENT,
-            self._header: self._format.replace("{token}", token),
-        }
+        headers = dict(_DEFAULT_HEADERS)
+        headers[self._header] = self._format.replace("{token}", token)
+        return headers
 
     def _build(
         self, message: OutboundMessage, token: str, idempotency_key: str | None, now: float
@@ -442,18 +450,22 @@ class UpstreamClient:
             extra["cookies"] = _NO_COOKIES
         else:
             data = request.body
-        response = await self.http.post(
+        sent = self.http.post(
             self._url,
             data=data,
-            headers={name: [value] for name, value in request.headers.items()},
+            headers=self._encoder.encode(request.headers),
             allow_redirects=False,
             unbuffered=True,
             reactor=self._reactor,
             **extra,
         )
+        if not isinstance(sent, Deferred):  # a treq-like client's coroutine
+            sent = Deferred.fromCoroutine(sent)
+        response = await exchange.wait(sent)
         exchange.status = response.code
         exchange.headers = _answer_headers(response)
-        await _read_body(response, exchange.body, MAX_ANSWER)
+        await exchange.wait(_read_body(response, exchange.body, MAX_ANSWER))
+        exchange.pending = None
 
     async def post_prepared(
         self, request: PreparedRequest, deadline: float | None = None
@@ -515,7 +527,9 @@ class UpstreamClient:
         self, request: PreparedRequest, deadline: float | None
     ) -> tuple[_Exchange, Exception | None]:
         """
-        Run one POST of C{request} (L{_post}) under its deadline.
+        Run one POST of C{request} (L{_post}) under its deadline: when it
+        passes, what the exchange waits for (the answer's headers, then its
+        body) is cancelled (L{_Exchange.expire}).
 
         @param request: From L{prepare}.
         @param deadline: Seconds before the request is cancelled; C{None}:
@@ -524,16 +538,10 @@ class UpstreamClient:
             (C{None} when it completed).
         """
         exchange = _Exchange()
-        d = Deferred.fromCoroutine(self._post(request, exchange))
-
-        def expire() -> None:
-            exchange.timed_out = True
-            d.cancel()
-
         wait = self._config.timeout if deadline is None else deadline
-        timer = self._reactor.callLater(wait, expire)
+        timer = self._reactor.callLater(wait, exchange.expire)
         try:
-            await d
+            await self._post(request, exchange)
         except Exception as e:
             return exchange, e
         finally:

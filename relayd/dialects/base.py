@@ -56,6 +56,7 @@ __all__ = [
     "envelope_recipients",
     "failure_for_status",
     "header_value",
+    "id_only",
     "parse_answer",
     "refuse_raw_only",
     "require_to",
@@ -100,6 +101,35 @@ class HTTPRequest:
         """
         content = self.content
         return content if isinstance(content, bytes) else bytes(content)
+
+
+#: Characters an id keeps (L{clean_id}): visible US-ASCII, C{!} to C{~}.
+_NOT_VISIBLE = re.compile(r"[^!-~]+")
+
+#: A JSON object whose only member is C{"id"}, a string of visible US-ASCII
+#: without escapes (no C{"} or C{\\}): the common small 2xx answer
+#: (C{{"id": "..."}}, RFC 8259 section 2 for the white space).  Its id is the
+#: string's bytes as they are.
+_ID_ONLY = re.compile(
+    rb'[ \t\n\r]*\{[ \t\n\r]*"id"[ \t\n\r]*:[ \t\n\r]*"([!#-\[\]-~]+)"[ \t\n\r]*\}[ \t\n\r]*'
+)
+
+
+def id_only(body: bytes) -> str | None:
+    """
+    Read the id of an answer that is only C{{"id": "<visible ASCII>"}}
+    without parsing it as JSON: L{clean_id} of what L{parse_answer} would
+    find under C{"id"}, for the answer most upstreams give to a message
+    they took.
+
+    @param body: An answer's body.
+    @return: The cleaned id (L{clean_id}: at most L{MAX_ID} characters), or
+        C{None} when the body is anything else (then parse it).
+    """
+    match = _ID_ONLY.fullmatch(body)
+    if match is None:
+        return None
+    return match.group(1)[:MAX_ID].decode("ascii")
 
 
 def parse_answer(body: bytes) -> object:
@@ -148,7 +178,7 @@ def clean_id(value: object, limit: int = MAX_ID) -> str:
     """
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         return ""
-    return "".join(c for c in str(value) if "!" <= c <= "~")[:limit]
+    return _NOT_VISIBLE.sub("", str(value))[:limit]
 
 
 def refuse_raw_only(name: str, message: OutboundMessage) -> None:
@@ -539,7 +569,17 @@ class JSONDialect:
     def result(self, status: int, body: bytes) -> UpstreamResult:
         """
         See L{IDialect.result}.
+
+        A 2xx answer that is only C{{"id": "..."}} (L{id_only}) is read
+        without parsing JSON, when the id comes from L{message_id} as
+        L{JSONDialect} defines it and C{"id"} is one of L{id_keys}: the same
+        result, for less work.
         """
+        if 200 <= status < 300 and "id" in self.id_keys:
+            if type(self).message_id is JSONDialect.message_id:
+                found = id_only(body)
+                if found is not None:
+                    return Accepted(found)
         answer = parse_answer(body)
         if 200 <= status < 300:
             return Accepted(self.message_id(answer))
