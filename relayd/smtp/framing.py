@@ -162,7 +162,7 @@ class DataReader:
         # LF part of a CRLF, no bare CR.  Lines of one length (base64) are
         # checked at once.
         limit = self.max_line_length + 1
-        if len(block) <= limit or not _even_crlf_lines(block, limit):
+        if len(block) < _EVEN_MIN or not _even_crlf_lines(block, limit):
             if len(block) > limit and _has_long_line(block, limit):
                 self.fail(DataError.LINE_TOO_LONG)
                 return
@@ -255,6 +255,10 @@ def _even_crlf_lines(block: bytes, limit: int) -> bool:
 
 #: Octets of a block of even lines copied at once by L{_even_crlf_lines}.
 _EVEN_PIECE = 64 * 1024
+
+#: Blocks shorter than this (in octets) are not tried as even lines: their
+#: counts of line ends take no longer.
+_EVEN_MIN = 2048
 
 
 class Framer:

@@ -153,15 +153,34 @@ class EvenLinesTests(SynchronousTestCase):
         block = even(b"a.b.c.", 500)
         self.assertEqual(take(block), block)
 
+    def test_default_limit(self) -> None:
+        # relayd's default max_line_length is 65536: every block of a
+        # base64 body is shorter than one line may be.
+        block = even(b"QUJD" * 19, 300)
+        self.assertTrue(framing._even_crlf_lines(block, 65537))
+        self.assertEqual(take(block, 65536), block)
+        broken = block[:100] + b"\r" + block[101:]
+        self.assertEqual(take(broken, 65536), plain_take(broken, 65536, False))
+        self.assertIs(take(broken, 65536, reject=True), DataError.BARE_NEWLINE)
+
     @settings(max_examples=300, deadline=None)
-    @given(LINE, st.integers(1, 40), st.lists(LINE, max_size=4), st.booleans(), st.booleans())
+    @given(
+        LINE,
+        st.integers(1, 40),
+        st.lists(LINE, max_size=4),
+        st.booleans(),
+        st.booleans(),
+        st.sampled_from([6, 65536]),
+    )
     def test_take_is_the_plain_rules(
-        self, line: bytes, count: int, extra: list[bytes], reject: bool, dot: bool
+        self, line: bytes, count: int, extra: list[bytes], reject: bool, dot: bool, limit: int
     ) -> None:
         # Mostly even blocks (what the fast path takes), with now and then
-        # a line of another length, a stray CR or LF, or dots.
+        # a line of another length, a stray CR or LF, or dots; short blocks
+        # are tried as even lines too.
+        self.patch(framing, "_EVEN_MIN", 0)
         block = (b"." if dot else b"") + even(line, count) + b"".join(x + b"\n" for x in extra)
-        self.assertEqual(take(block, 6, reject), plain_take(block, 6, reject))
+        self.assertEqual(take(block, limit, reject), plain_take(block, limit, reject))
 
 
 class FramerCopyTests(SynchronousTestCase):
