@@ -382,7 +382,11 @@ class Framer:
         if reader.crlf and buf.startswith(b".\r\n"):
             end = 0
         else:
-            end = buf.find(b"\r\n.\r\n", 0, last + 1)
+            # Its dot comes at or after the first dot: the search for one
+            # octet is memchr-fast, the one for five is not (and base64
+            # holds no dot).
+            dot = buf.find(b".", 2, last + 1)
+            end = -1 if dot < 0 else buf.find(b"\r\n.\r\n", dot - 2, last + 1)
             if end >= 0:
                 end += 2
         # One copy of the lines (a slice of a memoryview), and the buffer

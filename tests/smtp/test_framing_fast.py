@@ -204,3 +204,30 @@ class FramerCopyTests(SynchronousTestCase):
         self.assertIs(f.buffer, buffer)
         self.assertEqual(f.buffer, bytearray(b"QUIT\r\n"))
         self.assertEqual(r.body(), even(b"QUJD", 101))
+
+    def test_end_of_data_after_the_first_dot(self) -> None:
+        for head in (b"", b"a.b\r\n", b"..\r\n.x\r\n", b"x\r\n.", b"\r\n"):
+            stream = head + b"QUJD\r\n" * 50 + b".\r\nNOOP\r\n"
+            f, r = Framer(512, 998, False), DataReader(998, 10**6, False)
+            f.feed(stream)
+            self.assertTrue(f.read_data(r), head)
+            expected = head.replace(b"\r\n.", b"\r\n") + b"QUJD\r\n" * 50
+            if expected.startswith(b"."):
+                expected = expected[1:]
+            self.assertEqual(r.body(), expected, head)
+            self.assertEqual(f.read_line(), b"NOOP")
+
+    def test_no_end_of_data_without_a_dot_line(self) -> None:
+        f, r = Framer(512, 998, False), DataReader(998, 10**6, False)
+        f.feed(b"a.b\r\n" + b"QUJD\r\n" * 50 + b".x\r\ny.\r\n\r\n.\r")
+        self.assertFalse(f.read_data(r))
+        f.feed(b"\r\n")
+        self.assertFalse(f.read_data(r))
+
+    def test_end_of_data_at_the_buffer_start(self) -> None:
+        f, r = Framer(512, 998, False), DataReader(998, 10**6, False)
+        f.feed(b"abc\n")
+        self.assertFalse(f.read_data(r))
+        f.feed(b"\r\n.\r\n")
+        self.assertTrue(f.read_data(r))
+        self.assertEqual(r.body(), b"abc\r\n\r\n")
