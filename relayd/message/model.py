@@ -102,24 +102,30 @@ def _cut_line_breaks(piece: bytes, width: int) -> bytes | None:
     """
     Take the line breaks out of even lines: C{piece.translate(None,
     b"\\r\\n")} when C{piece} is lines of C{width} octets, each ending
-    with CRLF.
+    with CRLF, then possibly a shorter last line (the end of a body).
 
     The CR and LF are checked where they must be (a slice with a stride),
     deleted there, and the rest is searched for another CR or LF (memchr):
-    what is left is the text only if there is none.
+    what is left is the text only if there is none.  The short last line
+    is translated.
 
     @param piece: Base64 lines.
     @param width: Octets of one line with its CRLF.
     @return: The text, or C{None} when the lines are not even.
     """
-    count, rest = divmod(len(piece), width) if width > 2 else (0, 1)
-    if rest or not count:
+    count, rest = divmod(len(piece), width) if width > 2 else (0, 0)
+    if not count:
         return None
-    if piece[width - 1 :: width] != b"\n" * count or piece[width - 2 :: width] != b"\r" * count:
+    even = count * width
+    if piece[width - 1 : even : width] != b"\n" * count:
+        return None
+    if piece[width - 2 : even : width] != b"\r" * count:
         return None
     text = bytearray(piece)
-    del text[width - 1 :: width]  # every LF: lines of width - 1 octets
-    del text[width - 2 :: width - 1]  # every CR
+    del text[width - 1 : even : width]  # every LF: lines of width - 1 octets
+    del text[width - 2 : even - count : width - 1]  # every CR
+    if rest:
+        text[count * (width - 2) :] = piece[even:].translate(None, b"\r\n")
     if b"\n" in text or b"\r" in text:
         return None
     return bytes(text)

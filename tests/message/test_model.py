@@ -79,5 +79,15 @@ class ChunksTests(SynchronousTestCase):
             cut = model._cut_line_breaks(piece, width)
             if cut is not None:
                 self.assertEqual(cut, piece.translate(None, b"\r\n"))
-        if len(body) % width == 0 and body:
+        if len(body) >= width:
+            # Even lines, then maybe a shorter one: cut by position.
             self.assertEqual(model._cut_line_breaks(body, width), body.translate(None, b"\r\n"))
+
+    def test_short_last_line(self) -> None:
+        body = lines(base64.b64encode(b"w" * 1000), 76)
+        self.assertEqual(len(body) % 78, 46)
+        self.assertEqual(model._cut_line_breaks(body, 78), body.translate(None, b"\r\n"))
+        for tail in (b"QQ\r=\n=", b"\r\n", b"QUJD\n", b"Q\rQ", b"=\r\n\r\n"):
+            piece = body[: 78 * 3] + tail
+            self.assertEqual(model._cut_line_breaks(piece, 78), piece.translate(None, b"\r\n"))
+        self.assertIsNone(model._cut_line_breaks(body[:77], 78))
