@@ -238,12 +238,15 @@ def clean_base64_length(buf: bytes, start: int, end: int) -> int | None:
     @return: The length of the base64 text without line breaks, or C{None}
         when the body must be decoded leniently.
     """
+    # One pass per slice: what is left once the alphabet and "=" are taken
+    # out must be line breaks only, and is small (2 octets a line).
     length = 0
     for pos in range(start, end, _CHECK_CHUNK):
-        text = buf[pos : min(pos + _CHECK_CHUNK, end)].translate(None, b"\r\n")
-        if text.translate(None, _BASE64_PADDED):
+        piece = buf[pos : min(pos + _CHECK_CHUNK, end)]
+        breaks = piece.translate(None, _BASE64_PADDED)
+        if breaks.translate(None, b"\r\n"):
             return None
-        length += len(text)
+        length += len(piece) - len(breaks)
     if length % 4:
         return None
     # Padding only at the end: "=" or "==" (RFC 4648 section 4), line

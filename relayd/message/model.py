@@ -48,16 +48,28 @@ class Base64Text:
         """
         Read the text in pieces.
 
+        Pieces of even lines (what encoders write: 76 characters and CRLF,
+        RFC 2045 section 6.8) are cut at line starts and have their line
+        breaks cut out by position (L{_cut_line_breaks}), about twice as
+        fast as C{bytes.translate}, which takes the others.
+
         @param size: Octets of the message read per piece (line breaks
             included).
         @return: The base64 text without line breaks, in pieces in order
             (none empty), each at most C{size} octets.
         """
-        buf, end = self.buf, self.end
-        for pos in range(self.start, end, size):
-            piece = buf[pos : min(pos + size, end)].translate(None, b"\r\n")
-            if piece:
-                yield piece
+        buf, pos, end = self.buf, self.start, self.end
+        width = buf.find(b"\n", pos, end) + 1 - pos  # the first line, CRLF included
+        step = width * (size // width) if 2 < width <= size else size
+        while pos < end:
+            stop = min(pos + step, end)
+            piece = buf[pos:stop]
+            text = _cut_line_breaks(piece, width)
+            if text is None:
+                text = piece.translate(None, b"\r\n")
+            if text:
+                yield text
+            pos = stop
 
     def text(self) -> bytes:
         """
@@ -84,6 +96,39 @@ class Base64Text:
 
     def __repr__(self) -> str:
         return f"Base64Text({self.length} octets)"
+
+
+def _cut_line_breaks(piece: bytes, width: int) -> bytes | None:
+    """
+    Take the line breaks out of even lines: C{piece.translate(None,
+    b"\\r\\n")} when C{piece} is lines of C{width} octets, each ending
+    with CRLF, then possibly a shorter last line (the end of a body).
+
+    The CR and LF are checked where they must be (a slice with a stride),
+    deleted there, and the rest is searched for another CR or LF (memchr):
+    what is left is the text only if there is none.  The short last line
+    is translated.
+
+    @param piece: Base64 lines.
+    @param width: Octets of one line with its CRLF.
+    @return: The text, or C{None} when the lines are not even.
+    """
+    count, rest = divmod(len(piece), width) if width > 2 else (0, 0)
+    if not count:
+        return None
+    even = count * width
+    if piece[width - 1 : even : width] != b"\n" * count:
+        return None
+    if piece[width - 2 : even : width] != b"\r" * count:
+        return None
+    text = bytearray(piece)
+    del text[width - 1 : even : width]  # every LF: lines of width - 1 octets
+    del text[width - 2 : even - count : width - 1]  # every CR
+    if rest:
+        text[count * (width - 2) :] = piece[even:].translate(None, b"\r\n")
+    if b"\n" in text or b"\r" in text:
+        return None
+    return bytes(text)
 
 
 @frozen

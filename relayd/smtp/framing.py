@@ -149,25 +149,29 @@ class DataReader:
         self.crlf = block.endswith(b"\r\n")
         if self.error is not None:
             return
-        # Undo dot-stuffing (RFC 5321 section 4.5.2).
-        if block.startswith(b"."):
-            block = block[1:]
-        if b"\n." in block:
-            block = block.replace(b"\n.", b"\n")
+        # Undo dot-stuffing (RFC 5321 section 4.5.2).  The test for a dot
+        # is memchr-fast, the one for LF-dot is not: base64 has no dots.
+        if b"." in block:
+            if block.startswith(b"."):
+                block = block[1:]
+            if b"\n." in block:
+                block = block.replace(b"\n.", b"\n")
         # Line length (RFC 5321 section 4.5.3.1.6): at most the limit, plus
-        # the CR (the split is on LF), measured as received (a bare CR is
-        # not a line end), once the dot-stuffing is undone.
+        # the CR (lines end at LF), measured as received (a bare CR is not a
+        # line end), once the dot-stuffing is undone; and line ends: every
+        # LF part of a CRLF, no bare CR.  Lines of one length (base64) are
+        # checked at once.
         limit = self.max_line_length + 1
-        if len(block) > limit and max(map(len, block.split(b"\n"))) > limit:
-            self.fail(DataError.LINE_TOO_LONG)
-            return
-        # Line ends: every LF must be part of CRLF, and no bare CR.
-        lf = block.count(b"\n")
-        if block.count(b"\r") != lf or block.count(b"\r\n") != lf:
-            if self.reject_bare_newline:
-                self.fail(DataError.BARE_NEWLINE)
+        if len(block) < _EVEN_MIN or not _even_crlf_lines(block, limit):
+            if len(block) > limit and _has_long_line(block, limit):
+                self.fail(DataError.LINE_TOO_LONG)
                 return
-            block = block.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+            lf = block.count(b"\n")
+            if block.count(b"\r") != lf or block.count(b"\r\n") != lf:
+                if self.reject_bare_newline:
+                    self.fail(DataError.BARE_NEWLINE)
+                    return
+                block = block.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
         self.size += len(block)
         if self.size > self.max_size:
             self.fail(DataError.TOO_BIG)
@@ -178,6 +182,83 @@ class DataReader:
         if self.content is None:
             self.content = io.BytesIO()
         self.content.write(block)
+
+
+def _has_long_line(block: bytes, limit: int) -> bool:
+    """
+    Tell whether a line of C{block} is over C{limit} octets, its LF aside.
+
+    @param block: Lines, each ending with LF (the last one may have none).
+    @param limit: The longest line allowed, in octets without its LF.
+    @return: C{True} when a line is longer, exactly as
+        C{max(map(len, block.split(b"\\n"))) > limit}, without making a
+        list of lines: one search per about C{limit} octets.
+    """
+    # Proof.  Invariant: pos is the start of a line (0, or just past an
+    # LF) and every line that starts before pos is at most `limit` octets
+    # long.  The window block[pos : pos + limit + 1] holds the line at pos
+    # with its LF if and only if that line is at most `limit` octets long.
+    # With no LF in the window, the line at pos is longer: found.
+    # Otherwise let nl be the last LF in the window: every line that starts
+    # in block[pos : nl + 1] ends at an LF at nl or before, so it is at
+    # most nl - pos <= limit octets long, and nl + 1 is the start of the
+    # next line: pos = nl + 1 keeps the invariant and skips no line start.
+    # Once at most `limit` octets are left, no line in them can be longer.
+    # Cost: pos grows at every step, and two steps take it more than
+    # `limit` octets on (the line at nl + 1 has its LF past the window), so
+    # there are at most 2 * len(block) / limit + 1 searches, each over at
+    # most limit + 1 octets, and rfind reads from the window's end: the
+    # octets it reads are those of the line cut by the window's end.
+    pos, size = 0, len(block)
+    while size - pos > limit:
+        nl = block.rfind(b"\n", pos, pos + limit + 1)
+        if nl < 0:
+            return True
+        pos = nl + 1
+    return False
+
+
+def _even_crlf_lines(block: bytes, limit: int) -> bool:
+    """
+    Tell whether C{block} is lines of one length, each at most C{limit}
+    octets with its CR and each ending with CRLF, with no other CR or LF:
+    what a base64 body is made of (RFC 2045 section 6.8).
+
+    Cheaper than counting CR, LF and CRLF: the line ends are read with a
+    stride, then blanked in a copy, which is searched for a CR or an LF
+    (memchr-fast: none is left when the block passes).
+
+    @param block: Lines, each ending with LF.
+    @param limit: The longest line allowed, in octets with its CR, without
+        its LF.
+    @return: C{True} when it is; C{False} says nothing.
+    """
+    width = block.find(b"\n") + 1  # one line with its CRLF
+    count, rest = divmod(len(block), width) if width > 1 else (0, 1)
+    if rest or width - 1 > limit:
+        return False
+    lf, cr = b"\n" * count, b"\r" * count
+    if block[width - 1 :: width] != lf or block[width - 2 :: width] != cr:
+        return False
+    # The copy is made a piece of whole lines at a time: never a copy of a
+    # whole message (a buffered one may be all in one block).
+    step = width * max(1, _EVEN_PIECE // width)
+    blank = bytes(step // width)
+    view = memoryview(block)
+    for pos in range(0, len(block), step):
+        copy = bytearray(view[pos : pos + step])
+        copy[width - 1 :: width] = copy[width - 2 :: width] = blank[: len(copy) // width]
+        if b"\n" in copy or b"\r" in copy:
+            return False
+    return True
+
+
+#: Octets of a block of even lines copied at once by L{_even_crlf_lines}.
+_EVEN_PIECE = 64 * 1024
+
+#: Blocks shorter than this (in octets) are not tried as even lines: their
+#: counts of line ends take no longer.
+_EVEN_MIN = 2048
 
 
 class Framer:
@@ -301,18 +382,23 @@ class Framer:
         if reader.crlf and buf.startswith(b".\r\n"):
             end = 0
         else:
-            end = buf.find(b"\r\n.\r\n", 0, last + 1)
+            # Its dot comes at or after the first dot: the search for one
+            # octet is memchr-fast, the one for five is not (and base64
+            # holds no dot).
+            dot = buf.find(b".", 2, last + 1)
+            end = -1 if dot < 0 else buf.find(b"\r\n.\r\n", dot - 2, last + 1)
             if end >= 0:
                 end += 2
+        # One copy of the lines (a slice of a memoryview), and the buffer
+        # keeps the rest without another (del moves its start).
         if end >= 0:
-            reader.take(bytes(buf[:end]))
-            self.buffer = buf[end + 3 :]
+            reader.take(bytes(memoryview(buf)[:end]))
+            del buf[: end + 3]
             return True
-        reader.take(bytes(buf[: last + 1]))
-        rest = buf[last + 1 :]
-        self.buffer = rest
-        if len(rest) > self.max_line_length + 2:
-            self._skip_long_line(reader, rest)
+        reader.take(bytes(memoryview(buf)[: last + 1]))
+        del buf[: last + 1]
+        if len(buf) > self.max_line_length + 2:
+            self._skip_long_line(reader, buf)
         return False
 
     def _skip_long_line(self, reader: DataReader, partial: bytearray) -> None:

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import base64
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from relayd.message import decode_text
+from relayd.message import decode_text, decoding
+from relayd.message.decoding import canonical_base64, clean_base64_length
 from tests.message.support import (
     FROM,
     message,
@@ -211,3 +214,56 @@ class DecodeTextTests(SynchronousTestCase):
         self.assertEqual(decode_text(b"ok", None), "ok")
         self.assertEqual(decode_text(b'"\xe9"', '"ISO-8859-1"'), '"é"')
         self.assertEqual(decode_text(b"\x80", "windows-874"), "€")
+
+
+#: Octets a base64 body may be made of, and some it may not.
+_BASE64_BODY = st.lists(
+    st.sampled_from([b"Q", b"U", b"+", b"/", b"=", b"\r", b"\n", b"\r\n", b"*", b".", b" "]),
+    max_size=60,
+).map(b"".join)
+
+
+class CleanBase64LengthTests(SynchronousTestCase):
+    """
+    L{clean_base64_length}, which reads the body in place, slice by slice,
+    against L{canonical_base64}, which copies it.
+    """
+
+    def length(self, body: bytes, chunk: int) -> int | None:
+        self.patch(decoding, "_CHECK_CHUNK", chunk)
+        framed = b"--head\r\n" + body + b"\r\n--tail"
+        return clean_base64_length(framed, 8, 8 + len(body))
+
+    def test_padding(self) -> None:
+        for body, expected in [
+            (b"QUJD\r\nQUI=\r\n", 8),
+            (b"QUJD\r\nQQ==\r\n", 8),
+            (b"QUJD\r\nQQ=\r\n=\r\n", 8),
+            (b"QUJD\r\nQ===\r\n", None),
+            (b"QUI=\r\nQUJD\r\n", None),
+            (b"QQ=A\r\n", None),
+            (b"QUJD\r\nQQ=\r\nA=\r\n", None),
+            (b"=\r\n", None),
+        ]:
+            for chunk in (1, 3, 4, 6, 1024):
+                self.assertEqual(self.length(body, chunk), expected, (body, chunk))
+
+    def test_stray_character_in_any_slice(self) -> None:
+        body = b"QUJD\r\n" * 50
+        for chunk in (7, 64, 1024):
+            self.assertEqual(self.length(body, chunk), 200)
+            for at in (0, 6, 150, len(body) - 1):
+                for stray in (b"*", b".", b" ", b"\t", b"\x00", b"\xff"):
+                    broken = body[:at] + stray + body[at + 1 :]
+                    self.assertIsNone(self.length(broken, chunk), (at, stray, chunk))
+
+    def test_line_breaks_of_any_kind_do_not_count(self) -> None:
+        for body in (b"QUJD\rQUJD\r", b"QUJD\nQUJD\n", b"QU\r\n\r\nJDQUJD", b"QUJDQUJD"):
+            self.assertEqual(self.length(body, 3), 8, body)
+        self.assertIsNone(self.length(b"QUJD\r\nQUJ\r\n", 3))
+
+    @given(_BASE64_BODY, st.integers(min_value=1, max_value=70))
+    def test_agrees_with_canonical_base64(self, body: bytes, chunk: int) -> None:
+        canonical = canonical_base64(body)
+        expected = None if canonical is None else len(canonical)
+        self.assertEqual(self.length(body, chunk), expected)
