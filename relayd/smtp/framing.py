@@ -131,10 +131,11 @@ class DataReader:
         """
         Take the content, without copying it.
 
-        @return: The message so far (C{b""} after a failure), the reader's
-            own C{bytearray}, not copied: a 25 MB copy would stall the
-            reactor (the delivery path makes C{bytes} of it in its thread
-            pool); the reader holds none of it afterwards.
+        @return: The message so far (C{b""} after a failure), as C{bytes}:
+            the reader's C{io.BytesIO} buffer itself (C{getvalue} gives
+            its buffer away, trimmed to size, rather than copy it, when
+            nothing else holds a view of it), so a 25 MB message is not
+            copied on the reactor; the reader holds none of it afterwards.
         """
         content, self.content = self.content, None
         return content.getvalue() if content is not None else b""
