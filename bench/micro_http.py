@@ -33,7 +33,9 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
+sys.path.insert(0, str(BENCH))
 
+from suite.harness import nginx_config  # noqa: E402
 from twisted.internet import defer  # noqa: E402
 
 from relayd.config import HeadersConfig, UpstreamConfig  # noqa: E402
@@ -68,34 +70,8 @@ def start_sink(d: Path, port: int) -> subprocess.Popen[bytes]:
     )
     if nginx is None:
         return subprocess.Popen([sys.executable, str(BENCH / "sink.py"), "--port", str(port)])
-    user = "user root root;" if os.geteuid() == 0 else ""
     conf = d / "nginx.conf"
-    conf.write_text(
-        f"""{user}
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/nginx-body;
-    proxy_temp_path {d}/nginx-proxy;
-    fastcgi_temp_path {d}/nginx-fastcgi;
-    uwsgi_temp_path {d}/nginx-uwsgi;
-    scgi_temp_path {d}/nginx-scgi;
-    keepalive_timeout 300s;
-    keepalive_requests 1000000;
-    server {{
-        listen 127.0.0.1:{port} default_server;
-        location = /send {{
-            client_max_body_size 64m;
-            default_type application/json;
-            return 200 '{{"id":"$request_id"}}';
-        }}
-    }}
-}}
-"""
-    )
+    conf.write_text(nginx_config(d, port))
     return subprocess.Popen([nginx, "-p", str(d), "-c", str(conf), "-g", "daemon off;"])
 
 

@@ -217,6 +217,43 @@ max_connections_per_ip = 20000
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def nginx_config(d: Path, port: int) -> str:
+    """
+    The benchmark sink's nginx configuration: one worker, kept-alive
+    connections, C{POST /send} answered C{200 {"id": "<request id>"}}.
+
+    @param d: The folder for its pid file, logs and temporary files.
+    @param port: The port it listens on, on 127.0.0.1.
+    @return: The text of C{nginx.conf}.
+    """
+    user = "user root root;" if os.geteuid() == 0 else ""
+    return f"""{user}
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/nginx-body;
+    proxy_temp_path {d}/nginx-proxy;
+    fastcgi_temp_path {d}/nginx-fastcgi;
+    uwsgi_temp_path {d}/nginx-uwsgi;
+    scgi_temp_path {d}/nginx-scgi;
+    keepalive_timeout 300s;
+    keepalive_requests 1000000;
+    server {{
+        listen 127.0.0.1:{port} default_server;
+        location = /send {{
+            client_max_body_size 64m;
+            client_body_buffer_size 1m;
+            default_type application/json;
+            return 200 '{{"id":"$request_id"}}';
+        }}
+    }}
+}}
+"""
+
+
 class Sink:
     """
     The upstream HTTP sink: nginx (one worker) when installed, else
@@ -240,35 +277,8 @@ class Sink:
                 f"{version} (Debian package), worker_processes 1, return 200 with $request_id"
             )
             conf = ws.dir / "nginx.conf"
-            user = "user root root;" if os.geteuid() == 0 else ""
             d = ws.dir
-            conf.write_text(
-                f"""{user}
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/nginx-body;
-    proxy_temp_path {d}/nginx-proxy;
-    fastcgi_temp_path {d}/nginx-fastcgi;
-    uwsgi_temp_path {d}/nginx-uwsgi;
-    scgi_temp_path {d}/nginx-scgi;
-    keepalive_timeout 300s;
-    keepalive_requests 1000000;
-    server {{
-        listen 127.0.0.1:{self.port} default_server;
-        location = /send {{
-            client_max_body_size 64m;
-            client_body_buffer_size 1m;
-            default_type application/json;
-            return 200 '{{"id":"$request_id"}}';
-        }}
-    }}
-}}
-"""
-            )
+            conf.write_text(nginx_config(d, self.port))
             self.proc = subprocess.Popen(
                 [nginx, "-p", str(d), "-c", str(conf), "-g", "daemon off;"],
                 stdout=self.log,
