@@ -93,7 +93,9 @@ class TransactionMessage:
         avatar = self._avatar
         d = events.observe(
             lambda: defer.Deferred.fromCoroutine(
-                avatar.pipeline.relay(envelope, data, avatar.token, avatar.policy)
+                avatar.pipeline.relay(
+                    envelope, data, avatar.token, avatar.policy, identity=avatar.identity
+                )
             ),
             envelope,
             len(data),
@@ -126,6 +128,20 @@ class RelayDelivery:
         self.pipeline = pipeline
         self._current: TransactionMessage | None = None
         self._revoked = False
+        self._identity: str | None = None
+
+    @property
+    def identity(self) -> str:
+        """
+        The identity of this avatar's idempotency keys and message rates
+        (L{Pipeline.identity} of its token and policy), computed once per
+        authenticated session: an HMAC-SHA256, the same for every
+        transaction of the session.
+        """
+        identity = self._identity
+        if identity is None:
+            identity = self._identity = self.pipeline.identity(self.token, self.policy)
+        return identity
 
     def judged(self, reply: Reply) -> Reply:
         """
@@ -195,9 +211,7 @@ class RelayDelivery:
             self._current = TransactionMessage(self, origin, smtputf8)
             return origin
 
-        return rates.check(
-            self.pipeline.identity(self.token, self.policy), ip, self.policy
-        ).addCallback(counted)
+        return rates.check(self.identity, ip, self.policy).addCallback(counted)
 
     def validateTo(self, user: str) -> Callable[[], TransactionMessage]:
         """
