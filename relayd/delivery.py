@@ -26,7 +26,7 @@ the retry.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from twisted.internet import defer
@@ -91,18 +91,27 @@ class TransactionMessage:
         del parts
         envelope = Envelope(self.mail_from, tuple(self.rcpt_to), self.smtputf8)
         avatar = self._avatar
-        d = events.observe(
-            lambda: defer.Deferred.fromCoroutine(
-                avatar.pipeline.relay(
-                    envelope, data, avatar.token, avatar.policy, identity=avatar.identity
-                )
-            ),
-            envelope,
-            len(data),
-            avatar.pipeline.clock,
-            avatar.name,
+        # Only the pipeline's coroutine holds the content: it lets its
+        # copies go once the request is built.
+        relaying = avatar.pipeline.relay(
+            envelope, data, avatar.token, avatar.policy, identity=avatar.identity
         )
-        return d.addCallback(avatar.judged)
+        size = len(data)
+        del data
+        return defer.Deferred.fromCoroutine(self._relay(relaying, envelope, size))
+
+    async def _relay(
+        self, relaying: Coroutine[Any, Any, Reply], envelope: Envelope, size: int
+    ) -> Reply:
+        """
+        Await the pipeline's C{relaying} in the transaction's event
+        (L{events.observed}): one coroutine for the whole delivery.
+        """
+        avatar = self._avatar
+        reply: Reply = await events.observed(
+            relaying, envelope, size, avatar.pipeline.clock, avatar.name
+        )
+        return avatar.judged(reply)
 
     def connectionLost(self) -> None:
         """

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -52,6 +52,7 @@ __all__ = [
     "log_observer_factory",
     "note",
     "observe",
+    "observed",
     "tls_version",
     "upstream",
     "worker_name",
@@ -200,9 +201,7 @@ def observe(
         name, never the token).
     @return: The Deferred of the reply.
     """
-    record = _current.get() or TransactionRecord()
-    if identity:
-        record.identity = identity
+    record = _record(identity)
     token = _current.set(record)
     started = clock.seconds()
     metrics.flight_begin(size)
@@ -217,6 +216,50 @@ def observe(
         return reply
 
     return d.addCallback(done)
+
+
+async def observed(
+    delivery: Awaitable[Any],
+    envelope: Any,
+    size: int,
+    clock: IReactorTime,
+    identity: str = "",
+) -> Any:
+    """
+    L{observe} for a delivery that is awaited in the caller's coroutine
+    (no Deferred of its own): await C{delivery} and emit the transaction's
+    event once it has its reply; count it in the metrics meanwhile.
+
+    Call it from a coroutine run by C{Deferred.fromCoroutine} (so that the
+    record is set in that coroutine's own copy of the context).
+
+    @param delivery: The delivery's coroutine, not started: it runs with
+        the record in its context (L{note}).
+    @param envelope: The transaction's L{relayd.message.Envelope}.
+    @param size: The message's size in bytes.
+    @param clock: For the latency (seconds from now to the reply).
+    @param identity: The authenticated identity's name.
+    @return: The reply (L{relayd.reply.Reply}) C{delivery} returned.
+    """
+    record = _record(identity)
+    _current.set(record)
+    started = clock.seconds()
+    metrics.flight_begin(size)
+    reply = await delivery
+    metrics.flight_end(size)
+    _emit(record, envelope, size, reply, clock.seconds() - started)
+    return reply
+
+
+def _record(identity: str) -> TransactionRecord:
+    """
+    The current transaction's record (a new one outside L{begin}), with
+    C{identity} when given.
+    """
+    record = _current.get() or TransactionRecord()
+    if identity:
+        record.identity = identity
+    return record
 
 
 def _emit(record: TransactionRecord, envelope: Any, size: int, reply: Any, latency: float) -> None:
