@@ -39,22 +39,32 @@ class FakeSession:
 ENVELOPE = Envelope("bounces@example.com", ("ann@example.net", "bob@example.org"), False)
 
 
-def transaction(reply: Reply, upstream_id: str = "up-1") -> list[dict[str, Any]]:
+def transaction(
+    reply: Reply, upstream_id: str = "up-1", awaited: bool = False
+) -> list[dict[str, Any]]:
     """
-    Run one transaction through L{events.begin} and L{events.observe} as the
-    session and the delivery do; return the events logged.
+    Run one transaction through L{events.begin} and L{events.observe} (or,
+    C{awaited}, L{events.observed} in a coroutine of its own, as the
+    delivery does) as the session and the delivery do; return the events
+    logged.
     """
     clock = Clock()
     answer: defer.Deferred[Reply] = defer.Deferred()
 
+    async def relay() -> Reply:
+        events.note(upstream_status=202, upstream_seconds=0.25, upstream_id=upstream_id)
+        return await answer
+
+    async def observed() -> Reply:
+        reply: Reply = await events.observed(relay(), ENVELOPE, 1234, clock, "billing")
+        return reply
+
     async def deliver() -> Reply:
         events.begin(FakeSession())
+        if awaited:
+            return await defer.Deferred.fromCoroutine(observed())
 
         def start() -> defer.Deferred[Reply]:
-            async def relay() -> Reply:
-                events.note(upstream_status=202, upstream_seconds=0.25, upstream_id=upstream_id)
-                return await answer
-
             return defer.Deferred.fromCoroutine(relay())
 
         reply: Reply = await events.observe(start, ENVELOPE, 1234, clock, "billing")
@@ -76,6 +86,9 @@ class TransactionEventTests(SynchronousTestCase):
         reply's.
         """
         (event,) = transaction(Reply(250, "2.0.0", "Ok: queued as up-1"))
+        (same,) = transaction(Reply(250, "2.0.0", "Ok: queued as up-1"), awaited=True)
+        for name in (*events.FIELDS, "log_namespace", "log_level", "log_format"):
+            self.assertEqual(same[name], event[name], name)
         self.assertEqual(event["log_namespace"], "relayd.transaction")
         self.assertEqual(event["log_level"], LogLevel.info)
         expected = {
