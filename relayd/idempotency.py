@@ -51,7 +51,6 @@ import hmac
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
-from attrs import frozen
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -227,12 +226,6 @@ def idempotency_key(
 # -- outcomes -----------------------------------------------------------------
 
 
-@frozen
-class _Entry:
-    outcome: Outcome
-    expires: float
-
-
 @implementer(IOutcomeStore)
 class OutcomeStore:
     """
@@ -275,7 +268,8 @@ class OutcomeStore:
         self.max_entries = max_entries
         self.window = window
         self.in_flight_window = in_flight_window
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        # Key to (expiry time, outcome), oldest-written first.
+        self._entries: OrderedDict[str, tuple[float, Outcome]] = OrderedDict()
 
     def __len__(self) -> int:
         """
@@ -287,26 +281,28 @@ class OutcomeStore:
     def _sweep(self, now: float) -> None:
         # Oldest-written first; entries written later with a shorter life
         # (claims) are dropped when read or evicted.
-        while self._entries:
-            key, entry = next(iter(self._entries.items()))
-            if entry.expires > now:
+        entries = self._entries
+        while entries:
+            key, (expires, _) = next(iter(entries.items()))
+            if expires > now:
                 break
-            del self._entries[key]
+            del entries[key]
 
     def _current(self, key: str, now: float) -> Outcome | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
-        if entry.expires <= now:
+        if entry[0] <= now:
             del self._entries[key]
             return None
-        return entry.outcome
+        return entry[1]
 
     def _write(self, key: str, outcome: Outcome, lifetime: float, now: float) -> None:
-        self._entries.pop(key, None)
-        self._entries[key] = _Entry(outcome, now + lifetime)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        entries = self._entries
+        entries.pop(key, None)
+        entries[key] = (now + lifetime, outcome)
+        while len(entries) > self.max_entries:
+            entries.popitem(last=False)
 
     def lookup(self, key: str) -> Deferred[Outcome | None]:
         """

@@ -121,6 +121,8 @@ class RelaySMTP(Protocol):
     @ivar avatar: The L{ISubmission} avatar after AUTH, else C{None}.
     @ivar transaction: The current mail transaction, or C{None}.
     @ivar framing: The input buffer, cut into lines and DATA.
+    @ivar negotiated_tls: The connection's TLS version once known
+        (L{relayd.events.begin} reads it once), else C{""}.
     """
 
     factory: RelaySMTPFactory
@@ -134,6 +136,7 @@ class RelaySMTP(Protocol):
         self.hostname = factory.hostname
         self.secure = factory.implicit_tls
         self.peer_ip = ""
+        self.negotiated_tls = ""
         self.framing = Framer(
             self.limits.max_command_length,
             self.limits.max_line_length,
