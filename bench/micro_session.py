@@ -14,9 +14,9 @@ C{post_prepared} return at once, so the figure leaves out the HTTP client.
 Each transaction is sent as the standard benchmark sends it
 (C{bench/smtpload.py}): C{MAIL FROM}, C{RCPT TO} and C{DATA} in one packet
 (PIPELINING, RFC 2920), then the message and its final dot in another.
-Each figure is the minimum over C{--runs} runs of C{--number} transactions,
-in CPU time (C{time.process_time}: a shared machine takes wall time away)
-(the least disturbed run on a shared machine), in microseconds per
+Each figure is the minimum over C{--runs} runs of C{--number} transactions
+(the least disturbed run on a shared machine), in microseconds of CPU time
+(C{time.process_time}: a shared machine takes wall time away) per
 transaction.  C{--profile} prints the cProfile of one run instead.
 """
 
