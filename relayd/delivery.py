@@ -26,7 +26,7 @@ the retry.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from twisted.internet import defer
@@ -91,16 +91,27 @@ class TransactionMessage:
         del parts
         envelope = Envelope(self.mail_from, tuple(self.rcpt_to), self.smtputf8)
         avatar = self._avatar
-        d = events.observe(
-            lambda: defer.Deferred.fromCoroutine(
-                avatar.pipeline.relay(envelope, data, avatar.token, avatar.policy)
-            ),
-            envelope,
-            len(data),
-            avatar.pipeline.clock,
-            avatar.name,
+        # Only the pipeline's coroutine holds the content: it lets its
+        # copies go once the request is built.
+        relaying = avatar.pipeline.relay(
+            envelope, data, avatar.token, avatar.policy, identity=avatar.identity
         )
-        return d.addCallback(avatar.judged)
+        size = len(data)
+        del data
+        return defer.Deferred.fromCoroutine(self._relay(relaying, envelope, size))
+
+    async def _relay(
+        self, relaying: Coroutine[Any, Any, Reply], envelope: Envelope, size: int
+    ) -> Reply:
+        """
+        Await the pipeline's C{relaying} in the transaction's event
+        (L{events.observed}): one coroutine for the whole delivery.
+        """
+        avatar = self._avatar
+        reply: Reply = await events.observed(
+            relaying, envelope, size, avatar.pipeline.clock, avatar.name
+        )
+        return avatar.judged(reply)
 
     def connectionLost(self) -> None:
         """
@@ -126,6 +137,20 @@ class RelayDelivery:
         self.pipeline = pipeline
         self._current: TransactionMessage | None = None
         self._revoked = False
+        self._identity: str | None = None
+
+    @property
+    def identity(self) -> str:
+        """
+        The identity of this avatar's idempotency keys and message rates
+        (L{Pipeline.identity} of its token and policy), computed once per
+        authenticated session: an HMAC-SHA256, the same for every
+        transaction of the session.
+        """
+        identity = self._identity
+        if identity is None:
+            identity = self._identity = self.pipeline.identity(self.token, self.policy)
+        return identity
 
     def judged(self, reply: Reply) -> Reply:
         """
@@ -195,9 +220,7 @@ class RelayDelivery:
             self._current = TransactionMessage(self, origin, smtputf8)
             return origin
 
-        return rates.check(
-            self.pipeline.identity(self.token, self.policy), ip, self.policy
-        ).addCallback(counted)
+        return rates.check(self.identity, ip, self.policy).addCallback(counted)
 
     def validateTo(self, user: str) -> Callable[[], TransactionMessage]:
         """

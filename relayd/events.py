@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -52,6 +52,7 @@ __all__ = [
     "log_observer_factory",
     "note",
     "observe",
+    "observed",
     "tls_version",
     "upstream",
     "worker_name",
@@ -127,11 +128,18 @@ def begin(session: Any) -> TransactionRecord:
     """
     avatar = getattr(session, "avatar", None)
     session_id = getattr(session, "session_id", None) or f"{id(session):x}"
+    # A connection's TLS version, once negotiated, stays: it is read from
+    # the TLS connection once per session (C{negotiated_tls}).
+    version = getattr(session, "negotiated_tls", "")
+    if not version:
+        version = tls_version(getattr(session, "transport", None))
+        if version and hasattr(session, "negotiated_tls"):
+            session.negotiated_tls = version
     record = TransactionRecord(
         session_id=str(session_id),
         client=str(getattr(session, "peer_ip", "") or "-"),
         listener=str(getattr(getattr(session, "factory", None), "listener", "") or "-"),
-        tls_version=tls_version(getattr(session, "transport", None)) or "none",
+        tls_version=version or "none",
         identity=str(getattr(avatar, "name", "") or "-"),
     )
     _current.set(record)
@@ -200,9 +208,7 @@ def observe(
         name, never the token).
     @return: The Deferred of the reply.
     """
-    record = _current.get() or TransactionRecord()
-    if identity:
-        record.identity = identity
+    record = _record(identity)
     token = _current.set(record)
     started = clock.seconds()
     metrics.flight_begin(size)
@@ -217,6 +223,50 @@ def observe(
         return reply
 
     return d.addCallback(done)
+
+
+async def observed(
+    delivery: Awaitable[Any],
+    envelope: Any,
+    size: int,
+    clock: IReactorTime,
+    identity: str = "",
+) -> Any:
+    """
+    L{observe} for a delivery that is awaited in the caller's coroutine
+    (no Deferred of its own): await C{delivery} and emit the transaction's
+    event once it has its reply; count it in the metrics meanwhile.
+
+    Call it from a coroutine run by C{Deferred.fromCoroutine} (so that the
+    record is set in that coroutine's own copy of the context).
+
+    @param delivery: The delivery's coroutine, not started: it runs with
+        the record in its context (L{note}).
+    @param envelope: The transaction's L{relayd.message.Envelope}.
+    @param size: The message's size in bytes.
+    @param clock: For the latency (seconds from now to the reply).
+    @param identity: The authenticated identity's name.
+    @return: The reply (L{relayd.reply.Reply}) C{delivery} returned.
+    """
+    record = _record(identity)
+    _current.set(record)
+    started = clock.seconds()
+    metrics.flight_begin(size)
+    reply = await delivery
+    metrics.flight_end(size)
+    _emit(record, envelope, size, reply, clock.seconds() - started)
+    return reply
+
+
+def _record(identity: str) -> TransactionRecord:
+    """
+    The current transaction's record (a new one outside L{begin}), with
+    C{identity} when given.
+    """
+    record = _current.get() or TransactionRecord()
+    if identity:
+        record.identity = identity
+    return record
 
 
 def _emit(record: TransactionRecord, envelope: Any, size: int, reply: Any, latency: float) -> None:
@@ -315,6 +365,10 @@ def format_json(event: dict[str, Any], worker: str) -> str:
     (those of L{FIELDS} for a transaction), and C{failure} with the
     traceback for a logged failure.
     """
+    if event.get("log_event") == "transaction":
+        line = _transaction_json(event, worker)
+        if line is not None:
+            return line
     level = event.get("log_level", LogLevel.info)
     out: dict[str, Any] = {
         "time": _iso_time(event.get("log_time", 0.0)),
@@ -340,6 +394,88 @@ def format_json(event: dict[str, Any], worker: str) -> str:
     if failure is not None:
         out["failure"] = failure.getTraceback()
     return _ENCODER.encode(out) + "\n"
+
+
+#: JSON text of a string (as C{json.dumps(..., ensure_ascii=False)}).
+_json_str = json.encoder.encode_basestring
+#: The text of each transaction field's name and separator, in order.
+_FIELD_KEYS = tuple(f", {_json_str(name)}: " for name in FIELDS)
+_FLOAT_SPECIAL = {float("inf"): "Infinity", float("-inf"): "-Infinity"}
+
+
+def _json_scalar(value: Any) -> str | None:
+    """
+    JSON text of a value of a plain type, as L{_ENCODER} writes it; C{None}
+    for any other type (a subclass too).
+    """
+    kind = type(value)
+    if kind is str:
+        return _json_str(value)
+    if kind is int:
+        return int.__repr__(value)
+    if kind is float:
+        if value != value:
+            return "NaN"
+        return _FLOAT_SPECIAL.get(value) or float.__repr__(value)
+    if value is None:
+        return "null"
+    if kind is bool:
+        return "true" if value else "false"
+    return None
+
+
+def _transaction_json(event: dict[str, Any], worker: str) -> str | None:
+    """
+    L{format_json} of a transaction event, written field by field: the
+    same text as its dictionary through L{_ENCODER}, for about half of the
+    time.  C{None} for an event with a value of another type, or a
+    failure: L{format_json} then encodes it as any other.
+    """
+    level = event.get("log_level", LogLevel.info)
+    namespace = event.get("log_namespace", "-")
+    if (
+        type(worker) is not str
+        or type(namespace) is not str
+        or type(getattr(level, "name", None)) is not str
+        or event.get("log_failure") is not None
+    ):
+        return None
+    parts = [
+        '{"time": "',
+        _iso_time(event.get("log_time", 0.0)),
+        '", "level": ',
+        _json_str(level.name),
+        ', "priority": ',
+        str(_PRIORITY.get(level, 6)),
+        ', "namespace": ',
+        _json_str(namespace),
+        ', "worker": ',
+        _json_str(worker),
+        ', "pid": ',
+        str(os.getpid()),
+        ', "message": ',
+        _json_str(_message(event)),
+        ', "event": "transaction"',
+    ]
+    get = event.get
+    append = parts.append
+    for name, key in zip(FIELDS, _FIELD_KEYS, strict=True):
+        value: Any = get(name)
+        # Strings and ints first: nearly every field is one.
+        kind = type(value)
+        text = (
+            _json_str(value)
+            if kind is str
+            else int.__repr__(value)
+            if kind is int
+            else _json_scalar(value)
+        )
+        if text is None:
+            return None
+        append(key)
+        append(text)
+    parts.append("}\n")
+    return "".join(parts)
 
 
 def format_text(event: dict[str, Any], worker: str) -> str | None:

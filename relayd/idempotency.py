@@ -48,11 +48,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
-from attrs import frozen
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -169,6 +167,11 @@ def _field(value: str | bytes) -> bytes:
     return len(data).to_bytes(8, "big") + data
 
 
+#: The hash of the scheme's field, the start of every key's input: copied
+#: per key (L{idempotency_key}).
+_KEYED = hashlib.sha256(_field(_SCHEME))
+
+
 def idempotency_key(
     identity: str,
     reverse_path: str,
@@ -199,29 +202,28 @@ def idempotency_key(
     if len(content_digest) != 32:
         raise ValueError("content_digest must be a SHA-256 digest (32 bytes)")
     mid = (message_id or "").strip().removeprefix("<").removesuffix(">").strip()
-    recipients = sorted({_forward_path(p) for p in forward_paths})
-    h = hashlib.sha256(_field(_SCHEME))
-    h.update(_field(identity))
-    h.update(_field(reverse_path))
-    h.update(len(recipients).to_bytes(8, "big"))
-    for recipient in recipients:
-        h.update(_field(recipient))
+    if len(forward_paths) == 1:
+        recipients: Sequence[str] = (_forward_path(forward_paths[0]),)
+    else:
+        recipients = sorted({_forward_path(p) for p in forward_paths})
+    # The hashed input, as in earlier releases: each field length-prefixed
+    # (L{_field}), after the scheme's own field (hashed once, L{_KEYED}).
+    parts = [_field(identity), _field(reverse_path), len(recipients).to_bytes(8, "big")]
+    parts += [_field(recipient) for recipient in recipients]
     # Absent and present-but-empty both mean "no Message-ID".
-    h.update(_field(b"\x01" + mid.encode("utf-8", "surrogateescape") if mid else b""))
-    h.update(_field(content_digest))
+    parts.append(_field(b"\x01" + mid.encode("utf-8", "surrogateescape") if mid else b""))
+    parts.append(_field(content_digest))
+    h = _KEYED.copy()
+    h.update(b"".join(parts))
     raw = bytearray(h.digest()[:16])
     raw[6] = (raw[6] & 0x0F) | 0x80  # version 8 (RFC 9562 section 5.8)
     raw[8] = (raw[8] & 0x3F) | 0x80  # variant 10xx (RFC 9562 section 4.1)
-    return str(uuid.UUID(bytes=bytes(raw)))
+    # As str(uuid.UUID(bytes=raw)), without building the UUID object.
+    x = raw.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
 # -- outcomes -----------------------------------------------------------------
-
-
-@frozen
-class _Entry:
-    outcome: Outcome
-    expires: float
 
 
 @implementer(IOutcomeStore)
@@ -266,7 +268,8 @@ class OutcomeStore:
         self.max_entries = max_entries
         self.window = window
         self.in_flight_window = in_flight_window
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        # Key to (expiry time, outcome), oldest-written first.
+        self._entries: OrderedDict[str, tuple[float, Outcome]] = OrderedDict()
 
     def __len__(self) -> int:
         """
@@ -278,26 +281,28 @@ class OutcomeStore:
     def _sweep(self, now: float) -> None:
         # Oldest-written first; entries written later with a shorter life
         # (claims) are dropped when read or evicted.
-        while self._entries:
-            key, entry = next(iter(self._entries.items()))
-            if entry.expires > now:
+        entries = self._entries
+        while entries:
+            key, (expires, _) = next(iter(entries.items()))
+            if expires > now:
                 break
-            del self._entries[key]
+            del entries[key]
 
     def _current(self, key: str, now: float) -> Outcome | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
-        if entry.expires <= now:
+        if entry[0] <= now:
             del self._entries[key]
             return None
-        return entry.outcome
+        return entry[1]
 
     def _write(self, key: str, outcome: Outcome, lifetime: float, now: float) -> None:
-        self._entries.pop(key, None)
-        self._entries[key] = _Entry(outcome, now + lifetime)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        entries = self._entries
+        entries.pop(key, None)
+        entries[key] = (now + lifetime, outcome)
+        while len(entries) > self.max_entries:
+            entries.popitem(last=False)
 
     def lookup(self, key: str) -> Deferred[Outcome | None]:
         """

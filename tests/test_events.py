@@ -5,6 +5,7 @@ its text and JSON renderings.
 
 from __future__ import annotations
 
+import contextvars
 import json
 from typing import Any
 
@@ -39,22 +40,32 @@ class FakeSession:
 ENVELOPE = Envelope("bounces@example.com", ("ann@example.net", "bob@example.org"), False)
 
 
-def transaction(reply: Reply, upstream_id: str = "up-1") -> list[dict[str, Any]]:
+def transaction(
+    reply: Reply, upstream_id: str = "up-1", awaited: bool = False
+) -> list[dict[str, Any]]:
     """
-    Run one transaction through L{events.begin} and L{events.observe} as the
-    session and the delivery do; return the events logged.
+    Run one transaction through L{events.begin} and L{events.observe} (or,
+    C{awaited}, L{events.observed} in a coroutine of its own, as the
+    delivery does) as the session and the delivery do; return the events
+    logged.
     """
     clock = Clock()
     answer: defer.Deferred[Reply] = defer.Deferred()
 
+    async def relay() -> Reply:
+        events.note(upstream_status=202, upstream_seconds=0.25, upstream_id=upstream_id)
+        return await answer
+
+    async def observed() -> Reply:
+        reply: Reply = await events.observed(relay(), ENVELOPE, 1234, clock, "billing")
+        return reply
+
     async def deliver() -> Reply:
         events.begin(FakeSession())
+        if awaited:
+            return await defer.Deferred.fromCoroutine(observed())
 
         def start() -> defer.Deferred[Reply]:
-            async def relay() -> Reply:
-                events.note(upstream_status=202, upstream_seconds=0.25, upstream_id=upstream_id)
-                return await answer
-
             return defer.Deferred.fromCoroutine(relay())
 
         reply: Reply = await events.observe(start, ENVELOPE, 1234, clock, "billing")
@@ -76,6 +87,9 @@ class TransactionEventTests(SynchronousTestCase):
         reply's.
         """
         (event,) = transaction(Reply(250, "2.0.0", "Ok: queued as up-1"))
+        (same,) = transaction(Reply(250, "2.0.0", "Ok: queued as up-1"), awaited=True)
+        for name in (*events.FIELDS, "log_namespace", "log_level", "log_format"):
+            self.assertEqual(same[name], event[name], name)
         self.assertEqual(event["log_namespace"], "relayd.transaction")
         self.assertEqual(event["log_level"], LogLevel.info)
         expected = {
@@ -104,6 +118,42 @@ class TransactionEventTests(SynchronousTestCase):
             " 1234 bytes, 0.500s; upstream 202 up-1 (0.25s); idempotency -;"
             " mapped -; stripped -",
         )
+
+    def test_tls_version_read_once_per_session(self) -> None:
+        """
+        The record names the session's TLS version; it is read from the TLS
+        connection until it is known, then once for all transactions.
+        """
+        reads: list[str] = []
+
+        class Handle:
+            version = "Unknown"  # the handshake is not done yet
+
+            def get_protocol_version_name(self) -> str:
+                reads.append(self.version)
+                return self.version
+
+        class Transport:
+            handle = Handle()
+
+            def getHandle(self) -> Handle:
+                return self.handle
+
+        class Session(FakeSession):
+            transport = Transport()  # type: ignore[assignment]
+            negotiated_tls = ""
+
+        session = Session()
+
+        def begin() -> str:
+            # In a context of its own, as the session's coroutine.
+            return contextvars.copy_context().run(events.begin, session).tls_version
+
+        self.assertEqual(begin(), "none")
+        Transport.handle.version = "TLSv1.3"
+        versions = [begin() for _ in range(3)]
+        self.assertEqual(versions, ["TLSv1.3"] * 3)
+        self.assertEqual(reads, ["Unknown", "TLSv1.3"])
 
     def test_never_a_credential(self) -> None:
         """
@@ -134,6 +184,61 @@ class RenderingTests(SynchronousTestCase):
         )
         self.assertEqual((data["reply_code"], data["enhanced_code"]), (550, "5.7.1"))
         self.assertIn("550 5.7.1 Sender not allowed", data["message"])
+
+    def test_json_of_a_transaction_as_the_json_encoder_writes_it(self) -> None:
+        """
+        The transaction event's JSON line (written field by field) is the
+        text the JSON encoder makes of its fields, for values of every
+        kind: quotes, control characters, non-ASCII text, numbers of
+        every sort, C{null}, booleans, and other types (as text).
+        """
+        import enum
+
+        class Code(enum.IntEnum):
+            OK = 250
+
+        class Text(str):
+            pass
+
+        (event,) = transaction(Reply(250, "2.0.0", "Ok: queued as up-1"))
+        values: list[Any] = [
+            'quo"te\\back\x00\x1f\x7f\u2028',
+            "caf\u00e9 \U0001f600",
+            "",
+            0,
+            -17,
+            10**30,
+            0.1,
+            -0.0,
+            1e300,
+            float("nan"),
+            float("inf"),
+            float("-inf"),
+            None,
+            True,
+            False,
+            Code.OK,
+            Text("sub"),
+            ("a", "b"),
+            ["x"],
+        ]
+
+        changed = [
+            {**event, name: value}
+            for value in values
+            for name in ("reverse_path", "upstream_seconds", "recipients")
+        ]
+        fast = [events.format_json(e, "w\u00f6rker") for e in changed]
+        # Plain values take the field-by-field way.
+        self.assertIsNotNone(events._transaction_json(changed[0], "w\u00f6rker"))
+        self.assertIsNotNone(events._transaction_json(changed[3 * 14], "w\u00f6rker"))
+
+        def general(e: dict[str, Any], worker: str) -> None:
+            return None
+
+        self.patch(events, "_transaction_json", general)
+        for e, line in zip(changed, fast, strict=True):
+            self.assertEqual(line, events.format_json(e, "w\u00f6rker"))
 
     def test_json_of_an_ordinary_event(self) -> None:
         event = {

@@ -77,6 +77,39 @@ class KeyTests(SynchronousTestCase):
         self.assertEqual(key(forward_paths=tuple(BASE["forward_paths"])), BASE_KEY)  # type: ignore[arg-type]
         self.assertEqual(BASE_KEY, "87a73aa4-df80-8f4b-a629-9be219685a1e")
 
+    def test_stable_one_recipient_and_edge_cases(self) -> None:
+        """
+        The values of the key scheme are pinned beyond BASE too: one
+        recipient (its domain's case does not matter), none, the null
+        reverse-path, no Message-ID, non-ASCII and surrogate-escaped text.
+        """
+        digest = hashlib.sha256(b"x").digest()
+        cases = [
+            (
+                ("billing", "bounces@example.com", ["Ann@Example.NET"], "<m1@example.com>"),
+                "c66f901b-d93a-801e-8374-c72e00a81e84",
+            ),
+            (
+                ("billing\0" + "ab" * 32, "", ("ann@example.net",), None),
+                "7879b09b-dc13-82e9-9c04-9c5b94193405",
+            ),
+            (
+                ("b\u00e9", "s\u00e9@x.example", [], "id\udcff"),
+                "f8a9c13b-9cf7-89b8-b92c-9b9e1d5e785f",
+            ),
+        ]
+        for (identity, reverse_path, forward_paths, message_id), expected in cases:
+            self.assertEqual(
+                idempotency_key(identity, reverse_path, forward_paths, message_id, digest),
+                expected,
+            )
+        self.assertEqual(
+            idempotency_key(
+                "billing", "bounces@example.com", ["Ann@example.net"], "m1@example.com", digest
+            ),
+            cases[0][1],
+        )
+
     def test_same_transaction_variants(self) -> None:
         """
         Recipient order, a repeated recipient, the case of a recipient's

@@ -132,6 +132,32 @@ class IdempotentDeliveryTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d), R.queued("up-1"))
         self.assertEqual(self.successResultOf(self.store.lookup(self.key())), Accepted("up-1"))
 
+    def test_identity_computed_once_per_session(self) -> None:
+        """
+        The avatar computes its identity (an HMAC of the token) once, for
+        every transaction of the session; each key is the one of that
+        identity.
+        """
+        calls: list[str] = []
+        real = Pipeline.identity
+
+        def counted(pipeline: Pipeline, token: str, policy: TokenPolicy) -> str:
+            calls.append(token)
+            return real(pipeline, token, policy)
+
+        self.patch(Pipeline, "identity", counted)
+        other = MESSAGE.replace(b"<m1@", b"<m2@")
+        replies = [self.submit(data) for data in (MESSAGE, other)]
+        self.assertEqual(calls, ["tok-1"])
+        keys = [request.idempotency_key for request, _ in self.client.requests]
+        self.assertEqual(keys, [self.key(MESSAGE), self.key(other)])
+        self.assertEqual(self.avatar.identity, real(self.pipeline, "tok-1", TokenPolicy("web")))
+        self.client.answer(Accepted("up-1"))
+        self.client.answer(Accepted("up-2"))
+        self.assertEqual(
+            [self.successResultOf(d) for d in replies], [R.queued("up-1"), R.queued("up-2")]
+        )
+
     def test_retry_while_in_flight_gets_451_and_sends_nothing(self) -> None:
         """
         A retry while the first attempt is open gets C{451 4.3.0} saying

@@ -18,17 +18,28 @@ and about L{INPUT_LIMIT} bytes of input.
 
 L{DataRate} is the minimum DATA rate after a grace period (the slow-drip
 defence: RFC 5321 section 4.5.3.2 only bounds the wait between packets).
+L{IdleTimer} is the session's idle timer (RFC 5321 section 4.5.3.2),
+re-armed by every command and packet without a reactor call each time.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from zope.interface import implementer
 
-__all__ = ["INPUT_LIMIT", "OUTPUT", "WAITING", "DataRate", "OutputFlow", "ReadGate"]
+__all__ = [
+    "INPUT_LIMIT",
+    "OUTPUT",
+    "WAITING",
+    "DataRate",
+    "IdleTimer",
+    "OutputFlow",
+    "ReadGate",
+]
 
 #: Bytes of input buffered while the output is blocked before reading stops.
 INPUT_LIMIT = 65536
@@ -164,3 +175,75 @@ class DataRate:
         self.received += size
         elapsed = self.clock.seconds() - self.started
         return self.received >= self.min_rate * (elapsed - self.grace)
+
+
+class IdleTimer:
+    """
+    A timer that is restarted far more often than it expires: the idle
+    timer of a session (RFC 5321 section 4.5.3.2), restarted by every
+    command, reply and DATA packet.
+
+    Restarting only moves the deadline; the one delayed call, when it
+    comes before the deadline, is moved on to it then.  So a transaction
+    costs no reactor call, and the timer expires exactly when a delayed
+    call restarted each time (C{reset}) would: at the last restart plus
+    its timeout.
+
+    @ivar deadline: When it expires (C{clock} seconds), or C{None} while
+        stopped.
+    """
+
+    def __init__(self, clock: IReactorTime, expired: Callable[[], None]) -> None:
+        """
+        @param clock: Time source.
+        @param expired: Called once the deadline passes.
+        """
+        self._clock = clock
+        self._expired = expired
+        self._call: IDelayedCall | None = None
+        self.deadline: float | None = None
+
+    def start(self, timeout: float) -> None:
+        """
+        (Re)start: expire C{timeout} seconds from now, unless restarted or
+        stopped before.
+        """
+        call = self._call
+        deadline = self.deadline = self._clock.seconds() + timeout
+        if call is None:
+            self._call = self._clock.callLater(timeout, self._check)
+        elif call.getTime() > deadline:
+            # Sooner than the call (a shorter timeout): bring it forward.
+            call.reset(timeout)
+
+    def stop(self) -> None:
+        """
+        Do not expire until started again.
+        """
+        self.deadline = None
+
+    def cancel(self) -> None:
+        """
+        Stop and cancel the delayed call (the session ended).
+        """
+        self.deadline = None
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _check(self) -> None:
+        self._call = None
+        deadline = self.deadline
+        if deadline is None:
+            return
+        now = self._clock.seconds()
+        if now >= deadline:
+            self.deadline = None
+            self._expired()
+            return
+        delay = deadline - now
+        # Not a float's width after the deadline (a test clock advanced
+        # exactly to it must see it expire).
+        while delay > 0 and now + delay > deadline:
+            delay = math.nextafter(delay, 0.0)
+        self._call = self._clock.callLater(delay, self._check)

@@ -45,7 +45,7 @@ from relayd.reply import Reply
 from relayd.replytexts import ReplyTexts
 from relayd.smtp import auth, commands, envelope
 from relayd.smtp.envelope import Transaction
-from relayd.smtp.flow import WAITING, DataRate, OutputFlow, ReadGate
+from relayd.smtp.flow import WAITING, DataRate, IdleTimer, OutputFlow, ReadGate
 from relayd.smtp.framing import DataError, Framer, LineError
 from relayd.smtp.guards import (
     AuthGuard,
@@ -64,6 +64,22 @@ __all__ = ["RelaySMTP", "RelaySMTPFactory", "State"]
 log = Logger()
 
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
+
+#: The named replies of L{relayd.reply} (module constants, alive for the
+#: process: their ids are theirs), by id: their lines are made once, on
+#: first use (L{RelaySMTP.send}).
+_NAMED: dict[int, Reply] = {id(v): v for v in vars(R).values() if isinstance(v, Reply)}
+_LINES: dict[int, bytes] = {}
+
+
+def _line_of(code: int, status: str, text: str) -> bytes:
+    """
+    The reply line of C{code}, C{status} and C{text}, with its CRLF.
+    """
+    # One line: nothing in the text may end the reply or forge another.
+    text = _UNPRINTABLE.sub(" ", text)
+    line = f"{code} {status} {text}" if status else f"{code} {text}"
+    return line.encode("utf-8", "replace") + b"\r\n"
 
 
 class State(enum.Enum):
@@ -105,6 +121,8 @@ class RelaySMTP(Protocol):
     @ivar avatar: The L{ISubmission} avatar after AUTH, else C{None}.
     @ivar transaction: The current mail transaction, or C{None}.
     @ivar framing: The input buffer, cut into lines and DATA.
+    @ivar negotiated_tls: The connection's TLS version once known
+        (L{relayd.events.begin} reads it once), else C{""}.
     """
 
     factory: RelaySMTPFactory
@@ -118,6 +136,7 @@ class RelaySMTP(Protocol):
         self.hostname = factory.hostname
         self.secure = factory.implicit_tls
         self.peer_ip = ""
+        self.negotiated_tls = ""
         self.framing = Framer(
             self.limits.max_command_length,
             self.limits.max_line_length,
@@ -130,7 +149,7 @@ class RelaySMTP(Protocol):
         self._errors = 0
         self._auth_failures = 0
         self._messages = 0
-        self._idle_call: IDelayedCall | None = None
+        self._idle = IdleTimer(self.clock, self._idle_expired)
         self._session_call: IDelayedCall | None = None
         self._auth_delay: IDelayedCall | None = None
         self._expire_after_reply: Reply | None = None
@@ -201,10 +220,11 @@ class RelaySMTP(Protocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:  # type: ignore[override]
         self._state = State.CLOSED
-        for call in (self._idle_call, self._session_call, self._auth_delay):
+        self._idle.cancel()
+        for call in (self._session_call, self._auth_delay):
             if call is not None and call.active():
                 call.cancel()
-        self._idle_call = self._session_call = self._auth_delay = None
+        self._session_call = self._auth_delay = None
         if self._counted:
             self.factory.limiter.release(self.peer_ip)
             self._counted = False
@@ -253,11 +273,10 @@ class RelaySMTP(Protocol):
         if self._state == State.CLOSED:
             return
         data = self._state == State.DATA
-        timeout = self.limits.data_timeout if data else self.limits.idle_timeout
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.reset(timeout)
-        else:
-            self._idle_call = self.clock.callLater(timeout, self._timed_out, R.IDLE_TIMEOUT)
+        self._idle.start(self.limits.data_timeout if data else self.limits.idle_timeout)
+
+    def _idle_expired(self) -> None:
+        self._timed_out(R.IDLE_TIMEOUT)
 
     def _timed_out(self, why: Reply) -> None:
         if self._state == State.CLOSED:
@@ -311,10 +330,7 @@ class RelaySMTP(Protocol):
         """
         if self._state == State.CLOSED:
             return
-        # One line: nothing in the text may end the reply or forge another.
-        text = _UNPRINTABLE.sub(" ", text)
-        line = f"{code} {status} {text}" if status else f"{code} {text}"
-        self.transport.write(line.encode("utf-8", "replace") + b"\r\n")
+        self.transport.write(_line_of(code, status, text))
 
     def send(self, r: Reply) -> None:
         """
@@ -322,7 +338,14 @@ class RelaySMTP(Protocol):
         (C{[replies]}, L{relayd.replytexts}).
         """
         r = self.factory.reply_texts.apply(r)
-        self.reply(r.code, r.status, r.text)
+        line = _LINES.get(id(r))
+        if line is None:
+            if id(r) not in _NAMED:
+                self.reply(r.code, r.status, r.text)
+                return
+            line = _LINES[id(r)] = _line_of(r.code, r.status, r.text)
+        if self._state != State.CLOSED:
+            self.transport.write(line)
 
     def closing(self, r: Reply) -> None:
         """
@@ -480,9 +503,7 @@ class RelaySMTP(Protocol):
             waiting = True
             self._hold_input()
             # relayd is the one waiting: the client's idle timer stops.
-            if self._idle_call is not None and self._idle_call.active():
-                self._idle_call.cancel()
-            self._idle_call = None
+            self._idle.stop()
 
     def _hold_input(self) -> None:
         """

@@ -15,7 +15,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from relayd.config import LimitsConfig
-from relayd.smtp.flow import DataRate
+from relayd.smtp.flow import DataRate, IdleTimer
 from relayd.testing import SMTPDriver
 from tests.smtp.support import AUTH_OK, HOST, NOOP_OK, TOKEN, plain, session
 from tests.test_e2e import Daemon
@@ -102,6 +102,105 @@ class DataRateTests(SynchronousTestCase):
         s = in_data(LimitsConfig(data_min_rate=10, data_grace=1))
         s.clock.advance(5)
         self.assertEqual(s.send(b"z\r\n"), [TOO_SLOW])
+
+
+class IdleTimerTests(SynchronousTestCase):
+    """
+    L{IdleTimer}: restarted often, it expires exactly as a delayed call
+    reset each time would, with one delayed call at most.
+    """
+
+    def timer(self) -> tuple[Clock, IdleTimer, list[float]]:
+        clock = Clock()
+        fired: list[float] = []
+        return clock, IdleTimer(clock, lambda: fired.append(clock.seconds())), fired
+
+    def test_expires_at_the_last_start_plus_its_timeout(self) -> None:
+        clock, timer, fired = self.timer()
+        timer.start(300)
+        for _ in range(50):
+            clock.advance(0.1)
+            timer.start(300)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        deadline = clock.seconds() + 300
+        clock.advance(deadline - clock.seconds() - 0.001)
+        self.assertEqual(fired, [])
+        clock.advance(0.001)
+        self.assertEqual(fired, [clock.seconds()])
+        self.assertGreaterEqual(fired[0], deadline)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        clock.advance(1000)
+        self.assertEqual(len(fired), 1)
+
+    def test_exactly_at_the_deadline(self) -> None:
+        """
+        A clock advanced exactly to the deadline sees the timer expire,
+        whatever the float arithmetic of the times in between.
+        """
+        for start in (0.1, 0.3, 1.7, 1e9 + 0.123):
+            clock, timer, fired = self.timer()
+            clock.advance(start)
+            timer.start(30)
+            clock.advance(0.7)
+            timer.start(30.3)
+            deadline = timer.deadline
+            assert deadline is not None
+            clock.advance(29.9)
+            self.assertEqual(fired, [])
+            clock.rightNow = deadline
+            clock.advance(0)
+            self.assertEqual(fired, [deadline], start)
+
+    def test_shorter_timeout_brings_it_forward(self) -> None:
+        clock, timer, fired = self.timer()
+        timer.start(300)
+        clock.advance(10)
+        timer.start(60)
+        clock.advance(60)
+        self.assertEqual(fired, [70])
+
+    def test_stopped_it_does_not_expire_until_started(self) -> None:
+        clock, timer, fired = self.timer()
+        timer.start(300)
+        clock.advance(100)
+        timer.stop()
+        clock.advance(1000)
+        self.assertEqual(fired, [])
+        timer.start(300)
+        clock.advance(299)
+        self.assertEqual(fired, [])
+        clock.advance(1)
+        self.assertEqual(fired, [1400])
+
+    def test_cancel_leaves_no_delayed_call(self) -> None:
+        clock, timer, fired = self.timer()
+        timer.start(300)
+        timer.cancel()
+        self.assertEqual(clock.getDelayedCalls(), [])
+        clock.advance(1000)
+        self.assertEqual(fired, [])
+
+    def test_transactions_make_no_delayed_calls(self) -> None:
+        """
+        A session's transactions restart its idle timer without a new
+        delayed call each; it still expires the DATA timeout after the
+        last packet (the reply was at once: no wait restarted it).
+        """
+        s = in_data()
+        s.send(b"hello\r\n.\r\n")
+        calls = set(map(id, s.clock.getDelayedCalls()))
+        for _ in range(5):
+            s.clock.advance(10)
+            self.assertEqual(
+                s.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")[-1][:3],
+                "354",
+            )
+            self.assertEqual(s.send(b"hi\r\n.\r\n")[0][:3], "250")
+        self.assertEqual(set(map(id, s.clock.getDelayedCalls())), calls)
+        s.clock.advance(599)
+        self.assertEqual(s.replies(), [])
+        s.clock.advance(1)
+        self.assertEqual(s.replies(), [TIMEOUT])
 
 
 class SlowDripEndToEndTests(unittest.TestCase):
