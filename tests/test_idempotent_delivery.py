@@ -10,9 +10,12 @@ and answers only when the test says so.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import attrs
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
@@ -23,6 +26,7 @@ from relayd.config import CredentialSource, HeadersConfig
 from relayd.delivery import Pipeline, RelayDelivery, message_id
 from relayd.idempotency import OutcomeStore, content_digest, idempotency_key
 from relayd.message import OutboundMessage
+from relayd.pipeline import _MESSAGE_ID
 from relayd.policy import MessageRates
 from relayd.reply import Refused, Reply
 from relayd.result import Accepted, InFlight, NotSent, UpstreamResult
@@ -531,3 +535,52 @@ class MessageIdTests(SynchronousTestCase):
         self.assertEqual(message_id(MESSAGE), "<m1@example.com>")
         self.assertEqual(message_id(b"message-id:\r\n <a@b>\r\n\r\n"), "<a@b>")
         self.assertIsNone(message_id(b"Subject: x\r\n\r\nMessage-ID: <body@x>\r\n"))
+
+    def test_field_name_anywhere_on_a_line(self) -> None:
+        """
+        Only a line that starts with the field name (any case) counts; the
+        first such field whose name is followed by a colon is taken.
+        """
+        self.assertEqual(message_id(b"X-Message-ID: <no@x>\r\nMESSAGE-ID : <y@x>\r\n\r\n"), "<y@x>")
+        self.assertEqual(message_id(b"Message-IDs: <no@x>\nMessage-Id:<z@x>\n\n"), "<z@x>")
+        self.assertIsNone(message_id(b"Subject: Message-ID: <no@x>\r\n\r\n"))
+
+    @given(
+        st.lists(
+            st.sampled_from(
+                [
+                    b"Message-ID: <a@b>",
+                    b"message-id:<c@d>",
+                    b"MESSAGE-ID :\r\n <e@f>",
+                    b"X-Message-ID: <g@h>",
+                    b"Message-IDx: <i@j>",
+                    b"Subject: x",
+                    b"\tfolded",
+                    b"",
+                    b"\r",
+                    b" message-id: <k@l>",
+                    b"Message-Id\t:\t<m@n>",
+                ]
+            ),
+            max_size=8,
+        ),
+        st.sampled_from([b"\r\n", b"\n"]),
+        st.binary(max_size=20),
+    )
+    def test_same_as_searching_the_section(
+        self, lines: list[bytes], end: bytes, body: bytes
+    ) -> None:
+        """
+        The value is what a case-insensitive search of the top-level header
+        section (up to the first empty line) finds.
+        """
+        data = end.join(lines) + end + end + body
+        match = re.search(rb"\r?\n\r?\n", data)
+        header = data[: match.start()] if match else data
+        found = _MESSAGE_ID.search(header)
+        expected = (
+            None
+            if found is None
+            else " ".join(found.group(1).decode("utf-8", "surrogateescape").split())
+        )
+        self.assertEqual(message_id(data), expected)
