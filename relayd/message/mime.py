@@ -112,18 +112,19 @@ _Section = tuple[list[tuple[bytes, bytes]], int, int]
 # equals sign, then "; name=value" with a name of letters, digits, "_", "."
 # and "-" (no RFC 2231 "*"), a value that is a run of printable ASCII
 # without quotes, backslashes, semicolons or angle brackets, or such a run
-# (spaces and tabs allowed) in double quotes; an optional final ";".
+# (spaces and tabs allowed) in double quotes; an optional final ";".  No
+# plain part holds a semicolon, so the value is split at each one and every
+# piece is matched alone, by expressions whose adjacent parts never match
+# the same character: the time is linear in the value, whatever it holds
+# (a single expression over the whole value took seconds to fail on a
+# crafted 16 KB header of folded white space or slashes).
 _PLAIN_TOKEN = r"[\x21\x23-\x3a\x3d\x3f-\x5b\x5d-\x7e]+"
 _PLAIN_QUOTED = r'"[\t\x20\x21\x23-\x3a\x3d\x3f-\x5b\x5d-\x7e]*"'
-_PLAIN_PARAM = (
-    rf"[ \t\r\n]*;[ \t\r\n]*([A-Za-z0-9_.-]+)[ \t\r\n]*=[ \t\r\n]*({_PLAIN_TOKEN}|{_PLAIN_QUOTED})"
+_TYPE_PART = re.compile(r'[^;"\\=/]*/[^;"\\=]*')
+_PARAM_PART = re.compile(
+    rf"[ \t\r\n]*([A-Za-z0-9_.-]+)[ \t\r\n]*=[ \t\r\n]*({_PLAIN_TOKEN}|{_PLAIN_QUOTED})[ \t\r\n]*"
 )
-_PARAMS = re.compile(_PLAIN_PARAM)
-_PLAIN_CONTENT_TYPE = re.compile(
-    r'[^;"\\=]*/[^;"\\=]*'
-    rf"(?:[ \t\r\n]*;[ \t\r\n]*[A-Za-z0-9_.-]+[ \t\r\n]*=[ \t\r\n]*(?:{_PLAIN_TOKEN}|{_PLAIN_QUOTED}))*"
-    r"[ \t\r\n]*(?:;[ \t\r\n]*)?"
-)
+_BLANK = re.compile(r"[ \t\r\n]*")
 # email.feedparser.headerRE: what a header field or continuation line
 # starts with.
 _HEADER_LINE = re.compile(rb"From |[\041-\071\073-\176]*:|[\t ]")
@@ -292,8 +293,8 @@ def content_params(headers: Message) -> tuple[str | None, str | None]:
     section 5.1.1, 4.1.2), as C{headers.get_boundary()} and
     C{headers.get_content_charset()} give them.
 
-    Plain parameters (see C{_PLAIN_CONTENT_TYPE}) are read with one regular
-    expression; for them the standard library's quoting, RFC 2231 and
+    Plain parameters (see C{_TYPE_PART}) are read with a regular expression
+    per parameter; for them the standard library's quoting, RFC 2231 and
     unquoting steps change nothing.  Any other value (quoted pairs, RFC 2231
     parameters, angle brackets, non-ASCII) is left to the standard library.
 
@@ -303,10 +304,8 @@ def content_params(headers: Message) -> tuple[str | None, str | None]:
     value = headers.get("content-type")
     if value is None:
         return None, None
-    if isinstance(value, str) and value.isascii() and _PLAIN_CONTENT_TYPE.fullmatch(value):
-        params: dict[str, str] = {}
-        for name, raw in _PARAMS.findall(value):
-            params.setdefault(name.lower(), raw[1:-1] if raw.startswith('"') else raw)
+    params = _plain_params(value) if isinstance(value, str) and value.isascii() else None
+    if params is not None:
         boundary = params.get("boundary")
         charset = params.get("charset")
         return (
@@ -314,6 +313,31 @@ def content_params(headers: Message) -> tuple[str | None, str | None]:
             None if charset is None else charset.lower(),
         )
     return headers.get_boundary(), headers.get_content_charset()
+
+
+def _plain_params(value: str) -> dict[str, str] | None:
+    """
+    The parameters of a plain Content-Type value (see C{_TYPE_PART}).
+
+    @param value: The field's value (ASCII).
+    @return: Each parameter's value (quotes taken off) by lower-case name,
+        the first of a name; C{None} when the value is not plain.
+    """
+    pieces = value.split(";")
+    if _TYPE_PART.fullmatch(pieces[0]) is None:
+        return None
+    params: dict[str, str] = {}
+    last = len(pieces) - 1
+    for i in range(1, len(pieces)):
+        found = _PARAM_PART.fullmatch(pieces[i])
+        if found is None:
+            # Only a final ";" may be followed by nothing but white space.
+            if i == last and _BLANK.fullmatch(pieces[i]):
+                break
+            return None
+        name, raw = found.groups()
+        params.setdefault(name.lower(), raw[1:-1] if raw.startswith('"') else raw)
+    return params
 
 
 def _repair_8bit(headers: Message) -> None:

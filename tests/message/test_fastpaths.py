@@ -14,10 +14,12 @@ library gives for the inputs it takes, and defers to it for the rest.
 
 from __future__ import annotations
 
+import time
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
 from email.utils import getaddresses
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -537,3 +539,52 @@ class WholeMessageTests(SynchronousTestCase):
         data = (head + "\r\n" + body).replace("\r\n", eol).encode("utf-8")
         policy = HeadersConfig()
         self.assertEqual(_read(data, policy), _read_without_fast_paths(data, policy))
+
+
+class CraftedHeaderTests(SynchronousTestCase):
+    """
+    The fast paths take time linear in the header: values an authenticated
+    client can craft (long runs of white space or slashes, folded so that
+    every line stays under 998 octets) are read, or handed to the standard
+    library, at once.  Each of these took 10 to 30 seconds of CPU on the
+    reactor thread with the first expressions (quadratic backtracking).
+    """
+
+    def assertQuick(self, f: Any, *args: Any) -> Any:
+        started = time.process_time()
+        result = f(*args)
+        self.assertLess(time.process_time() - started, 1.0)
+        return result
+
+    def message(self, field: bytes) -> bytes:
+        return b"From: a@example.com\r\nTo: b@example.com\r\nSubject: x\r\n" + field + b"\r\nhi\r\n"
+
+    def parse(self, data: bytes) -> Any:
+        return parse_message(data, Envelope("a@example.com", ("b@example.com",)), HeadersConfig())
+
+    def test_content_type_white_space(self) -> None:
+        folded = b"\r\n".join([b" " * 990] * 16)
+        message = self.assertQuick(
+            self.parse, self.message(b"Content-Type: multipart/mixed\r\n" + folded + b"; x")
+        )
+        self.assertEqual(message.text, "hi\r\n".replace("\r\n", "\n"))
+
+    def test_content_type_slashes(self) -> None:
+        folded = b"\r\n ".join([b"/" * 990] * 16)
+        self.assertQuick(self.parse, self.message(b"Content-Type: " + folded + b'"'))
+
+    def test_content_params_long_values(self) -> None:
+        self.assertIsNone(self.assertQuick(mime._plain_params, "a/b" + " " * 40000 + '"'))
+        self.assertIsNone(self.assertQuick(mime._plain_params, "/" * 100000 + '"'))
+        self.assertEqual(
+            self.assertQuick(mime._plain_params, "a/ " + " " * 40000 + 'b; x=1 ; y="2" ;'),
+            {"x": "1", "y": "2"},
+        )
+
+    def test_address_white_space(self) -> None:
+        value = "b@example.com," + " \t" * 20000 + 'x"'
+        # Not plain: read by getaddresses, whose "x" is no mailbox.
+        self.assertEqual(self.assertQuick(mailboxes, [value]), [("", "b@example.com")])
+        self.assertIsNone(self.assertQuick(plain_addresses, [" ".join(["ab"] * 20000) + " <x@y"]))
+        folded = b"\r\n".join([b" \t" * 495] * 16)
+        self.assertQuick(self.parse, self.message(b"Cc: c@example.com,\r\n" + folded + b'x"'))
