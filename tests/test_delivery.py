@@ -150,19 +150,25 @@ class _Threads:
         f(*args, **kwargs)
 
 
+def _threaded_pipeline(threads: Any) -> tuple[Pipeline, FakeUpstream]:
+    """
+    A pipeline to a fake native upstream that builds large messages in
+    C{threads}' pool.
+    """
+    clock = Clock()
+    upstream = FakeUpstream()
+    client = UpstreamClient(clock, UpstreamConfig(), get_dialect("native"), http=StubTreq(upstream))
+    return Pipeline(client, HeadersConfig(), clock, threads=threads), upstream
+
+
 class ThreadedParseTests(SynchronousTestCase):
     def test_large_messages_are_parsed_in_the_thread_pool(self) -> None:
         """
         A message over 4 MiB is parsed in the reactor's thread pool; a
         small one on the reactor thread.
         """
-        clock = Clock()
-        upstream = FakeUpstream()
-        client = UpstreamClient(
-            clock, UpstreamConfig(), get_dialect("native"), http=StubTreq(upstream)
-        )
         threads = _Threads()
-        pipeline = Pipeline(client, HeadersConfig(), clock, threads=threads)
+        pipeline, upstream = _threaded_pipeline(threads)
         avatar = RelayDelivery("t", TokenPolicy("web"), pipeline)
         for size in (1000, 5 * 1024 * 1024):
             avatar.validateFrom(None, "ann@example.com")
@@ -203,13 +209,8 @@ class LargeMessagesOneAtATimeTests(SynchronousTestCase):
         once make every other session wait for each in turn).  Both are
         relayed.
         """
-        clock = Clock()
-        upstream = FakeUpstream()
-        client = UpstreamClient(
-            clock, UpstreamConfig(), get_dialect("native"), http=StubTreq(upstream)
-        )
         threads = _HeldThreads()
-        pipeline = Pipeline(client, HeadersConfig(), clock, threads=threads)
+        pipeline, upstream = _threaded_pipeline(threads)
         big = MESSAGE.replace(b"body\r\n", b"x" * 70 + b"\r\n") + (b"y" * 70 + b"\r\n") * 75000
         replies = []
         for n in range(2):
