@@ -74,10 +74,12 @@ def _log_options(options: Options) -> tuple[str, ...]:
         return ()
     from twisted.logger import jsonFileLogObserver
 
+    from relayd import events
     from relayd.events import log_observer_factory
 
     fmt = "json" if parent["fileLogObserverFactory"] is jsonFileLogObserver else "text"
     parent["fileLogObserverFactory"] = log_observer_factory(fmt)
+    events.debug_enabled = parent["logLevel"].name == "debug"
     return (f"--log-format={fmt}", f"--log-level={parent['logLevel'].name}")
 
 

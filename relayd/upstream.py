@@ -614,12 +614,13 @@ def _log_answer(status: int, result: UpstreamResult, fields: Mapping[str, Any]) 
     @param fields: The log fields of the request (dialect, size, elapsed).
     """
     if isinstance(result, Accepted):
-        log.debug(
-            "upstream {dialect}: {status} accepted {message_id} in {elapsed}s",
-            status=status,
-            message_id=result.message_id,
-            **fields,
-        )
+        if events.debug_enabled:
+            log.debug(
+                "upstream {dialect}: {status} accepted {message_id} in {elapsed}s",
+                status=status,
+                message_id=result.message_id,
+                **fields,
+            )
     elif isinstance(result, Reply):
         log.info(
             "upstream {dialect}: {status} -> {code} {enhanced} {reply} in {elapsed}s",

@@ -105,6 +105,7 @@ class LogFormatTests(unittest.TestCase):
         self.assertEqual({t["identity"] for t in transactions}, {"e2e"})
         self.assertEqual({t["tls_version"] for t in transactions}, {"TLSv1.3"})
         self.assertNotIn(TOKEN, "\n".join(lines))
+        self.assertEqual([r for r in records if " accepted " in r["message"]], [])
 
     def test_log_level_warn_applies_to_the_workers(self) -> None:
         """
@@ -115,6 +116,18 @@ class LogFormatTests(unittest.TestCase):
         records = [json.loads(line) for line in lines]
         self.assertEqual([r for r in records if r["priority"] > 4], [])
         self.assertEqual(len(self.upstream.requests), 4)
+
+    def test_debug_level_logs_each_acceptance(self) -> None:
+        """
+        C{--log-level=debug} in the supervisor and the worker: each accepted
+        upstream answer is a debug line (below debug, relayd does not even
+        build that event: L{relayd.events.debug_enabled}).
+        """
+        lines = self.run_daemon("--log-format=json", "--log-level=debug", messages=4)
+        records = [json.loads(line) for line in lines]
+        accepted = [r for r in records if " accepted " in r["message"]]
+        self.assertEqual(len(accepted), 4, [r["message"] for r in records])
+        self.assertEqual({r["priority"] for r in accepted}, {7})
 
     def test_text_names_the_worker(self) -> None:
         """
