@@ -52,11 +52,15 @@ class Options(usage.Options):
 
 #: Seconds a thread may hold the GIL while another waits for it (Python's
 #: default is 0.005).  A large message is built in a pool thread
-#: (L{relayd.pipeline}); each time the reactor thread comes back from a
-#: system call it waits up to this long for the GIL, several times per
-#: reply: with 5 ms another session's NOOP waited 55 to 165 ms during ten
-#: 24 MB messages, with 1 ms 20 to 85 ms (issue 9, 2 shared cores).
-GIL_SWITCH_INTERVAL = 0.001
+#: (L{relayd.pipeline}); the reactor thread gives up the GIL in every
+#: system call and in every call into OpenSSL (cffi releases it), a dozen
+#: times per TLS reply, and each time waits up to this long to get it back
+#: from the builder.  Another session's slowest NOOP during ten 24 MB
+#: messages (issue 9, 2 cores): 55 to 165 ms at 5 ms, 70 to 120 ms at 1 ms,
+#: 46 to 54 ms at 0.2 ms, 37 to 46 ms at 0.1 ms.  A shorter interval costs
+#: only while two threads want the GIL (a large message being built); the
+#: 5 MB and 25 MiB benchmarks showed no difference beyond their noise.
+GIL_SWITCH_INTERVAL = 0.0001
 
 
 def _log_options(options: Options) -> tuple[str, ...]:
