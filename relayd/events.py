@@ -49,6 +49,7 @@ __all__ = [
     "FIELDS",
     "TransactionRecord",
     "begin",
+    "left_before_reply",
     "log_observer_factory",
     "note",
     "observe",
@@ -123,6 +124,31 @@ class TransactionRecord:
 _RECORD_FIELDS = tuple(f.name for f in attrs.fields(TransactionRecord))
 
 _current: ContextVar[TransactionRecord | None] = ContextVar("relayd_transaction", default=None)
+
+
+#: The session's own log lines (L{left_before_reply}) keep its namespace.
+_session_log = Logger(namespace="relayd.smtp.session")
+
+
+def left_before_reply(session: Any, reply: Any) -> None:
+    """
+    Warn that the client of C{session} left before the reply to a message
+    that was relayed (or refused): it did not see C{reply}, so it may send
+    the message again (the idempotency key answers such a retry).
+
+    @param session: The L{relayd.smtp.session.RelaySMTP}.
+    @param reply: The L{relayd.reply.Reply} it would have got.
+    """
+    _session_log.warn(
+        "client {peer} left before the reply to a relayed message"
+        " (session {session_id}: {code} {status} {reply}); it may send"
+        " the message again",
+        peer=session.peer_ip,
+        session_id=session.session_id,
+        code=reply.code,
+        status=reply.status,
+        reply=reply.text,
+    )
 
 
 def begin(session: Any) -> TransactionRecord:

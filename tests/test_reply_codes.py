@@ -41,3 +41,31 @@ class ReplyCodeTests(SynchronousTestCase):
         """
         self.assertEqual(R.upstream_retry_after(503, 5).status, "4.3.0")
         self.assertEqual(R.upstream_retry_after(429, 5).status, "4.7.1")
+
+
+class WireLineTests(SynchronousTestCase):
+    """
+    The line a reply is on the wire (L{R.wire_line}, L{R.line_of}).
+    """
+
+    def test_code_status_text_crlf(self) -> None:
+        self.assertEqual(
+            R.line_of(R.MESSAGE_TOO_BIG), b"552 5.3.4 " + R.MESSAGE_TOO_BIG.text.encode() + b"\r\n"
+        )
+        self.assertEqual(R.wire_line(220, "", "relay.test ESMTP"), b"220 relay.test ESMTP\r\n")
+
+    def test_control_characters_cannot_forge_a_reply(self) -> None:
+        line = R.wire_line(550, "5.7.1", "no\r\n250 2.0.0 Ok\x00\x7f")
+        self.assertEqual(line, b"550 5.7.1 no  250 2.0.0 Ok  \r\n")
+        self.assertEqual(line.count(b"\n"), 1)
+
+    def test_a_reply_with_other_text_is_not_cached_as_the_named_one(self) -> None:
+        """
+        A deployment's text for a named reply (C{[replies]}) is its own
+        line: the named reply's cached line does not stand in for it.
+        """
+        self.assertIn(b"Message size", R.line_of(R.MESSAGE_TOO_BIG))
+        other = R.MESSAGE_TOO_BIG.with_text("Too large for us")
+        self.assertEqual(R.line_of(other), b"552 5.3.4 Too large for us\r\n")
+        self.assertIn(b"Message size", R.line_of(R.MESSAGE_TOO_BIG))
+        self.assertEqual(R.line_of(R.queued("abc")), b"250 2.0.0 Ok: queued as abc\r\n")

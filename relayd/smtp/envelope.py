@@ -22,10 +22,19 @@ from relayd import reply as R
 from relayd.config import LimitsConfig
 from relayd.interfaces import ISubmission, ISubmissionMessage
 from relayd.reply import Refused, Reply
-from relayd.smtp.framing import DataReader, Framer
+from relayd.smtp.framing import DataError, DataReader, Framer
 from relayd.smtp.syntax import MAIL_ARGS, RCPT_ARGS, PathError, parse_parameters, parse_path
 
-__all__ = ["Session", "Transaction", "bdat", "data", "mail", "rcpt"]
+__all__ = [
+    "Session",
+    "Transaction",
+    "abort",
+    "bdat",
+    "data",
+    "data_error_reply",
+    "mail",
+    "rcpt",
+]
 
 log = Logger()
 
@@ -350,3 +359,35 @@ def bdat(session: Session, rest: str) -> None:
     BDAT (RFC 3030) without CHUNKING advertised.
     """
     session.error(R.NO_CHUNKING)
+
+
+def data_error_reply(error: DataError, max_line_length: int) -> Reply:
+    """
+    The reply to the final dot of a message that failed as it arrived.
+
+    @param error: Why the content was refused (L{DataReader.error}).
+    @param max_line_length: C{limits.max_line_length}, for the text.
+    @return: C{552 5.3.4} (a line too long, naming the limit; RFC 5321
+        section 4.5.3.1.6), C{550 5.6.0} (a bare CR or LF), C{452 4.3.1}
+        (the memory bound) or C{552 5.3.4} (the message too big).
+    """
+    if error is DataError.LINE_TOO_LONG:
+        return R.message_line_too_long(max_line_length)
+    if error is DataError.BARE_NEWLINE:
+        return R.BARE_NEWLINE_IN_DATA
+    if error is DataError.NO_MEMORY:
+        return R.INSUFFICIENT_STORAGE
+    return R.MESSAGE_TOO_BIG
+
+
+def abort(transaction: Transaction | None) -> None:
+    """
+    End C{transaction} without a final dot (the connection was lost): each
+    message begun at DATA is told, and its content dropped.
+    """
+    if transaction is None:
+        return
+    for m in transaction.messages:
+        m.connectionLost()
+    transaction.messages = []
+    transaction.data = None

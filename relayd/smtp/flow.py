@@ -247,3 +247,21 @@ class IdleTimer:
         while delay > 0 and now + delay > deadline:
             delay = math.nextafter(delay, 0.0)
         self._call = self._clock.callLater(delay, self._check)
+
+
+def no_delay(transport: Any) -> None:
+    """
+    Turn off Nagle's algorithm on the TCP connection under C{transport}
+    (also under a TLS wrapper): SMTP is a dialogue of small writes, and a
+    reply held back for 40 ms waiting for an ACK stalls the client.
+
+    @param transport: The session's transport (TCP, or TLS over TCP).
+    """
+    for _ in range(3):
+        if transport is None:
+            return
+        set_no_delay = getattr(transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
+            return
+        transport = getattr(transport, "transport", None)

@@ -25,7 +25,6 @@ L{relayd.smtp.envelope} and L{relayd.smtp.auth}.
 from __future__ import annotations
 
 import enum
-import re
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -45,8 +44,8 @@ from relayd.reply import Reply
 from relayd.replytexts import ReplyTexts
 from relayd.smtp import auth, commands, envelope
 from relayd.smtp.envelope import Transaction
-from relayd.smtp.flow import WAITING, DataRate, IdleTimer, OutputFlow, ReadGate
-from relayd.smtp.framing import DataError, Framer, LineError
+from relayd.smtp.flow import WAITING, DataRate, IdleTimer, OutputFlow, ReadGate, no_delay
+from relayd.smtp.framing import Framer, LineError
 from relayd.smtp.guards import (
     AuthGuard,
     ConnectionLimiter,
@@ -63,24 +62,6 @@ __all__ = ["RelaySMTP", "RelaySMTPFactory", "State"]
 
 log = Logger()
 
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
-
-#: The named replies of L{relayd.reply} (module constants, alive for the
-#: process: their ids are theirs), by id: their lines are made once, on
-#: first use (L{RelaySMTP.send}).
-_NAMED: dict[int, Reply] = {id(v): v for v in vars(R).values() if isinstance(v, Reply)}
-_LINES: dict[int, bytes] = {}
-
-
-def _line_of(code: int, status: str, text: str) -> bytes:
-    """
-    The reply line of C{code}, C{status} and C{text}, with its CRLF.
-    """
-    # One line: nothing in the text may end the reply or forge another.
-    text = _UNPRINTABLE.sub(" ", text)
-    line = f"{code} {status} {text}" if status else f"{code} {text}"
-    return line.encode("utf-8", "replace") + b"\r\n"
-
 
 class State(enum.Enum):
     """
@@ -91,22 +72,6 @@ class State(enum.Enum):
     DATA = "data"  # message content, up to the end of data
     AUTH = "auth"  # an AUTH response line
     CLOSED = "closed"  # nothing: the connection is closing
-
-
-def _no_delay(transport: Any) -> None:
-    """
-    Turn off Nagle's algorithm on the TCP connection under C{transport}
-    (also under a TLS wrapper): SMTP is a dialogue of small writes, and a
-    reply held back for 40 ms waiting for an ACK stalls the client.
-    """
-    for _ in range(3):
-        if transport is None:
-            return
-        set_no_delay = getattr(transport, "setTcpNoDelay", None)
-        if set_no_delay is not None:
-            set_no_delay(True)
-            return
-        transport = getattr(transport, "transport", None)
 
 
 class RelaySMTP(Protocol):
@@ -209,7 +174,7 @@ class RelaySMTP(Protocol):
             self.closing(R.TOO_MANY_CONNECTIONS)
             return
         self._counted = True
-        _no_delay(self.transport)
+        no_delay(self.transport)
         self.send(R.GREETING.with_text(f"{self.hostname} {R.GREETING.text}"))
         self._arm_idle()
         self._session_call = self.clock.callLater(
@@ -228,7 +193,7 @@ class RelaySMTP(Protocol):
         if self._counted:
             self.factory.limiter.release(self.peer_ip)
             self._counted = False
-        self._abort_data()
+        envelope.abort(self.transaction)
         self._release_hold()
         if self._logout is not None:
             self._logout()
@@ -330,7 +295,7 @@ class RelaySMTP(Protocol):
         """
         if self._state == State.CLOSED:
             return
-        self.transport.write(_line_of(code, status, text))
+        self.transport.write(R.wire_line(code, status, text))
 
     def send(self, r: Reply) -> None:
         """
@@ -338,14 +303,8 @@ class RelaySMTP(Protocol):
         (C{[replies]}, L{relayd.replytexts}).
         """
         r = self.factory.reply_texts.apply(r)
-        line = _LINES.get(id(r))
-        if line is None:
-            if id(r) not in _NAMED:
-                self.reply(r.code, r.status, r.text)
-                return
-            line = _LINES[id(r)] = _line_of(r.code, r.status, r.text)
         if self._state != State.CLOSED:
-            self.transport.write(line)
+            self.transport.write(R.line_of(r))
 
     def closing(self, r: Reply) -> None:
         """
@@ -532,23 +491,11 @@ class RelaySMTP(Protocol):
             for m in messages:
                 m.connectionLost()
             self._release_hold()
-            self.send(self._data_reply(data.error))
+            self.send(envelope.data_error_reply(data.error, self.limits.max_line_length))
             return
         self.factory.tracker.begin(self)
         d = defer.Deferred.fromCoroutine(self._deliver(messages, body))
         self._wait(d)
-
-    def _data_reply(self, error: DataError) -> Reply:
-        """
-        The reply to the final dot of a message that failed as it arrived.
-        """
-        if error is DataError.LINE_TOO_LONG:
-            return R.message_line_too_long(self.limits.max_line_length)
-        if error is DataError.BARE_NEWLINE:
-            return R.BARE_NEWLINE_IN_DATA
-        if error is DataError.NO_MEMORY:
-            return R.INSUFFICIENT_STORAGE
-        return R.MESSAGE_TOO_BIG
 
     async def _deliver(self, messages: list[ISubmissionMessage], body: bytes | bytearray) -> None:
         """
@@ -566,16 +513,7 @@ class RelaySMTP(Protocol):
             refused = [r for r in results if r.code != 250]
             reply = refused[0] if refused else results[0]
             if self._state == State.CLOSED:
-                log.warn(
-                    "client {peer} left before the reply to a relayed message"
-                    " (session {session_id}: {code} {status} {reply}); it may send"
-                    " the message again",
-                    peer=self.peer_ip,
-                    session_id=self.session_id,
-                    code=reply.code,
-                    status=reply.status,
-                    reply=reply.text,
-                )
+                events.left_before_reply(self, reply)
             self.send(reply)
         finally:
             self._release_hold()
@@ -588,15 +526,6 @@ class RelaySMTP(Protocol):
         if self._hold is not None:
             self._hold.release()
             self._hold = None
-
-    def _abort_data(self) -> None:
-        transaction = self.transaction
-        if transaction is None:
-            return
-        for m in transaction.messages:
-            m.connectionLost()
-        transaction.messages = []
-        transaction.data = None
 
     # -- commands: the session (in relayd.smtp.commands) --
 
