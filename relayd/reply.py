@@ -13,11 +13,9 @@ This module is a leaf: it imports nothing from relayd.
 
 from __future__ import annotations
 
-import re
-
 from attrs import frozen
 
-__all__ = ["Refused", "Reply", "line_of", "wire_line"]
+__all__ = ["Refused", "Reply"]
 
 
 @frozen
@@ -472,45 +470,3 @@ def ip_rate_exceeded(retry_after: float) -> Reply:
 UPSTREAM_REFUSED_RELAY_CREDENTIAL = Reply(
     451, "4.7.0", "Upstream refused relayd's credential, try again later"
 )
-
-
-# -- the wire ----------------------------------------------------------------
-
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def wire_line(code: int, status: str, text: str) -> bytes:
-    """
-    One reply line as the session writes it (RFC 5321 section 4.2): C{code},
-    the enhanced status code (RFC 3463) when there is one, the text, CRLF.
-
-    @param code: The reply code.
-    @param status: The enhanced status code, or C{""}.
-    @param text: The text; a control character in it becomes a space, so
-        that nothing in it can end the reply or forge another.
-    @return: The line, UTF-8, with its CRLF.
-    """
-    text = _UNPRINTABLE.sub(" ", text)
-    line = f"{code} {status} {text}" if status else f"{code} {text}"
-    return line.encode("utf-8", "replace") + b"\r\n"
-
-
-#: The named replies above (module constants, alive for the process: their
-#: ids are theirs), by id; their lines are made once, on first use.
-_NAMED: dict[int, Reply] = {id(v): v for v in list(globals().values()) if isinstance(v, Reply)}
-_LINES: dict[int, bytes] = {}
-
-
-def line_of(r: Reply) -> bytes:
-    """
-    L{wire_line} of C{r}, made once for each named reply of this module.
-
-    @param r: The reply.
-    @return: Its line, with its CRLF.
-    """
-    line = _LINES.get(id(r))
-    if line is None:
-        line = wire_line(r.code, r.status, r.text)
-        if id(r) in _NAMED:
-            _LINES[id(r)] = line
-    return line

@@ -10,6 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from relayd import reply as R
 from relayd.policy import upstream_refused_credential
+from relayd.smtp.framing import line_of, wire_line
 
 #: The reply codes RFC 5321 section 4.3.2 allows after MAIL.
 MAIL_CODES = {250, 451, 452, 455, 503, 550, 552, 553, 555}
@@ -45,17 +46,17 @@ class ReplyCodeTests(SynchronousTestCase):
 
 class WireLineTests(SynchronousTestCase):
     """
-    The line a reply is on the wire (L{R.wire_line}, L{R.line_of}).
+    The line a reply is on the wire (L{wire_line}, L{line_of}).
     """
 
     def test_code_status_text_crlf(self) -> None:
         self.assertEqual(
-            R.line_of(R.MESSAGE_TOO_BIG), b"552 5.3.4 " + R.MESSAGE_TOO_BIG.text.encode() + b"\r\n"
+            line_of(R.MESSAGE_TOO_BIG), b"552 5.3.4 " + R.MESSAGE_TOO_BIG.text.encode() + b"\r\n"
         )
-        self.assertEqual(R.wire_line(220, "", "relay.test ESMTP"), b"220 relay.test ESMTP\r\n")
+        self.assertEqual(wire_line(220, "", "relay.test ESMTP"), b"220 relay.test ESMTP\r\n")
 
     def test_control_characters_cannot_forge_a_reply(self) -> None:
-        line = R.wire_line(550, "5.7.1", "no\r\n250 2.0.0 Ok\x00\x7f")
+        line = wire_line(550, "5.7.1", "no\r\n250 2.0.0 Ok\x00\x7f")
         self.assertEqual(line, b"550 5.7.1 no  250 2.0.0 Ok  \r\n")
         self.assertEqual(line.count(b"\n"), 1)
 
@@ -64,8 +65,8 @@ class WireLineTests(SynchronousTestCase):
         A deployment's text for a named reply (C{[replies]}) is its own
         line: the named reply's cached line does not stand in for it.
         """
-        self.assertIn(b"Message size", R.line_of(R.MESSAGE_TOO_BIG))
+        self.assertIn(b"Message size", line_of(R.MESSAGE_TOO_BIG))
         other = R.MESSAGE_TOO_BIG.with_text("Too large for us")
-        self.assertEqual(R.line_of(other), b"552 5.3.4 Too large for us\r\n")
-        self.assertIn(b"Message size", R.line_of(R.MESSAGE_TOO_BIG))
-        self.assertEqual(R.line_of(R.queued("abc")), b"250 2.0.0 Ok: queued as abc\r\n")
+        self.assertEqual(line_of(other), b"552 5.3.4 Too large for us\r\n")
+        self.assertIn(b"Message size", line_of(R.MESSAGE_TOO_BIG))
+        self.assertEqual(line_of(R.queued("abc")), b"250 2.0.0 Ok: queued as abc\r\n")

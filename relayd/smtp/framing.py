@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.smtp.test_framing -*-
 """
-SMTP input framing: bytes to command lines, DATA content and the end of data.
+SMTP framing: bytes to command lines, DATA content and the end of data, and
+replies to the lines written back (L{line_of}).
 
 The session feeds every received buffer to a L{Framer} and then pulls what
 it can use next: a command line (L{Framer.read_line}) or, during DATA, the
@@ -26,7 +27,11 @@ from __future__ import annotations
 
 import enum
 import io
+import re
 from collections.abc import Callable
+
+from relayd import reply as R
+from relayd.reply import Reply
 
 __all__ = [
     "AUTH_LINE_LIMIT",
@@ -35,6 +40,8 @@ __all__ = [
     "DataReader",
     "Framer",
     "LineError",
+    "line_of",
+    "wire_line",
 ]
 
 #: RFC 4954 section 4: an AUTH line may be up to 12288 octets long.
@@ -413,3 +420,46 @@ class Framer:
         reader.skip_line = True
         reader.skip_cr = partial.endswith(b"\r")
         self.buffer = bytearray()
+
+
+# -- reply lines out ---------------------------------------------------------
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def wire_line(code: int, status: str, text: str) -> bytes:
+    """
+    One reply line as the session writes it (RFC 5321 section 4.2): C{code},
+    the enhanced status code (RFC 3463) when there is one, the text, CRLF.
+
+    @param code: The reply code.
+    @param status: The enhanced status code, or C{""}.
+    @param text: The text; a control character in it becomes a space, so
+        that nothing in it can end the reply or forge another.
+    @return: The line, UTF-8, with its CRLF.
+    """
+    text = _UNPRINTABLE.sub(" ", text)
+    line = f"{code} {status} {text}" if status else f"{code} {text}"
+    return line.encode("utf-8", "replace") + b"\r\n"
+
+
+#: The named replies of L{relayd.reply} (module constants, alive for the
+#: process: their ids are theirs), by id; their lines are made once, on
+#: first use.
+_NAMED: dict[int, Reply] = {id(v): v for v in vars(R).values() if isinstance(v, Reply)}
+_LINES: dict[int, bytes] = {}
+
+
+def line_of(r: Reply) -> bytes:
+    """
+    L{wire_line} of C{r}, made once for each named reply of L{relayd.reply}.
+
+    @param r: The reply.
+    @return: Its line, with its CRLF.
+    """
+    line = _LINES.get(id(r))
+    if line is None:
+        line = wire_line(r.code, r.status, r.text)
+        if id(r) in _NAMED:
+            _LINES[id(r)] = line
+    return line

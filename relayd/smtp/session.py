@@ -45,7 +45,7 @@ from relayd.replytexts import ReplyTexts
 from relayd.smtp import auth, commands, envelope
 from relayd.smtp.envelope import Transaction
 from relayd.smtp.flow import WAITING, DataRate, IdleTimer, OutputFlow, ReadGate, no_delay
-from relayd.smtp.framing import Framer, LineError
+from relayd.smtp.framing import Framer, LineError, line_of, wire_line
 from relayd.smtp.guards import (
     AuthGuard,
     ConnectionLimiter,
@@ -295,7 +295,7 @@ class RelaySMTP(Protocol):
         """
         if self._state == State.CLOSED:
             return
-        self.transport.write(R.wire_line(code, status, text))
+        self.transport.write(wire_line(code, status, text))
 
     def send(self, r: Reply) -> None:
         """
@@ -304,7 +304,7 @@ class RelaySMTP(Protocol):
         """
         r = self.factory.reply_texts.apply(r)
         if self._state != State.CLOSED:
-            self.transport.write(R.line_of(r))
+            self.transport.write(line_of(r))
 
     def closing(self, r: Reply) -> None:
         """
