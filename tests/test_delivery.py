@@ -153,7 +153,7 @@ class _Threads:
 def _threaded_pipeline(threads: Any) -> tuple[Pipeline, FakeUpstream]:
     """
     A pipeline to a fake native upstream that builds large messages in
-    C{threads}' pool.
+    C{threads}' pool (C{None}: on the calling thread).
     """
     clock = Clock()
     upstream = FakeUpstream()
@@ -231,12 +231,8 @@ class LargeMessagesOneAtATimeTests(SynchronousTestCase):
 
 class DuplicateRecipientTests(SynchronousTestCase):
     def test_repeated_rcpt_is_one_recipient(self) -> None:
-        clock = Clock()
-        upstream = FakeUpstream()
-        client = UpstreamClient(
-            clock, UpstreamConfig(), get_dialect("native"), http=StubTreq(upstream)
-        )
-        avatar = RelayDelivery("t", TokenPolicy("web"), Pipeline(client, HeadersConfig(), clock))
+        pipeline, upstream = _threaded_pipeline(None)
+        avatar = RelayDelivery("t", TokenPolicy("web"), pipeline)
         avatar.validateFrom(None, "ann@example.com")
         for rcpt in ("bob@example.net", "bob@Example.NET", "cy@example.org"):
             message = avatar.validateTo(rcpt)()
@@ -252,12 +248,8 @@ class DuplicateRecipientTests(SynchronousTestCase):
         the local part exactly (RFC 5321 section 2.4), as in the
         idempotency key.
         """
-        clock = Clock()
-        upstream = FakeUpstream()
-        client = UpstreamClient(
-            clock, UpstreamConfig(), get_dialect("native"), http=StubTreq(upstream)
-        )
-        avatar = RelayDelivery("t", TokenPolicy("web"), Pipeline(client, HeadersConfig(), clock))
+        pipeline, upstream = _threaded_pipeline(None)
+        avatar = RelayDelivery("t", TokenPolicy("web"), pipeline)
         avatar.validateFrom(None, "ann@example.com")
         for rcpt in ("bob@example.net", "Bob@example.net", "bob@EXAMPLE.net"):
             message = avatar.validateTo(rcpt)()
