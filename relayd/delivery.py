@@ -131,6 +131,9 @@ class RelayDelivery:
     RFC 5321 syntax.
     """
 
+    # One per authenticated session: slots keep idle sessions small.
+    __slots__ = ("_current", "_identity", "_revoked", "pipeline", "policy", "token")
+
     def __init__(self, token: str, policy: TokenPolicy, pipeline: Pipeline) -> None:
         self.token = token
         self.policy = policy

@@ -103,6 +103,15 @@ class GlibcHeap:
         info = self._mallinfo2()
         return int(info.fordblks + info.fsmblks)
 
+    def used_bytes(self) -> int:
+        """
+        @return: Bytes handed out by the allocator and not freed yet
+            (C{mallinfo2}: in use in the arenas, and in chunks mapped on
+            their own).
+        """
+        info = self._mallinfo2()
+        return int(info.uordblks + info.hblkhd)
+
     def trim(self) -> None:
         """
         Give every free page of every arena back to the system

@@ -184,6 +184,19 @@ class GlibcTests(unittest.TestCase):
         self.assertLess(heap.resident_bytes(), before - 30 * MiB)
         del buffers
 
+    def test_used_bytes_counts_what_is_handed_out(self) -> None:
+        """
+        L{GlibcHeap.used_bytes} grows by what is allocated and falls back
+        when it is freed.
+        """
+        heap = glibc_heap()
+        assert isinstance(heap, GlibcHeap)
+        before = heap.used_bytes()
+        buffers = [bytearray(4 * KiB) for _ in range(2000)]
+        self.assertGreater(heap.used_bytes() - before, 7 * MiB)
+        del buffers
+        self.assertLess(heap.used_bytes() - before, 1 * MiB)
+
 
 @unittest.skipIf(glibc_heap() is None, "the C library is not glibc 2.33+")
 class SessionMemoryTests(unittest.TestCase):

@@ -89,6 +89,9 @@ class Session(Protocol):
     def reply(self, code: int, status: str, text: str) -> None:
         """Send one reply line."""
 
+    def write(self, data: bytes) -> None:
+        """Send whole reply lines (octets with their CRLFs)."""
+
     def send(self, r: Reply) -> None:
         """Send the reply C{r}."""
 
@@ -123,7 +126,7 @@ def _greet(session: Session, rest: str, esmtp: bool) -> None:
         return
     lines = [session.hostname] + extensions(session)
     out = [f"250-{x}" for x in lines[:-1]] + [f"250 {lines[-1]}"]
-    session.transport.write(("\r\n".join(out) + "\r\n").encode("ascii"))
+    session.write(("\r\n".join(out) + "\r\n").encode("ascii"))
 
 
 def ehlo(session: Session, rest: str) -> None:

@@ -57,6 +57,8 @@ class ReadGate:
     @ivar reasons: The reasons holding input now.
     """
 
+    __slots__ = ("reasons", "transport")
+
     def __init__(self, transport: Any) -> None:
         """
         @param transport: An L{twisted.internet.interfaces.IPushProducer}
@@ -64,7 +66,8 @@ class ReadGate:
             C{pauseProducing} to the TCP transport under it).
         """
         self.transport = transport
-        self.reasons: set[str] = set()
+        # Immutable: the empty frozenset is shared, not one per session.
+        self.reasons: frozenset[str] = frozenset()
 
     def hold(self, reason: str) -> None:
         """
@@ -72,7 +75,7 @@ class ReadGate:
         """
         if not self.reasons:
             self.transport.pauseProducing()
-        self.reasons.add(reason)
+        self.reasons = self.reasons | {reason}
 
     def release(self, reason: str) -> None:
         """
@@ -80,7 +83,7 @@ class ReadGate:
         """
         if reason not in self.reasons:
             return
-        self.reasons.discard(reason)
+        self.reasons = self.reasons - {reason}
         if not self.reasons:
             self.transport.resumeProducing()
 
@@ -94,6 +97,8 @@ class OutputFlow:
     @ivar blocked: The transport asked to stop writing: the client is not
         reading.  The session handles no further command meanwhile.
     """
+
+    __slots__ = ("blocked", "drained", "gate", "stopped")
 
     def __init__(self, gate: ReadGate, drained: Callable[[], None]) -> None:
         """
@@ -192,6 +197,8 @@ class IdleTimer:
     @ivar deadline: When it expires (C{clock} seconds), or C{None} while
         stopped.
     """
+
+    __slots__ = ("_call", "_clock", "_expired", "deadline")
 
     def __init__(self, clock: IReactorTime, expired: Callable[[], None]) -> None:
         """

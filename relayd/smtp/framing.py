@@ -278,6 +278,14 @@ class Framer:
         (0 when none is being dropped).
     """
 
+    __slots__ = (
+        "buffer",
+        "discarding",
+        "max_command_length",
+        "max_line_length",
+        "reject_bare_newline",
+    )
+
     def __init__(
         self, max_command_length: int, max_line_length: int, reject_bare_newline: bool
     ) -> None:
