@@ -122,6 +122,8 @@ def makeService(options: Options) -> Any:
     """
     from twisted.internet import reactor
 
+    from relayd.dispatch import direct_dispatch
+
     fix_mmap_threshold()
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     try:
@@ -131,7 +133,10 @@ def makeService(options: Options) -> Any:
         log_args = _log_options(options)
         from relayd.service import make_service
 
-        return make_service(config, reactor, options["inherit-fds"], log_args)
+        service = make_service(config, reactor, options["inherit-fds"], log_args)
+        # Each socket's handler called directly (relayd.dispatch).
+        direct_dispatch(reactor)
+        return service
     except ConfigError as e:
         message = str(e)
         if not message.startswith(options["config"]):

@@ -17,7 +17,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from relayd import tap
+from relayd import dispatch, tap
 from relayd.tap import Options, makeService
 from relayd.tokens import digest
 
@@ -146,15 +146,24 @@ class ConfigErrorTests(SynchronousTestCase):
 
 
 class MakeServiceTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        # Not this test run's reactor: record what would be changed.
+        self.dispatched: list[object] = []
+        self.patch(dispatch, "direct_dispatch", self.dispatched.append)
+
     def test_returns_the_service_tree(self) -> None:
         """
         C{makeService} returns a service collection, not started, holding
-        one service per listener under its configured name.
+        one service per listener under its configured name, and makes the
+        reactor dispatch directly (L{relayd.dispatch}).
         """
+        from twisted.internet import reactor
+
         folder = Path(tempfile.mkdtemp())
         options = Options()
         options.parseOptions(["--config", write_config(folder)])
         service = makeService(options)
+        self.assertEqual(self.dispatched, [reactor])
         self.assertTrue(verifyObject(IService, service))
         self.assertTrue(verifyObject(IServiceCollection, service))
         self.assertFalse(service.running)
