@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from relayd.config import TLSConfig  # noqa: E402
-from relayd.tls import ServerTLS, ensure_self_signed  # noqa: E402
+from relayd.tls import ServerTLS, ensure_self_signed, release_buffers  # noqa: E402
 
 
 class _MallInfo2(ctypes.Structure):
@@ -119,10 +119,20 @@ def stdlib_pair(server: ssl.SSLContext, client: ssl.SSLContext) -> tuple[Any, An
     return (s, si, so), (c, ci, co)
 
 
-def per_connection(make: Callable[[], tuple[Any, Any]], count: int) -> float:
+class _Handle:
+    def __init__(self, connection: SSL.Connection) -> None:
+        self.connection = connection
+
+    def getHandle(self) -> SSL.Connection:
+        return self.connection
+
+
+def per_connection(make: Callable[[], tuple[Any, Any]], count: int, release: bool = False) -> float:
     """
     @param make: Makes one connected pair: (server side, client side).
     @param count: How many pairs to hold at once.
+    @param release: Give back each server side's BIO buffers first, as
+        relayd does after the handshake (L{relayd.tls.release_buffers}).
     @return: KiB per server side, the client sides freed.
     """
     for _ in range(20):
@@ -131,6 +141,9 @@ def per_connection(make: Callable[[], tuple[Any, Any]], count: int) -> float:
     pairs = [make() for _ in range(count)]
     servers = [s for s, _ in pairs]
     del pairs
+    if release:
+        for server in servers:
+            assert release_buffers(_Handle(server))
     handshaken = (in_use() - base) / count / 1024
     del servers
     return handshaken
@@ -149,8 +162,11 @@ def main() -> None:
         client = SSL.Context(SSL.TLS_CLIENT_METHOD)
         if version is not None:
             client.set_max_proto_version(version)
-        kib = per_connection(functools.partial(pyopenssl_pair, server, client), args.count)
+        make = functools.partial(pyopenssl_pair, server, client)
+        kib = per_connection(make, args.count)
         print(f"pyOpenSSL ({name}), {label}: {kib:.1f} KiB per connection")
+        kib = per_connection(make, args.count, release=True)
+        print(f"pyOpenSSL ({name}), {label}, BIO buffers released: {kib:.1f} KiB per connection")
     base = in_use()
     bare = [SSL.Connection(server, None) for _ in range(args.count)]
     print(f"pyOpenSSL ({name}), SSL_new alone: {(in_use() - base) / args.count / 1024:.1f} KiB")

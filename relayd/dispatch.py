@@ -13,7 +13,9 @@ the C{system} of legacy C{twisted.python.log} lines written during the
 call; relayd's log lines (L{relayd.events}, C{twisted.logger}) do not
 use it.  L{direct_dispatch} makes one reactor call the handler itself:
 the same C{_doReadOrWrite}, which already catches, logs and closes on
-any error.
+any error of the transport or its protocol; what escapes it (a
+C{connectionLost} that raised) is logged and the other ready sockets are
+handled, as before.
 
 The module touches no global reactor; L{relayd.tap} applies it to the
 one C{twist} installs.
@@ -24,7 +26,11 @@ from __future__ import annotations
 import types
 from typing import Any
 
+from twisted.logger import Logger
+
 __all__ = ["direct_dispatch"]
+
+log = Logger()
 
 #: What L{_poll} uses of an C{EPollReactor}: if a Twisted release renames
 #: any of them, L{direct_dispatch} leaves the reactor as it is.
@@ -49,7 +55,12 @@ def _poll(reactor: Any, timeout: float | None) -> None:
         selectable = selectables.get(fd)
         # Gone when an earlier handler of this batch closed it.
         if selectable is not None:
-            handle(selectable, fd, event)
+            try:
+                handle(selectable, fd, event)
+            except Exception:
+                # What escapes it (a connectionLost that raised) is logged
+                # and the batch goes on, as under callWithLogger.
+                log.failure("Unhandled error handling {fd}", fd=fd)
 
 
 def direct_dispatch(reactor: object) -> bool:

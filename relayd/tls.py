@@ -484,6 +484,28 @@ _SCRATCH_SIZE = 16 * 1024
 _scratch = _ffi.new("char[]", _SCRATCH_SIZE)
 
 
+def _drain(bio: object) -> bytes:
+    """
+    @return: Every byte in memory BIO C{bio}, which is left empty.
+    """
+    chunks = []
+    # An empty memory BIO answers -1 (retry) or 0 (its end, once set),
+    # with nothing queued in OpenSSL's error stack.
+    while (n := _openssl.BIO_read(bio, _scratch, _SCRATCH_SIZE)) > 0:
+        chunks.append(bytes(_ffi.buffer(_scratch, n)))
+    return b"".join(chunks)
+
+
+def _fill(bio: object, data: bytes) -> bool:
+    """
+    Write C{data} into memory BIO C{bio}.
+
+    @return: Whether all of it went in (only running out of memory stops
+        a memory BIO).
+    """
+    return not data or _openssl.BIO_write(bio, data, len(data)) == len(data)
+
+
 def release_buffers(transport: object) -> bool:
     """
     Give back the memory that a TLS connection's two memory BIOs hold.
@@ -521,16 +543,22 @@ def release_buffers(transport: object) -> bool:
         return False
     fresh_into = _openssl.BIO_new(_openssl.BIO_s_mem())
     fresh_out = _openssl.BIO_new(_openssl.BIO_s_mem())
-    if fresh_into == _ffi.NULL or fresh_out == _ffi.NULL:  # pragma: no cover - out of memory
+    moved = fresh_into != _ffi.NULL and fresh_out != _ffi.NULL
+    if moved:
+        held = [_drain(into), _drain(out)]
+        moved = _fill(fresh_into, held[0]) and _fill(fresh_out, held[1])
+        if not moved:  # pragma: no cover - out of memory: put the bytes back
+            _fill(into, held[0])
+            _fill(out, held[1])
+    if not moved:  # pragma: no cover - out of memory
         for bio in (fresh_into, fresh_out):
             if bio != _ffi.NULL:
                 _openssl.BIO_free(bio)
         return False
-    for old, new in ((into, fresh_into), (out, fresh_out)):
-        # An empty memory BIO answers -1 (retry), with nothing queued in
-        # OpenSSL's error stack.
-        while (n := _openssl.BIO_read(old, _scratch, _SCRATCH_SIZE)) > 0:
-            _openssl.BIO_write(new, _scratch, n)
+    if _openssl.BIO_read(into, _scratch, 1) == 0:
+        # The receiving side was told the stream ended (bio_shutdown): an
+        # empty BIO then reads as the end, not as "retry".
+        _openssl.BIO_set_mem_eof_return(fresh_into, 0)
     _openssl.SSL_set_bio(ssl, fresh_into, fresh_out)
     connection._into_ssl = fresh_into
     connection._from_ssl = fresh_out

@@ -7,12 +7,12 @@ Each test runs a reactor of its own, not this test run's.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
+from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.python import log
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -57,16 +57,29 @@ class _Client(Protocol):
         self.reactor.stop()
 
 
-def _run(server: type[Protocol], payload: bytes) -> tuple[_Client, bool]:
+def _run(server: type[Protocol], payload: bytes, raising: bool = False) -> tuple[_Client, bool]:
     """
     On a new epoll reactor changed by L{direct_dispatch}: listen with
     C{server} on 127.0.0.1, connect a L{_Client} sending C{payload}, run
     until it is closed (at most 30 seconds).
 
+    @param raising: The first socket event's handling raises after it is
+        done (as a C{connectionLost} that raises would).
     @return: The client, and whether the reactor was changed.
     """
     reactor = EPollReactor()
     changed = direct_dispatch(reactor)
+    if raising:
+        original = reactor._doReadOrWrite
+        raised: list[bool] = []
+
+        def handle(selectable: Any, fd: int, event: int) -> None:
+            original(selectable, fd, event)
+            if not raised:
+                raised.append(True)
+                raise RuntimeError("escaped the handler")
+
+        reactor._doReadOrWrite = handle  # type: ignore[method-assign]
     port = reactor.listenTCP(0, Factory.forProtocol(server), interface="127.0.0.1")
     client = _Client(reactor, payload)
     factory = ClientFactory()
@@ -103,17 +116,29 @@ class DirectDispatchTests(SynchronousTestCase):
         dispatch does.
         """
         events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
         try:
             client, changed = _run(_Broken, b"x" * 1000)
         finally:
-            globalLogPublisher.removeObserver(events.append)
+            globalLogPublisher.removeObserver(observer)
         self.assertTrue(changed)
         self.assertEqual(bytes(client.received), b"")
         self.assertIsNotNone(client.reason)
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
         failures = [e.get("log_failure") or e.get("failure") for e in events]
         self.assertTrue(any(f is not None and f.check(ValueError) for f in failures))
+
+    def test_error_escaping_the_handler_logged(self) -> None:
+        """
+        An error that escapes a socket's handling is logged, and the
+        reactor goes on handling sockets: the echo still completes.
+        """
+        payload = b"y" * 100_000
+        client, changed = _run(_Echo, payload, raising=True)
+        self.assertTrue(changed)
+        self.assertEqual(bytes(client.received), payload)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     def test_other_reactors_unchanged(self) -> None:
         """

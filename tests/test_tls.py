@@ -924,6 +924,21 @@ class ReleaseBuffersTests(SynchronousTestCase):
         _move(server, client)
         self.assertEqual(_receive(client), b"354 Go ahead\r\n")
 
+    def test_end_of_stream_kept(self) -> None:
+        """
+        Once the receiving side was told the connection ended
+        (C{bio_shutdown}, as Twisted does when the TCP connection is
+        lost), it still reads as ended after a release, not as "wait for
+        more".
+        """
+        server, _ = self._pair()
+        server.bio_shutdown()
+        self.assertTrue(release_buffers(_Handle(server)))
+        self.assertRaises(SSL.SysCallError, server.recv, 1024)
+        server, _ = self._pair()
+        self.assertTrue(release_buffers(_Handle(server)))
+        self.assertRaises(SSL.WantReadError, server.recv, 1024)
+
     @skipIf(glibc_heap() is None, "the C library is not glibc 2.33+")
     def test_largest_buffers_given_back(self) -> None:
         """
