@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import smtplib
 import time
-import unittest
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.test_e2e import TOKEN, Daemon, Upstream, rss
-from tests.test_memory import big_message
+from tests.test_e2e import TOKEN, Daemon, rss
+from tests.test_memory import OnceOnDaemon, big_message
 
 KiB = 1024
 CLIENTS = 40
 SIZE = 400 * 1000
 
 
-class IdleAfterLargeMessageTests(unittest.TestCase):
+class IdleAfterLargeMessageTests(OnceOnDaemon):
     """
     The clients run once (class set-up); each test checks one promise.
     """
@@ -33,20 +32,6 @@ class IdleAfterLargeMessageTests(unittest.TestCase):
     second: list[tuple[int, bytes]]
     quit: list[int]
     growth: int
-    bodies: list[str]
-    log: str
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        upstream = Upstream()
-        daemon = Daemon(f"http://127.0.0.1:{upstream.port}/v1/send")
-        try:
-            cls._run(daemon)
-            cls.bodies = [r["json"]["text"] for r in upstream.requests]
-        finally:
-            cls.log = daemon.logtext()
-            daemon.stop()
-            upstream.stop()
 
     @classmethod
     def _run(cls, daemon: Daemon) -> None:
@@ -86,10 +71,10 @@ class IdleAfterLargeMessageTests(unittest.TestCase):
         for code, text in self.first + self.second:
             self.assertEqual(code, 250, text)
             self.assertRegex(text.decode(), r"^2\.0\.0 Ok: queued as up-\d+$")
-        self.assertEqual(len(self.bodies), 2 * CLIENTS + 1)
+        self.assertEqual(len(self.received), 2 * CLIENTS + 1)
         expected = big_message(SIZE, 0).split(b"\r\n\r\n", 1)[1].replace(b"\r\n", b"\n")
-        for body in self.bodies:
-            self.assertEqual(body.encode(), expected)
+        for request in self.received:
+            self.assertEqual(request["json"]["text"].encode(), expected)
 
     def test_sessions_end_with_221(self) -> None:
         self.assertEqual(self.quit, [221] * CLIENTS)
