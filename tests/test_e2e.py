@@ -497,6 +497,78 @@ class EndToEndTests(unittest.TestCase):
         self.assertEqual(request["json"]["text"], "hello from curl\n")
 
 
+class CloseAfterReplyTests(unittest.TestCase):
+    """
+    After C{221} to QUIT, and after a closing C{421}, the daemon closes the
+    connection itself (RFC 5321 section 4.1.1.10, 3.8), over TLS too: the
+    client reads the end of the stream (TLS close alert, then the TCP
+    close) at once, without closing first.
+    """
+
+    upstream: ClassVar[Upstream]
+    daemon: ClassVar[Daemon]
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.upstream = Upstream()
+        cls.daemon = Daemon(
+            f"http://127.0.0.1:{cls.upstream.port}/v1/send", "[limits]\nmax_errors = 2\n"
+        )
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.daemon.stop()
+        cls.upstream.stop()
+
+    def _implicit(self) -> ssl.SSLSocket:
+        context = self.daemon.tls_context()
+        context.check_hostname = False
+        raw = socket.create_connection(("127.0.0.1", self.daemon.implicit_port), 5)
+        tls = context.wrap_socket(raw)
+        self.addCleanup(tls.close)
+        return tls
+
+    def _starttls(self) -> ssl.SSLSocket:
+        raw = socket.create_connection(("127.0.0.1", self.daemon.starttls_port), 5)
+        reader = raw.makefile("rb")
+        reader.readline()
+        raw.sendall(b"EHLO client.test\r\nSTARTTLS\r\n")
+        while not reader.readline().startswith(b"220 "):
+            pass
+        context = self.daemon.tls_context()
+        context.check_hostname = False
+        tls = context.wrap_socket(raw)
+        self.addCleanup(tls.close)
+        tls.sendall(b"EHLO client.test\r\n")
+        return tls
+
+    def _replies_then_end(self, tls: ssl.SSLSocket, commands: bytes) -> list[bytes]:
+        """
+        Send C{commands}, then read until the daemon ends the stream.
+
+        @return: The reply lines read.
+        @raise TimeoutError: When the daemon does not end it within 5 s.
+        """
+        tls.sendall(commands)
+        reader = tls.makefile("rb")
+        return [line for line in iter(reader.readline, b"")]
+
+    def test_quit_over_implicit_tls(self) -> None:
+        lines = self._replies_then_end(self._implicit(), b"QUIT\r\n")
+        self.assertEqual(lines[-1], b"221 2.0.0 Bye\r\n")
+
+    def test_quit_after_starttls(self) -> None:
+        lines = self._replies_then_end(self._starttls(), b"NOOP\r\nQUIT\r\n")
+        self.assertEqual(lines[-2:], [b"250 2.0.0 Ok\r\n", b"221 2.0.0 Bye\r\n"])
+
+    def test_closing_421_over_tls(self) -> None:
+        """
+        Too many errors: the C{421} is the last line, then the end.
+        """
+        lines = self._replies_then_end(self._implicit(), b"FOO\r\nBAR\r\n")
+        self.assertTrue(lines[-1].startswith(b"421 4.7.0 "), lines)
+
+
 class UpstreamDownTests(unittest.TestCase):
     def test_refused_connection_gives_451(self) -> None:
         daemon = Daemon(f"http://127.0.0.1:{free_port()}/send")

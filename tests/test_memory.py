@@ -80,11 +80,13 @@ class OnceOnDaemon(unittest.TestCase):
 
     received: list[dict[str, Any]]
     log: str
+    #: More configuration for the daemon (TOML tables).
+    extra = ""
 
     @classmethod
     def setUpClass(cls) -> None:
         upstream = Upstream()
-        daemon = Daemon(f"http://127.0.0.1:{upstream.port}/v1/send")
+        daemon = Daemon(f"http://127.0.0.1:{upstream.port}/v1/send", cls.extra)
         try:
             cls._run(daemon)
         finally:

@@ -1,17 +1,18 @@
 """
 Idle TLS sessions after a large message, end to end: the real daemon
-over real 127.0.0.1 sockets, 40 clients (half STARTTLS, half implicit
-TLS) that each send a 400 KB message and then stay connected.  The TLS
+over real 127.0.0.1 sockets, 100 clients (half STARTTLS, half implicit
+TLS) that each send a 200 KB message and then stay connected.  The TLS
 buffers that message grew are given back (L{relayd.tls.release_buffers}),
 so the daemon's resident memory grows by far less per idle session than
 the about 85 KiB one socket read of DATA leaves in OpenSSL's receiving
 buffer; and each session goes on: a second message, then QUIT, and the
-upstream got all 80 messages whole.
+upstream got all 200 messages whole.
 """
 
 from __future__ import annotations
 
 import smtplib
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,8 +20,8 @@ from tests.test_e2e import TOKEN, Daemon, rss
 from tests.test_memory import OnceOnDaemon, big_message
 
 KiB = 1024
-CLIENTS = 40
-SIZE = 400 * 1000
+CLIENTS = 100
+SIZE = 200 * 1000
 
 
 class IdleAfterLargeMessageTests(OnceOnDaemon):
@@ -28,17 +29,27 @@ class IdleAfterLargeMessageTests(OnceOnDaemon):
     The clients run once (class set-up); each test checks one promise.
     """
 
+    extra = f"[limits]\nmax_connections_per_ip = {CLIENTS + 50}\n"
+
     first: list[tuple[int, bytes]]
     second: list[tuple[int, bytes]]
     quit: list[int]
     growth: int
+    pipelined: list[bytes]
 
     @classmethod
     def _run(cls, daemon: Daemon) -> None:
         pid = daemon.process.pid
-        with daemon.starttls() as warm:  # TLS, the portal, the parser loaded once
-            warm.login("apikey", TOKEN)
-            warm.sendmail("a@example.com", ["b@example.net"], big_message(SIZE, 999))
+
+        def warm_up(n: int) -> None:
+            # TLS, the portal, the parser loaded; the heap grown by eight
+            # messages at once, as below.
+            with daemon.starttls() as warm:
+                warm.login("apikey", TOKEN)
+                warm.sendmail("a@example.com", ["b@example.net"], big_message(SIZE, 1000 + n))
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(warm_up, range(8)))
         time.sleep(2.5)  # the heap trimmer's second
         before = rss(pid)
 
@@ -62,19 +73,55 @@ class IdleAfterLargeMessageTests(OnceOnDaemon):
             client.rcpt("b@example.net")
             cls.second.append(client.data(big_message(SIZE, CLIENTS + n)))
             cls.quit.append(client.quit()[0])
+        cls.pipelined = cls._pipelined(daemon)
+
+    @classmethod
+    def _pipelined(cls, daemon: Daemon) -> list[bytes]:
+        """
+        Over implicit TLS: after the greeting, EHLO and 40 NOOPs, each its
+        own TLS record, written before any reply is read, then QUIT.  The
+        first release comes at the EHLO reply, while the NOOPs' records
+        still wait in OpenSSL's receiving buffer.
+
+        @return: Every reply line after the greeting.
+        """
+        context = daemon.tls_context()
+        context.check_hostname = False
+        raw = socket.create_connection(("127.0.0.1", daemon.implicit_port), 10)
+        with context.wrap_socket(raw) as tls:
+            reader = tls.makefile("rb")
+            reader.readline()
+            for command in [b"EHLO pipelined.test\r\n"] + [b"NOOP\r\n"] * 40:
+                tls.sendall(command)
+            tls.sendall(b"QUIT\r\n")
+            return [line for line in iter(reader.readline, b"")]
 
     def test_every_message_relayed_whole(self) -> None:
         """
         Both messages of every session got C{250} with the upstream's id,
-        and the upstream got 81 whole messages (the warm-up's too).
+        and the upstream got them all whole (the warm-up's 8 too).
         """
         for code, text in self.first + self.second:
             self.assertEqual(code, 250, text)
             self.assertRegex(text.decode(), r"^2\.0\.0 Ok: queued as up-\d+$")
-        self.assertEqual(len(self.received), 2 * CLIENTS + 1)
+        self.assertEqual(len(self.received), 2 * CLIENTS + 8)
         expected = big_message(SIZE, 0).split(b"\r\n\r\n", 1)[1].replace(b"\r\n", b"\n")
         for request in self.received:
             self.assertEqual(request["json"]["text"].encode(), expected)
+
+    def test_records_waiting_at_a_release_are_read_in_order(self) -> None:
+        """
+        The records still waiting at the first release are all read, in
+        order: the EHLO reply, 40 NOOP replies and the 221.
+        """
+        replies = [line.decode() for line in self.pipelined]
+        ehlo = [line for line in replies if line.startswith("250-")]
+        self.assertTrue(ehlo, replies)
+        rest = replies[len(ehlo) :]
+        self.assertTrue(rest[0].startswith("250 "), rest[0])
+        self.assertEqual(rest[1:41], ["250 2.0.0 Ok\r\n"] * 40)
+        self.assertTrue(rest[41].startswith("221 "), rest[41:])
+        self.assertEqual(len(rest), 42)
 
     def test_sessions_end_with_221(self) -> None:
         self.assertEqual(self.quit, [221] * CLIENTS)

@@ -117,6 +117,18 @@ class OutputFlow:
         """
         self.gate.transport.registerProducer(self, True)
 
+    def unregister(self) -> None:
+        """
+        Unregister from the transport as the session closes (once; not
+        after C{stopProducing}): Twisted's TLS sends its close alert and
+        closes the connection only once no producer is registered, so a
+        closing TLS session that kept its producer stayed open until the
+        client closed it.
+        """
+        if not self.stopped:
+            self.stopped = True
+            self.gate.transport.unregisterProducer()
+
     def pauseProducing(self) -> None:
         """
         The transport's write buffer is full: handle no more commands.

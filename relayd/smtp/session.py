@@ -243,6 +243,7 @@ class RelaySMTP(Protocol):
         """
         self._state = State.CLOSED
         self.framing.buffer = bytearray()
+        self.flow.unregister()  # or a TLS close waits for the client (flow)
         self.transport.loseConnection()
 
     def _arm_idle(self) -> None:

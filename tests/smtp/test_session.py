@@ -152,6 +152,8 @@ class CommandTests(SynchronousTestCase, WireChecks):
         self.assertEqual(s.send("FOO\r\n"), [reply_line(R.COMMAND_NOT_RECOGNIZED)])
         self.assertEqual(s.send("QUIT\r\n"), [reply_line(R.BYE)])
         self.assertTrue(s.transport.disconnecting)
+        # No producer left registered: Twisted's TLS would not close then.
+        self.assertIsNone(s.transport.producer)
         self.assertEqual(s.send("NOOP\r\n"), [])
 
     def test_vrfy_expn_bdat_and_old_verbs_are_refused(self) -> None:
