@@ -497,6 +497,23 @@ class EndToEndTests(unittest.TestCase):
         self.assertEqual(request["json"]["text"], "hello from curl\n")
 
 
+def _established(server_port: int, client_port: int) -> bool:
+    """
+    @return: Whether the server's end (on 127.0.0.1 C{server_port}) of the
+        connection from C{client_port} is still established (C{/proc/net/tcp}).
+    """
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, state = fields[1], fields[2], fields[3]
+        if (
+            int(local.split(":")[1], 16) == server_port
+            and int(remote.split(":")[1], 16) == client_port
+            and state == "01"
+        ):
+            return True
+    return False
+
+
 class CloseAfterReplyTests(unittest.TestCase):
     """
     After C{221} to QUIT, and after a closing C{421}, the daemon closes the
@@ -512,7 +529,8 @@ class CloseAfterReplyTests(unittest.TestCase):
     def setUpClass(cls) -> None:
         cls.upstream = Upstream()
         cls.daemon = Daemon(
-            f"http://127.0.0.1:{cls.upstream.port}/v1/send", "[limits]\nmax_errors = 2\n"
+            f"http://127.0.0.1:{cls.upstream.port}/v1/send",
+            "[limits]\nmax_errors = 2\nidle_timeout = 2\n",
         )
 
     @classmethod
@@ -560,6 +578,21 @@ class CloseAfterReplyTests(unittest.TestCase):
     def test_quit_after_starttls(self) -> None:
         lines = self._replies_then_end(self._starttls(), b"NOOP\r\nQUIT\r\n")
         self.assertEqual(lines[-2:], [b"250 2.0.0 Ok\r\n", b"221 2.0.0 Bye\r\n"])
+
+    def test_client_that_never_answers_the_close_is_cut_off(self) -> None:
+        """
+        A client that sends QUIT over TLS and then neither reads nor
+        closes: the daemon's end of the connection is gone once the idle
+        timeout (here 2 s; at most 30 s) has passed, not kept for ever
+        waiting for the client's close alert.
+        """
+        tls = self._implicit()
+        tls.sendall(b"QUIT\r\n")
+        local = tls.getsockname()[1]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _established(self.daemon.implicit_port, local):
+            time.sleep(0.2)
+        self.assertFalse(_established(self.daemon.implicit_port, local))
 
     def test_closing_421_over_tls(self) -> None:
         """

@@ -64,6 +64,12 @@ __all__ = ["RelaySMTP", "RelaySMTPFactory", "State"]
 log = Logger()
 
 
+#: Seconds a closing connection waits for the client to read the last
+#: replies and answer the TLS close alert before it is cut (at most the
+#: idle timeout).
+CLOSE_GRACE = 30.0
+
+
 class State(enum.Enum):
     """
     What the session reads next.
@@ -245,6 +251,9 @@ class RelaySMTP(Protocol):
         self.framing.buffer = bytearray()
         self.flow.unregister()  # or a TLS close waits for the client (flow)
         self.transport.loseConnection()
+        # The close waits for the client to read what was written and,
+        # over TLS, to answer the close alert: for CLOSE_GRACE at most.
+        self._idle.start(min(self.limits.idle_timeout, CLOSE_GRACE))
 
     def _arm_idle(self) -> None:
         """
@@ -261,6 +270,8 @@ class RelaySMTP(Protocol):
 
     def _timed_out(self, why: Reply) -> None:
         if self._state == State.CLOSED:
+            # Closed, and the client has not let the close finish.
+            self.transport.abortConnection()
             return
         if self._pending and self in self.factory.tracker.delivering:
             # relayd is waiting for the upstream (bounded by its own

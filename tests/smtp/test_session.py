@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from relayd import reply as R
 from relayd.config import LimitsConfig
 from relayd.reply import Refused, Reply
+from relayd.smtp.session import CLOSE_GRACE
 from relayd.testing import TOKEN, FakeDelivery, SMTPDriver, reply_line
 from tests.smtp.support import (
     HOST,
@@ -155,6 +156,20 @@ class CommandTests(SynchronousTestCase, WireChecks):
         # No producer left registered: Twisted's TLS would not close then.
         self.assertIsNone(s.transport.producer)
         self.assertEqual(s.send("NOOP\r\n"), [])
+
+    def test_close_that_does_not_finish_is_cut_after_the_grace(self) -> None:
+        """
+        After QUIT the connection closes; if the client does not let the
+        close finish (it reads nothing, or does not answer the TLS close
+        alert), it is aborted L{CLOSE_GRACE} seconds later.
+        """
+        s = SMTPDriver()
+        s.replies()
+        self.assertEqual(s.send("QUIT\r\n"), [reply_line(R.BYE)])
+        s.clock.advance(CLOSE_GRACE - 1)
+        self.assertFalse(s.transport.disconnected)
+        s.clock.advance(1)
+        self.assertTrue(s.transport.disconnected)
 
     def test_vrfy_expn_bdat_and_old_verbs_are_refused(self) -> None:
         s = logged_in()
