@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from relayd.config import TLSConfig  # noqa: E402
-from relayd.tls import ServerTLS, ensure_self_signed, release_buffers  # noqa: E402
+from relayd.tls import ServerTLS, ensure_self_signed  # noqa: E402
+from relayd.tlsbuffers import release_buffers  # noqa: E402
 
 
 class _MallInfo2(ctypes.Structure):
@@ -132,7 +133,7 @@ def per_connection(make: Callable[[], tuple[Any, Any]], count: int, release: boo
     @param make: Makes one connected pair: (server side, client side).
     @param count: How many pairs to hold at once.
     @param release: Give back each server side's BIO buffers first, as
-        relayd does after the handshake (L{relayd.tls.release_buffers}).
+        relayd does after the handshake (L{relayd.tlsbuffers.release_buffers}).
     @return: KiB per server side, the client sides freed.
     """
     for _ in range(20):

@@ -14,7 +14,6 @@ import shutil
 import stat
 import tempfile
 from typing import Any
-from unittest import skipIf
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -43,13 +42,11 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from relayd.config import ConfigError, TLSConfig, parse_config
-from relayd.heap import glibc_heap
 from relayd.tls import (
     DEVELOPMENT_ORGANIZATION,
     ServerTLS,
     ensure_self_signed,
     implicit_tls_factory,
-    release_buffers,
     server_context_factory,
 )
 
@@ -828,151 +825,3 @@ class ImplicitTLSTests(TestCase):
                 self.fail("the TLS 1.2 handshake succeeded")
 
         return Deferred.fromCoroutine(check())  # type: ignore[return-value]
-
-
-class _Handle:
-    """
-    A transport whose C{getHandle()} is C{handle}, as Twisted's TLS
-    transports' is their pyOpenSSL connection.
-    """
-
-    def __init__(self, handle: object) -> None:
-        self.handle = handle
-
-    def getHandle(self) -> object:
-        return self.handle
-
-
-def _move(source: SSL.Connection, destination: SSL.Connection) -> bool:
-    """
-    Move every byte C{source} has to send into C{destination}.
-
-    @return: Whether anything moved.
-    """
-    moved = False
-    while True:
-        try:
-            data = source.bio_read(65536)
-        except SSL.WantReadError:
-            return moved
-        destination.bio_write(data)
-        moved = True
-
-
-def _receive(connection: SSL.Connection) -> bytes:
-    """
-    @return: All the application data C{connection} can decrypt now.
-    """
-    got = b""
-    while True:
-        try:
-            got += connection.recv(65536)
-        except SSL.WantReadError:
-            return got
-
-
-class ReleaseBuffersTests(SynchronousTestCase):
-    """
-    L{release_buffers}: a TLS connection's memory BIOs give back the
-    largest buffer they held, and the TLS stream goes on unchanged.
-    """
-
-    def setUp(self) -> None:
-        self.server_context = ServerTLS(_self_signed(self)).options.getContext()
-
-    def _pair(self) -> tuple[SSL.Connection, SSL.Connection]:
-        """
-        @return: A server and a client connection on memory BIOs, the TLS
-            1.3 handshake done, as Twisted's TLS protocol makes them.
-        """
-        server = SSL.Connection(self.server_context, None)
-        server.set_accept_state()
-        client = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), None)
-        client.set_connect_state()
-        for _ in range(6):
-            for side in (client, server):
-                try:
-                    side.do_handshake()
-                except SSL.WantReadError:
-                    pass
-            _move(client, server)
-            _move(server, client)
-        self.assertEqual(server.get_protocol_version_name(), "TLSv1.3")
-        return server, client
-
-    def test_bytes_waiting_in_both_directions_survive(self) -> None:
-        """
-        Records received but not yet decrypted, and records made but not
-        yet sent, are all still there after the release, in order; the
-        session then goes on both ways.
-        """
-        server, client = self._pair()
-        client.send(b"MAIL FROM:<a@example.com>\r\n")
-        client.send(b"RCPT TO:<b@example.net>\r\n")
-        _move(client, server)  # in the server's receiving BIO, undecrypted
-        server.send(b"250 2.0.0 Ok\r\n")  # in the server's sending BIO
-        self.assertTrue(release_buffers(_Handle(server)))
-        self.assertEqual(
-            _receive(server), b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\n"
-        )
-        _move(server, client)
-        self.assertEqual(_receive(client), b"250 2.0.0 Ok\r\n")
-        client.send(b"DATA\r\n")
-        _move(client, server)
-        self.assertEqual(_receive(server), b"DATA\r\n")
-        server.send(b"354 Go ahead\r\n")
-        _move(server, client)
-        self.assertEqual(_receive(client), b"354 Go ahead\r\n")
-
-    def test_end_of_stream_kept(self) -> None:
-        """
-        Once the receiving side was told the connection ended
-        (C{bio_shutdown}, as Twisted does when the TCP connection is
-        lost), it still reads as ended after a release, not as "wait for
-        more".
-        """
-        server, _ = self._pair()
-        server.bio_shutdown()
-        self.assertTrue(release_buffers(_Handle(server)))
-        self.assertRaises(SSL.SysCallError, server.recv, 1024)
-        server, _ = self._pair()
-        self.assertTrue(release_buffers(_Handle(server)))
-        self.assertRaises(SSL.WantReadError, server.recv, 1024)
-
-    @skipIf(glibc_heap() is None, "the C library is not glibc 2.33+")
-    def test_largest_buffers_given_back(self) -> None:
-        """
-        After 64 KiB each way, a connection's BIOs hold over 100 KiB; the
-        release gives it back (glibc's count of bytes in use falls by
-        that much per connection).
-        """
-        heap = glibc_heap()
-        assert heap is not None
-        pairs = [self._pair() for _ in range(40)]
-        block = b"x" * 65536
-        for server, client in pairs:
-            client.sendall(block)
-            _move(client, server)
-            self.assertEqual(len(_receive(server)), len(block))
-            server.sendall(block)
-            _move(server, client)
-            self.assertEqual(len(_receive(client)), len(block))
-        before = heap.used_bytes()
-        for server, _ in pairs:
-            self.assertTrue(release_buffers(_Handle(server)))
-        freed = (before - heap.used_bytes()) / len(pairs)
-        self.assertGreater(freed, 100 * 1024)
-
-    def test_not_a_tls_connection(self) -> None:
-        """
-        Without a pyOpenSSL connection behind the transport, nothing is
-        done: C{False}.
-        """
-        self.assertFalse(release_buffers(object()))
-        self.assertFalse(release_buffers(_Handle(object())))
-
-        class Broken:
-            def getHandle(self) -> object:
-                raise RuntimeError("no handle")
-
-        self.assertFalse(release_buffers(Broken()))

@@ -57,7 +57,7 @@ from relayd.smtp.guards import (
     process_secret,
 )
 from relayd.smtp.sasl import SASLExchange
-from relayd.tls import RELEASE_AFTER, release_buffers
+from relayd.tlsbuffers import RELEASE_AFTER, release_buffers
 
 __all__ = ["RelaySMTP", "RelaySMTPFactory", "State"]
 
@@ -335,7 +335,7 @@ class RelaySMTP(Protocol):
     def write(self, data: bytes) -> None:
         """
         Send whole reply lines; then, over TLS, give back the TLS buffers
-        (L{relayd.tls.release_buffers}) after the handshake, and after
+        (L{relayd.tlsbuffers.release_buffers}) after the handshake, and after
         each L{RELEASE_AFTER} bytes of input since the last time.
 
         @param data: The lines, with their CRLFs.
@@ -377,7 +377,7 @@ class RelaySMTP(Protocol):
             return
         if self.secure:
             # Input over TLS comes after the handshake, whose flight the
-            # first release gives back (relayd.tls.release_buffers).
+            # first release gives back (relayd.tlsbuffers.release_buffers).
             t = self._tls_input
             self._tls_input = RELEASE_AFTER if t is None else t + len(data)
         if self._state == State.DATA:

@@ -1,7 +1,7 @@
 """
 When a TLS session gives back its memory BIOs' buffers
-(L{relayd.tls.release_buffers}): at the first reply after the handshake,
-then at the first reply after each L{relayd.tls.RELEASE_AFTER} bytes of
+(L{relayd.tlsbuffers.release_buffers}): at the first reply after the handshake,
+then at the first reply after each L{relayd.tlsbuffers.RELEASE_AFTER} bytes of
 input, never in the clear and never in the middle of DATA.  What the
 release itself does is tested in L{tests.test_tls.ReleaseBuffersTests};
 a real daemon's idle sessions after large messages in
@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from relayd import reply as R
 from relayd.smtp import session
 from relayd.testing import SMTPDriver, reply_line
-from relayd.tls import RELEASE_AFTER
+from relayd.tlsbuffers import RELEASE_AFTER
 from tests.smtp.support import QUEUED
 
 
