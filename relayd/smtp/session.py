@@ -70,6 +70,25 @@ log = Logger()
 CLOSE_GRACE = 30.0
 
 
+#: The verbs handled wholly in another module: verb -> C{f(session, rest)}.
+#: MAIL and DATA, which the session takes part in, are its C{smtp_}
+#: methods.
+_COMMANDS: dict[str, Callable[[Any, str], defer.Deferred[None] | None]] = {
+    "EHLO": commands.ehlo,
+    "HELO": commands.helo,
+    "STARTTLS": commands.starttls,
+    "RSET": commands.rset,
+    "NOOP": commands.noop,
+    "VRFY": commands.vrfy,
+    "HELP": commands.help,
+    "QUIT": commands.quit,
+    "AUTH": auth.auth,
+    "RCPT": envelope.rcpt,
+    "BDAT": envelope.bdat,
+    **dict.fromkeys(("EXPN", "ETRN", "TURN", "SEND", "SOML", "SAML"), commands.expn),
+}
+
+
 class State(enum.Enum):
     """
     What the session reads next.
@@ -460,15 +479,19 @@ class RelaySMTP(Protocol):
         verb, _, rest = text.strip().partition(" ")
         # Only ASCII verbs: str.upper() maps some other letters onto ASCII
         # ("\u017f" to "S"), which must not make a command.
-        handler = (
-            getattr(self, "smtp_" + verb.upper(), None)
-            if verb.isascii() and verb.isalpha()
-            else None
-        )
-        if handler is None:
+        if not (verb.isascii() and verb.isalpha()):
             self.error(R.COMMAND_NOT_RECOGNIZED)
             return
-        result = handler(rest.strip())
+        verb = verb.upper()
+        command = _COMMANDS.get(verb)
+        if command is not None:
+            result = command(self, rest.strip())
+        else:
+            handler = getattr(self, "smtp_" + verb, None)
+            if handler is None:
+                self.error(R.COMMAND_NOT_RECOGNIZED)
+                return
+            result = handler(rest.strip())
         if isinstance(result, defer.Deferred):
             self._wait(result)
 
@@ -579,49 +602,7 @@ class RelaySMTP(Protocol):
             return True
         return False
 
-    def smtp_EHLO(self, rest: str) -> None:
-        """EHLO: see L{commands.ehlo}."""
-        commands.ehlo(self, rest)
-
-    def smtp_HELO(self, rest: str) -> None:
-        """HELO: see L{commands.helo}."""
-        commands.helo(self, rest)
-
-    def smtp_STARTTLS(self, rest: str) -> None:
-        """STARTTLS: see L{commands.starttls}."""
-        commands.starttls(self, rest)
-
-    def smtp_RSET(self, rest: str) -> None:
-        """RSET: see L{commands.rset}."""
-        commands.rset(self, rest)
-
-    def smtp_NOOP(self, rest: str) -> None:
-        """NOOP: see L{commands.noop}."""
-        commands.noop(self, rest)
-
-    def smtp_VRFY(self, rest: str) -> None:
-        """VRFY: see L{commands.vrfy}."""
-        commands.vrfy(self, rest)
-
-    def smtp_EXPN(self, rest: str) -> None:
-        """EXPN: see L{commands.expn}."""
-        commands.expn(self, rest)
-
-    smtp_ETRN = smtp_TURN = smtp_SEND = smtp_SOML = smtp_SAML = smtp_EXPN
-
-    def smtp_HELP(self, rest: str) -> None:
-        """HELP: see L{commands.help}."""
-        commands.help(self, rest)
-
-    def smtp_QUIT(self, rest: str) -> None:
-        """QUIT: see L{commands.quit}."""
-        commands.quit(self, rest)
-
     # -- commands: AUTH (in relayd.smtp.auth) --
-
-    def smtp_AUTH(self, rest: str) -> None:
-        """AUTH: see L{auth.auth}."""
-        auth.auth(self, rest)
 
     def read_sasl(self, exchange: SASLExchange) -> None:
         """Read AUTH response lines next, for C{exchange} (RFC 4954 section 4)."""
@@ -641,10 +622,6 @@ class RelaySMTP(Protocol):
         self._declared_size = declared_size(rest)
         return envelope.mail(self, rest)
 
-    def smtp_RCPT(self, rest: str) -> defer.Deferred[None] | None:
-        """RCPT TO: see L{envelope.rcpt}."""
-        return envelope.rcpt(self, rest)
-
     def smtp_DATA(self, rest: str) -> None:
         """
         DATA: see L{envelope.data}; C{452 4.3.1} when the message does not
@@ -661,10 +638,6 @@ class RelaySMTP(Protocol):
         envelope.data(self, rest)
         if self._state != State.DATA:
             self._release_hold()
-
-    def smtp_BDAT(self, rest: str) -> None:
-        """BDAT: see L{envelope.bdat}."""
-        envelope.bdat(self, rest)
 
 
 class RelaySMTPFactory(ServerFactory):
